@@ -1,0 +1,49 @@
+using LdmLab.Runtime;
+
+namespace LdmLab.Cli;
+
+public static class Commands
+{
+    const string Usage = """
+        ldmlab — latent diffusion lab
+
+        usage:
+          ldmlab info                      what the runtime bootstrap did, device, versions
+          ldmlab notebooks [options]       execute notebooks in the real .NET Interactive kernel
+              --dir DIR                    notebooks folder (default: notebooks)
+              --out DIR                    executed notebooks + index.html (default: out)
+              --only NAME[,NAME]           run only these notebooks (file names)
+              --profile quick|full|gpu     LDMLAB_PROFILE for the kernels (default: quick)
+              --timeout SECONDS            per-cell timeout (default: 900)
+        """;
+
+    public static int Run(string[] args)
+    {
+        try
+        {
+            if (args.Length == 0 || args[0] is "-h" or "--help" or "help") { Console.WriteLine(Usage); return args.Length == 0 ? 2 : 0; }
+            return args[0] switch
+            {
+                "info" => Info(),
+                "notebooks" => NotebooksCommand.Run(args[1..]),
+                _ => Fail($"unknown command '{args[0]}'\n\n{Usage}"),
+            };
+        }
+        catch (CliArgumentException e) { return Fail(e.Message); }
+        catch (TorchRuntimeException e) { return Fail(e.Message); }
+    }
+
+    static int Info()
+    {
+        Console.WriteLine(Lab.Describe());
+        return 0;
+    }
+
+    internal static int Fail(string message)
+    {
+        Console.Error.WriteLine("ldmlab: " + message);
+        return 2;
+    }
+}
+
+public sealed class CliArgumentException(string message) : Exception(message);

@@ -1,0 +1,1 @@
+namespace LdmLab.Cli; static class NotebooksCommand { public static int Run(string[] a) => 0; }

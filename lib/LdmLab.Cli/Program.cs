@@ -1,0 +1,3 @@
+using LdmLab.Runtime;
+
+return LdmLab.Cli.Commands.Run(args);

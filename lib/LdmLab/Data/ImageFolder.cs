@@ -1,0 +1,80 @@
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.PixelFormats;
+using SixLabors.ImageSharp.Processing;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace LdmLab.Data;
+
+/// <summary>
+/// Real photographs from a folder (default: Debian's mate-backgrounds), as N×N RGB crops in [-1, 1].
+/// Each photo is first scaled so that its shorter side is <see cref="ShortSide"/> pixels, then cropped.
+/// </summary>
+public sealed class ImageFolder
+{
+    public static readonly string[] DebianPhotoDirectories = ["/usr/share/backgrounds/mate/nature", "/usr/share/backgrounds"];
+    static readonly string[] Extensions = [".jpg", ".jpeg", ".png", ".webp", ".bmp"];
+
+    public IReadOnlyList<string> Files { get; }
+    public int ShortSide { get; }
+    readonly Dictionary<string, Image<Rgb24>> _cache = new();
+
+    public ImageFolder(string? directory = null, int shortSide = 256)
+    {
+        directory ??= DebianPhotoDirectories.FirstOrDefault(Directory.Exists)
+            ?? throw new DirectoryNotFoundException("No photo folder given and none of the Debian ones exists (apt-get install mate-backgrounds).");
+        if (!Directory.Exists(directory)) throw new DirectoryNotFoundException($"{directory}: photo folder not found.");
+        if (shortSide < 8) throw new ArgumentOutOfRangeException(nameof(shortSide), shortSide, "shortSide must be ≥ 8");
+        Files = Directory.EnumerateFiles(directory, "*", SearchOption.AllDirectories)
+            .Where(f => Extensions.Contains(Path.GetExtension(f).ToLowerInvariant())).Order(StringComparer.Ordinal).ToList();
+        if (Files.Count == 0) throw new DatasetException(directory, "no images (.jpg/.png/.webp/.bmp) in this folder");
+        ShortSide = shortSide;
+    }
+
+    /// <summary>The photo scaled to the short side (cached); a file that is not an image gives a DatasetException.</summary>
+    public Image<Rgb24> Photo(int index)
+    {
+        var path = Files[index];
+        if (_cache.TryGetValue(path, out var img)) return img;
+        try
+        {
+            img = Image.Load<Rgb24>(path);
+        }
+        catch (Exception e) when (e is UnknownImageFormatException or InvalidImageContentException or NotSupportedException)
+        {
+            throw new DatasetException(path, "not a readable image: " + e.Message, e);
+        }
+        double s = (double)ShortSide / Math.Min(img.Width, img.Height);
+        img.Mutate(c => c.Resize(Math.Max(1, (int)Math.Round(img.Width * s)), Math.Max(1, (int)Math.Round(img.Height * s))));
+        return _cache[path] = img;
+    }
+
+    /// <summary><paramref name="count"/> random size×size crops from random photos: [count,3,size,size].</summary>
+    public Tensor RandomCrops(int count, int size, Random rng)
+    {
+        if (size > ShortSide) throw new ArgumentOutOfRangeException(nameof(size), size, $"crop larger than the scaled short side {ShortSide}");
+        var crops = new List<Tensor>();
+        using var scope = NewDisposeScope();
+        for (int i = 0; i < count; i++)
+        {
+            var img = Photo(rng.Next(Files.Count));
+            int x = rng.Next(img.Width - size + 1), y = rng.Next(img.Height - size + 1);
+            using var crop = img.Clone(c => c.Crop(new Rectangle(x, y, size, size)));
+            crops.Add(Viz.Images.ToTensor(crop));
+        }
+        return stack(crops).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The centre size×size crop of every photo: [Files.Count,3,size,size].</summary>
+    public Tensor CenterCrops(int size)
+    {
+        using var scope = NewDisposeScope();
+        var crops = Enumerable.Range(0, Files.Count).Select(i =>
+        {
+            var img = Photo(i);
+            using var crop = img.Clone(c => c.Crop(new Rectangle((img.Width - size) / 2, (img.Height - size) / 2, size, size)));
+            return Viz.Images.ToTensor(crop);
+        }).ToList();
+        return stack(crops).MoveToOuterDisposeScope();
+    }
+}

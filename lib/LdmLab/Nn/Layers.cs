@@ -1,0 +1,36 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace LdmLab.Nn;
+
+/// <summary>
+/// Layer factories that fix TorchSharp 0.107's initialisation gaps. Use these instead of <c>nn.GroupNorm</c> etc.
+/// </summary>
+public static class Layers
+{
+    /// <summary>GroupNorm with γ = 1, β = 0 (TorchSharp 0.107 leaves both uninitialised).</summary>
+    public static GroupNorm GroupNorm(long numGroups, long numChannels, double eps = 1e-5, bool affine = true)
+    {
+        if (numGroups <= 0 || numChannels % numGroups != 0)
+            throw new ArgumentException($"GroupNorm: {numChannels} channels cannot be split into {numGroups} groups.");
+        var gn = nn.GroupNorm(numGroups, numChannels, eps, affine);
+        ResetAffine(gn.weight, gn.bias);
+        return gn;
+    }
+
+    /// <summary>LayerNorm with γ = 1, β = 0 (set explicitly, whatever the binding does).</summary>
+    public static LayerNorm LayerNorm(long dim, double eps = 1e-5)
+    {
+        var ln = nn.LayerNorm(dim, eps);
+        ResetAffine(ln.weight, ln.bias);
+        return ln;
+    }
+
+    static void ResetAffine(Parameter? weight, Parameter? bias)
+    {
+        using var _ = no_grad();
+        weight?.fill_(1.0);
+        bias?.zero_();
+    }
+}

@@ -1,0 +1,73 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace LdmLab.Runtime;
+
+/// <summary>The run profile: quick (CI, seconds), full (CPU, reproduces the reported numbers), gpu.</summary>
+public enum Profile { Quick, Full, Gpu }
+
+/// <summary>One place for device choice, seeding, threads and the run profile.</summary>
+public static class Lab
+{
+    /// <summary>LDMLAB_PROFILE=quick|full|gpu (default quick).</summary>
+    public static Profile Profile => ParseProfile(Environment.GetEnvironmentVariable("LDMLAB_PROFILE"));
+
+    public static Profile ParseProfile(string? value) => (value ?? "quick").Trim().ToLowerInvariant() switch
+    {
+        "" or "quick" => Profile.Quick,
+        "full" => Profile.Full,
+        "gpu" => Profile.Gpu,
+        var v => throw new ArgumentException($"LDMLAB_PROFILE='{v}' is not one of quick, full, gpu.", nameof(value)),
+    };
+
+    /// <summary>Picks a value by profile: <c>Lab.Pick(quick: 200, full: 60000)</c>; gpu defaults to full.</summary>
+    public static T Pick<T>(T quick, T full, T? gpu = default) => Profile switch
+    {
+        Profile.Quick => quick,
+        Profile.Gpu => gpu is null || EqualityComparer<T>.Default.Equals(gpu, default!) ? full : gpu,
+        _ => full,
+    };
+
+    /// <summary>CUDA when available (unless LDMLAB_DEVICE says otherwise), else CPU.</summary>
+    public static Device Device
+    {
+        get
+        {
+            TorchRuntime.Setup();
+            var wanted = Environment.GetEnvironmentVariable("LDMLAB_DEVICE");
+            if (!string.IsNullOrWhiteSpace(wanted)) return torch.device(wanted);
+            return torch.cuda.is_available() ? CUDA : CPU;
+        }
+    }
+
+    /// <summary>Seeds torch (CPU and CUDA) and returns a seeded <see cref="Random"/> for host-side choices.</summary>
+    public static Random Seed(long seed)
+    {
+        TorchRuntime.Setup();
+        torch.manual_seed(seed);
+        if (torch.cuda.is_available()) torch.cuda.manual_seed_all(seed);
+        return new Random(unchecked((int)seed));
+    }
+
+    /// <summary>Sets intra-op threads (LDMLAB_THREADS, else all cores) and returns the count in force.</summary>
+    public static int SetThreads(int? threads = null)
+    {
+        TorchRuntime.Setup();
+        int n = threads ?? (int.TryParse(Environment.GetEnvironmentVariable("LDMLAB_THREADS"), out var t) ? t : Environment.ProcessorCount);
+        if (n < 1) throw new ArgumentOutOfRangeException(nameof(threads), n, "thread count must be at least 1");
+        torch.set_num_threads(n);
+        return torch.get_num_threads();
+    }
+
+    /// <summary>A one-paragraph description of the runtime: versions, device, threads, oneDNN, profile.</summary>
+    public static string Describe()
+    {
+        var r = TorchRuntime.Setup();
+        return string.Join(Environment.NewLine,
+            r.ToString(),
+            $"profile: {Profile.ToString().ToLowerInvariant()}",
+            $"device: {Device.type}{(torch.cuda.is_available() ? $" ({torch.cuda.device_count()} CUDA device(s))" : "")}",
+            $"threads: {torch.get_num_threads()}",
+            $".NET {Environment.Version}, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}");
+    }
+}

@@ -1,0 +1,79 @@
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.PixelFormats;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace LdmLab.Viz;
+
+/// <summary>A PNG image (e.g. a grid of samples); notebooks show it inline as image/png.</summary>
+[TypeFormatterSource(typeof(HtmlFormatterSource), PreferredMimeTypes = ["image/png"])]
+public sealed class PngImage(byte[] png, int width, int height, string? caption = null) : IPngContent, IHtmlContent
+{
+    public int Width { get; } = width;
+    public int Height { get; } = height;
+    public string? Caption { get; } = caption;
+    public byte[] ToPng() => png;
+    public string ToHtml() =>
+        $"<figure style=\"margin:0\"><img src=\"data:image/png;base64,{Convert.ToBase64String(png)}\" width=\"{Width}\" height=\"{Height}\" style=\"image-rendering:pixelated\"/>" +
+        (Caption is null ? "" : $"<figcaption>{System.Net.WebUtility.HtmlEncode(Caption)}</figcaption>") + "</figure>";
+
+    /// <summary>Writes the PNG atomically (temp file, then rename).</summary>
+    public void Save(string path) => Data.AtomicFile.WriteAllBytes(path, png);
+    public override string ToString() => $"[png {Width}×{Height}{(Caption is null ? "" : ": " + Caption)}]";
+}
+
+/// <summary>Tensor ⇄ image helpers. Tensors are NCHW / CHW with values in [lo, hi] (default [-1, 1]).</summary>
+public static class Images
+{
+    /// <summary>Tiles a batch [N,C,H,W] (C = 1 or 3) into one PNG, <paramref name="nrow"/> images per row.</summary>
+    public static PngImage Grid(Tensor batch, int nrow = 8, int padding = 2, int scale = 1, double lo = -1, double hi = 1, string? caption = null)
+    {
+        if (batch.dim() == 3) batch = batch.unsqueeze(0);
+        if (batch.dim() != 4 || (batch.shape[1] != 1 && batch.shape[1] != 3))
+            throw new ArgumentException($"Grid expects [N,1|3,H,W], got [{string.Join(",", batch.shape)}].", nameof(batch));
+        if (nrow < 1 || scale < 1 || padding < 0) throw new ArgumentOutOfRangeException(nameof(nrow), "nrow and scale must be ≥ 1, padding ≥ 0");
+        using var scope = NewDisposeScope();
+        var x = ((batch.detach().to(CPU).to_type(ScalarType.Float32) - lo) / (hi - lo)).clamp(0, 1);
+        if (x.shape[1] == 1) x = x.expand(-1, 3, -1, -1);
+        if (scale > 1) x = nn.functional.interpolate(x, scale_factor: [scale, scale], mode: InterpolationMode.Nearest);
+        int n = (int)x.shape[0], h = (int)x.shape[2], w = (int)x.shape[3];
+        int cols = Math.Min(nrow, n), rows = (n + cols - 1) / cols;
+        int gw = cols * w + (cols + 1) * padding, gh = rows * h + (rows + 1) * padding;
+        var bytes = (x * 255).round().to_type(ScalarType.Byte).permute(0, 2, 3, 1).contiguous().data<byte>().ToArray(); // N,H,W,3
+        using var img = new Image<Rgb24>(gw, gh, new Rgb24(255, 255, 255));
+        for (int i = 0; i < n; i++)
+        {
+            int ox = padding + (i % cols) * (w + padding), oy = padding + (i / cols) * (h + padding);
+            for (int yy = 0; yy < h; yy++)
+            for (int xx = 0; xx < w; xx++)
+            {
+                int o = ((i * h + yy) * w + xx) * 3;
+                img[ox + xx, oy + yy] = new Rgb24(bytes[o], bytes[o + 1], bytes[o + 2]);
+            }
+        }
+        using var ms = new MemoryStream();
+        img.SaveAsPng(ms);
+        return new PngImage(ms.ToArray(), gw, gh, caption);
+    }
+
+    /// <summary>An RGB image as a [3,H,W] float tensor in [-1, 1].</summary>
+    public static Tensor ToTensor(Image<Rgb24> image)
+    {
+        int w = image.Width, h = image.Height;
+        var buf = new byte[w * h * 3];
+        image.CopyPixelDataTo(buf);
+        return tensor(buf, [h, w, 3], ScalarType.Byte).permute(2, 0, 1).to_type(ScalarType.Float32).div_(127.5).sub_(1.0);
+    }
+
+    /// <summary>A [3,H,W] or [1,H,W] tensor in [lo, hi] as an RGB image.</summary>
+    public static Image<Rgb24> ToImage(Tensor chw, double lo = -1, double hi = 1)
+    {
+        if (chw.dim() != 3 || (chw.shape[0] != 1 && chw.shape[0] != 3))
+            throw new ArgumentException($"ToImage expects [1|3,H,W], got [{string.Join(",", chw.shape)}].", nameof(chw));
+        using var scope = NewDisposeScope();
+        var x = ((chw.detach().to(CPU).to_type(ScalarType.Float32) - lo) / (hi - lo)).clamp(0, 1);
+        if (x.shape[0] == 1) x = x.expand(3, -1, -1);
+        var bytes = (x * 255).round().to_type(ScalarType.Byte).permute(1, 2, 0).contiguous().data<byte>().ToArray();
+        return Image.LoadPixelData<Rgb24>(bytes, (int)chw.shape[2], (int)chw.shape[1]);
+    }
+}
