@@ -3,7 +3,8 @@ using System.Net;
 
 namespace LdmLab.Viz;
 
-/// <summary>One progress report of a long loop.</summary>
+/// <summary>One progress report of a long loop; notebooks show it as an HTML progress bar.</summary>
+[TypeFormatterSource(typeof(HtmlFormatterSource), PreferredMimeTypes = ["text/html"])]
 public sealed record ProgressInfo(string Task, int Step, int Total, TimeSpan Elapsed, IReadOnlyDictionary<string, double> Metrics)
     : IHtmlContent
 {
