@@ -1,0 +1,102 @@
+using System.Text.Json.Nodes;
+using LdmLab.Cli;
+
+namespace LdmLab.Tests;
+
+/// <summary>Executes notebooks in the real .NET Interactive kernel (dotnet-interactive 1.0.712001 via Jupyter).</summary>
+public class NotebookTests
+{
+    static string NotebooksDir => Path.Combine(TestPaths.RepoRoot, "notebooks");
+
+    public static TheoryData<string> Notebooks()
+    {
+        var data = new TheoryData<string>();
+        foreach (var f in Directory.GetFiles(Path.Combine(TestPaths.RepoRoot, "notebooks"), "*.ipynb").Order()) data.Add(Path.GetFileName(f));
+        return data;
+    }
+
+    static NotebookRunner Runner(string dir, string outDir) =>
+        new() { NotebooksDir = dir, OutDir = outDir, Profile = "quick", CellTimeoutSeconds = 600, Log = _ => { } };
+
+    [Theory]
+    [MemberData(nameof(Notebooks))]
+    public void Notebook_runs_without_errors_in_the_real_kernel(string name)
+    {
+        EnsureReleaseLibrary();
+        var outDir = Path.Combine(TestPaths.RepoRoot, "out", "test-notebooks");
+        var runner = Runner(NotebooksDir, outDir);
+        var result = runner.Run(Path.Combine(NotebooksDir, name), runner.WriteKernelSpec());
+        Assert.True(result.Ok, result.ToString());
+        var outputs = JsonNode.Parse(File.ReadAllText(result.OutputPath!))!["cells"]!.AsArray()
+            .SelectMany(c => c!["outputs"]?.AsArray() ?? []).ToList();
+        Assert.NotEmpty(outputs);
+        if (name == "00-tour.ipynb")
+        {
+            Assert.Contains(outputs, o => o?["data"]?["image/png"] is not null);
+            Assert.Contains(outputs, o => o?["data"]?["text/html"]?.ToString().Contains("Plotly.newPlot") == true);
+            Assert.Contains(outputs, o => o?["text"]?.ToString().Contains("oneDNN (mkldnn) for CPU: disabled") == true);
+        }
+    }
+
+    [Fact]
+    public void A_failing_cell_fails_the_run_naming_notebook_cell_and_message()
+    {
+        var dir = TestPaths.TempDir("failing-nb");
+        var cells = new JsonArray(
+            Cell("ok", "Console.WriteLine(\"fine\");"),
+            Cell("compile", "int y = \"not an int\";"),
+            Cell("throws", "throw new InvalidOperationException(\"boom\");"));
+        var nb = new JsonObject
+        {
+            ["cells"] = cells,
+            ["metadata"] = new JsonObject { ["kernelspec"] = new JsonObject { ["name"] = ".net-csharp", ["language"] = "C#", ["display_name"] = ".NET (C#)" } },
+            ["nbformat"] = 4, ["nbformat_minor"] = 5,
+        };
+        File.WriteAllText(Path.Combine(dir, "broken.ipynb"), nb.ToJsonString());
+
+        // through the CLI, as the README's commands run it: exit code 1 and the cells named
+        var outDir = Path.Combine(dir, "out");
+        var stdout = new StringWriter();
+        var saved = Console.Out;
+        Console.SetOut(stdout);
+        int rc;
+        try { rc = Commands.Run(["notebooks", "--dir", dir, "--out", outDir]); }
+        finally { Console.SetOut(saved); }
+        var text = stdout.ToString();
+        Assert.Equal(1, rc);
+        Assert.Contains("FAIL broken.ipynb", text);
+        Assert.Contains("cell 1 (id compile)", text);
+        Assert.Contains("CS0029", text);               // the real compiler message, from the cell's stderr
+        Assert.Contains("cell 2 (id throws)", text);
+        Assert.Contains("boom", text);
+        Assert.Contains("0 passed, 1 failed", text);
+        Assert.True(File.Exists(Path.Combine(outDir, "index.html")));
+    }
+
+    [Fact]
+    public void Unknown_notebook_and_option_are_clear_errors()
+    {
+        Assert.Equal(2, Commands.Run(["notebooks", "--only", "nope"]));
+        Assert.Equal(2, Commands.Run(["notebooks", "--bogus"]));
+        Assert.Equal(2, Commands.Run(["notebooks", "--timeout", "x"]));
+    }
+
+    static JsonObject Cell(string id, string source) => new()
+    {
+        ["cell_type"] = "code", ["id"] = id, ["metadata"] = new JsonObject(), ["execution_count"] = null,
+        ["outputs"] = new JsonArray(), ["source"] = source,
+    };
+
+    static readonly Lazy<bool> ReleaseBuilt = new(() =>
+    {
+        // Notebooks reference lib/LdmLab/bin/Release; when these tests run from another configuration, build it.
+        var cfg = typeof(NotebookTests).Assembly.GetCustomAttributes(typeof(System.Reflection.AssemblyConfigurationAttribute), false)
+            .OfType<System.Reflection.AssemblyConfigurationAttribute>().FirstOrDefault()?.Configuration;
+        if (cfg == "Release") return true;
+        var p = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("dotnet", ["build", Path.Combine(TestPaths.RepoRoot, "lib", "LdmLab", "LdmLab.csproj"), "-c", "Release", "-v", "q"]))!;
+        p.WaitForExit();
+        return p.ExitCode == 0 ? true : throw new InvalidOperationException("dotnet build lib/LdmLab -c Release failed");
+    });
+
+    static void EnsureReleaseLibrary() => _ = ReleaseBuilt.Value;
+}

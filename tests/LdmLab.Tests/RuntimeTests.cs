@@ -1,0 +1,88 @@
+using LdmLab.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace LdmLab.Tests;
+
+public class RuntimeTests
+{
+    [Fact]
+    public void Setup_loads_torch_and_turns_onednn_off()
+    {
+        var r = TorchRuntime.Setup();
+        Assert.True(r.Ok, r.ToString());
+        Assert.False(r.MkldnnEnabled);
+        Assert.Contains(r.Steps, s => s.Contains("oneDNN (mkldnn) for CPU: disabled"));
+        // torch really computes: (A·I) = A
+        var a = randn(3, 3);
+        Assert.True(a.matmul(eye(3)).allclose(a));
+        Assert.Same(r, TorchRuntime.Setup()); // idempotent
+    }
+
+    [Fact]
+    public void Only_the_package_libtorch_is_mapped()
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        var r = TorchRuntime.Setup();
+        var mapped = File.ReadAllLines("/proc/self/maps").Where(l => l.Contains("libtorch_cpu.so")).Select(l => l[(l.IndexOf('/'))..]).Distinct().ToList();
+        Assert.NotEmpty(mapped);
+        Assert.All(mapped, path => Assert.StartsWith(r.LibTorchDirectory!, path));
+    }
+
+    [Fact]
+    public void Weakened_copy_differs_only_in_the_glibcxx_flag()
+    {
+        var original = Directory.GetFiles(Path.GetDirectoryName(typeof(torch).Assembly.Location)!, "libLibTorchSharp.so", SearchOption.AllDirectories)
+            .Concat(Directory.GetFiles(Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages", "torchsharp"), "libLibTorchSharp.so", SearchOption.AllDirectories))
+            .FirstOrDefault(p => p.Contains("linux-x64"));
+        if (!OperatingSystem.IsLinux()) return;
+        Assert.NotNull(original);
+        var before = File.ReadAllBytes(original);
+        var need = Assert.Single(ElfVersionNeeds.Read(before, original), n => n.Version == "GLIBCXX_3.4.32");
+        Assert.False(need.IsWeak);
+        Assert.Equal("libstdc++.so.6", need.File);
+
+        var copy = TorchRuntime.WeakenedCopy(original);
+        var after = File.ReadAllBytes(copy);
+        Assert.True(Assert.Single(ElfVersionNeeds.Read(after, copy), n => n.Version == "GLIBCXX_3.4.32").IsWeak);
+        Assert.Equal(before.Length, after.Length);
+        var diff = Enumerable.Range(0, before.Length).Where(i => before[i] != after[i]).ToList();
+        Assert.Equal([need.FlagsOffset], diff);
+        // every other need is untouched
+        Assert.All(ElfVersionNeeds.Read(after, copy).Where(n => n.Version != "GLIBCXX_3.4.32"), n => Assert.False(n.IsWeak));
+    }
+
+    [Fact]
+    public void Elf_reader_rejects_bad_input_naming_it()
+    {
+        var e1 = Assert.Throws<InvalidDataException>(() => ElfVersionNeeds.Read(new byte[100], "x.so"));
+        Assert.Contains("x.so", e1.Message);
+        Assert.Contains("magic", e1.Message);
+        if (!OperatingSystem.IsLinux()) return;
+        var truncated = File.ReadAllBytes("/bin/true")[..200]; // a real ELF header whose section table lies beyond
+        var e2 = Assert.Throws<InvalidDataException>(() => ElfVersionNeeds.Read(truncated, "short.so"));
+        Assert.Contains("short.so", e2.Message);
+    }
+
+    [Theory]
+    [InlineData(null, Profile.Quick)]
+    [InlineData("quick", Profile.Quick)]
+    [InlineData("FULL", Profile.Full)]
+    [InlineData("gpu", Profile.Gpu)]
+    public void Profiles_parse(string? value, Profile expected) => Assert.Equal(expected, Lab.ParseProfile(value));
+
+    [Fact]
+    public void Unknown_profile_is_a_clear_error()
+    {
+        var e = Assert.Throws<ArgumentException>(() => Lab.ParseProfile("fast"));
+        Assert.Contains("LDMLAB_PROFILE='fast'", e.Message);
+    }
+
+    [Fact]
+    public void Device_is_cpu_without_cuda_and_threads_apply()
+    {
+        if (!cuda.is_available()) Assert.Equal(DeviceType.CPU, Lab.Device.type);
+        Assert.Equal(1, Lab.SetThreads(1));
+        Assert.Equal(Environment.ProcessorCount, Lab.SetThreads());
+    }
+}
