@@ -9,6 +9,7 @@ public static class Commands
 
         usage:
           ldmlab info                      what the runtime bootstrap did, device, versions
+          ldmlab parity DIR [DIR...]       compare against reference fixtures (schedulers, models); exit 0 iff all pass
           ldmlab notebooks [options]       execute notebooks in the real .NET Interactive kernel
               --dir DIR                    notebooks folder (default: notebooks)
               --out DIR                    executed notebooks + index.html (default: out)
@@ -26,6 +27,7 @@ public static class Commands
             {
                 "info" => Info(),
                 "notebooks" => NotebooksCommand.Run(args[1..]),
+                "parity" => ParityCommand.Run(args[1..]),
                 _ => Fail($"unknown command '{args[0]}'\n\n{Usage}"),
             };
         }

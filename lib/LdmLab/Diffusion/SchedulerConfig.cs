@@ -1,0 +1,93 @@
+using System.Text.Json.Nodes;
+
+namespace LdmLab.Diffusion;
+
+/// <summary>The diffusers scheduler config keys LdmLab understands, with diffusers' defaults.</summary>
+public sealed record SchedulerConfig
+{
+    public int NumTrainTimesteps { get; init; } = 1000;
+    public double BetaStart { get; init; } = 0.0001;
+    public double BetaEnd { get; init; } = 0.02;
+    public string BetaSchedule { get; init; } = "linear";
+    public float[]? TrainedBetas { get; init; }
+    public string PredictionType { get; init; } = "epsilon";     // epsilon | v_prediction | sample
+    public string TimestepSpacing { get; init; } = "leading";    // leading | trailing | linspace
+    public int StepsOffset { get; init; }
+    public bool RescaleBetasZeroSnr { get; init; }
+    public bool ClipSample { get; init; }
+    public double ClipSampleRange { get; init; } = 1.0;
+    public bool SetAlphaToOne { get; init; } = true;
+    public string VarianceType { get; init; } = "fixed_small";
+    public bool SkipPrkSteps { get; init; }
+    // Euler
+    public string InterpolationType { get; init; } = "linear";
+    public bool UseKarrasSigmas { get; init; }
+    public double? SigmaMin { get; init; }
+    public double? SigmaMax { get; init; }
+    public string TimestepType { get; init; } = "discrete";
+    // DPM-Solver
+    public int SolverOrder { get; init; } = 2;
+    public string AlgorithmType { get; init; } = "dpmsolver++";
+    public string SolverType { get; init; } = "midpoint";
+    public bool LowerOrderFinal { get; init; } = true;
+    public bool EulerAtFinal { get; init; }
+    public string FinalSigmasType { get; init; } = "zero";
+    public double LambdaMinClipped { get; init; } = double.NegativeInfinity;
+
+    public NoiseSchedule Schedule() =>
+        NoiseSchedule.FromName(BetaSchedule, NumTrainTimesteps, BetaStart, BetaEnd, RescaleBetasZeroSnr, TrainedBetas);
+
+    /// <summary>Reads a diffusers scheduler_config.json object; unknown keys are ignored, unsupported values rejected.</summary>
+    public static SchedulerConfig FromJson(JsonObject o, string defaultSpacing = "leading")
+    {
+        T Get<T>(string key, T fallback)
+        {
+            var n = o[key];
+            if (n is null) return fallback;
+            if (typeof(T) == typeof(double) && n.ToString() is "-inf" or "inf" or "nan")
+                return (T)(object)(n.ToString() == "-inf" ? double.NegativeInfinity : n.ToString() == "inf" ? double.PositiveInfinity : double.NaN);
+            try { return n.GetValue<T>(); }
+            catch (Exception e) when (e is FormatException or InvalidOperationException)
+            {
+                if (typeof(T) == typeof(double) && double.TryParse(n.ToString(), System.Globalization.CultureInfo.InvariantCulture, out var d)) return (T)(object)d;
+                throw new FormatException($"scheduler config: '{key}' = {n.ToJsonString()} is not a {typeof(T).Name}", e);
+            }
+        }
+        double? GetOpt(string key) => o[key] is null ? null : Get(key, 0.0);
+        var c = new SchedulerConfig
+        {
+            NumTrainTimesteps = Get("num_train_timesteps", 1000),
+            BetaStart = Get("beta_start", 0.0001),
+            BetaEnd = Get("beta_end", 0.02),
+            BetaSchedule = Get("beta_schedule", "linear"),
+            TrainedBetas = o["trained_betas"] is JsonArray tb ? tb.Select(x => (float)x!.GetValue<double>()).ToArray() : null,
+            PredictionType = Get("prediction_type", "epsilon"),
+            TimestepSpacing = Get("timestep_spacing", defaultSpacing),
+            StepsOffset = Get("steps_offset", 0),
+            RescaleBetasZeroSnr = Get("rescale_betas_zero_snr", false),
+            ClipSample = Get("clip_sample", false),
+            ClipSampleRange = Get("clip_sample_range", 1.0),
+            SetAlphaToOne = Get("set_alpha_to_one", true),
+            VarianceType = Get<string?>("variance_type", null) ?? "fixed_small",
+            SkipPrkSteps = Get("skip_prk_steps", false),
+            InterpolationType = Get("interpolation_type", "linear"),
+            UseKarrasSigmas = Get("use_karras_sigmas", false),
+            SigmaMin = GetOpt("sigma_min"),
+            SigmaMax = GetOpt("sigma_max"),
+            TimestepType = Get("timestep_type", "discrete"),
+            SolverOrder = Get("solver_order", 2),
+            AlgorithmType = Get("algorithm_type", "dpmsolver++"),
+            SolverType = Get("solver_type", "midpoint"),
+            LowerOrderFinal = Get("lower_order_final", true),
+            EulerAtFinal = Get("euler_at_final", false),
+            FinalSigmasType = Get("final_sigmas_type", "zero"),
+            LambdaMinClipped = Get("lambda_min_clipped", double.NegativeInfinity),
+        };
+        if (Get("thresholding", false)) throw new NotSupportedException("scheduler config: thresholding=true is not supported");
+        if (c.PredictionType is not ("epsilon" or "v_prediction" or "sample"))
+            throw new NotSupportedException($"scheduler config: prediction_type '{c.PredictionType}' is not one of epsilon, v_prediction, sample");
+        if (c.TimestepSpacing is not ("leading" or "trailing" or "linspace"))
+            throw new NotSupportedException($"scheduler config: timestep_spacing '{c.TimestepSpacing}' is not one of leading, trailing, linspace");
+        return c;
+    }
+}

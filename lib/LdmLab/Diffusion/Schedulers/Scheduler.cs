@@ -1,0 +1,98 @@
+using System.Text.Json.Nodes;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace LdmLab.Diffusion.Schedulers;
+
+/// <summary>What one reverse step produced: x_{t−1} and, where the method defines it, the predicted x_0.</summary>
+public sealed record StepOutput(Tensor PrevSample, Tensor? PredOriginalSample);
+
+/// <summary>
+/// A diffusers-style scheduler: <see cref="SetTimesteps"/> picks the inference timesteps, <see cref="ScaleModelInput"/>
+/// prepares the model input, <see cref="Step"/> maps (model output, t, x_t) to x_{t−1}. Models stay separate.
+/// Multistep methods (DPM-Solver, PNDM) keep their history here, exactly as diffusers does; call SetTimesteps to reset.
+/// </summary>
+public abstract class Scheduler
+{
+    public SchedulerConfig Config { get; }
+    public NoiseSchedule Schedule { get; }
+    protected float[] Acp => Schedule.AlphasCumprod;
+
+    /// <summary>The timesteps the model is called at, in order (integers, except Euler's interpolated ones).</summary>
+    public double[] Timesteps { get; protected set; } = [];
+    public int NumInferenceSteps { get; protected set; }
+
+    /// <summary>Standard deviation of the initial noise: x_T = noise · InitNoiseSigma.</summary>
+    public virtual double InitNoiseSigma => 1.0;
+
+    /// <summary>How many model calls one logical step takes (for img2img start indices).</summary>
+    public virtual int Order => 1;
+
+    protected Scheduler(SchedulerConfig config)
+    {
+        Config = config;
+        Schedule = config.Schedule();
+    }
+
+    public abstract void SetTimesteps(int numInferenceSteps);
+    public virtual Tensor ScaleModelInput(Tensor sample, double timestep) => sample;
+
+    /// <param name="noise">The noise a stochastic step adds (DDPM, DDIM with η &gt; 0); drawn from torch's RNG when null.</param>
+    public abstract StepOutput Step(Tensor modelOutput, double timestep, Tensor sample, Tensor? noise = null);
+
+    /// <summary>img2img: the index into <see cref="Timesteps"/> to start from for a strength in [0, 1].</summary>
+    public int StartIndexForStrength(double strength)
+    {
+        if (strength is < 0 or > 1) throw new ArgumentOutOfRangeException(nameof(strength), strength, "strength must lie in [0, 1]");
+        int initTimestep = Math.Min((int)(NumInferenceSteps * strength), NumInferenceSteps);
+        return Math.Max(NumInferenceSteps - initTimestep, 0) * Order;
+    }
+
+    /// <summary>Integer timesteps by diffusers' spacing rules (Table 2 of Lin et al. 2023).</summary>
+    protected long[] SpacedTimesteps(int n)
+    {
+        if (n < 1 || n > Config.NumTrainTimesteps)
+            throw new ArgumentOutOfRangeException(nameof(n), n, $"num_inference_steps must be in 1..{Config.NumTrainTimesteps}");
+        int T = Config.NumTrainTimesteps;
+        return Config.TimestepSpacing switch
+        {
+            "linspace" => Enumerable.Range(0, n).Select(i => (long)Math.Round(n == 1 ? 0 : i * (T - 1.0) / (n - 1), MidpointRounding.ToEven)).Reverse().ToArray(),
+            "leading" => Enumerable.Range(0, n).Select(i => (long)i * (T / n) + Config.StepsOffset).Reverse().ToArray(),
+            "trailing" => Arange(T, 0, -(double)T / n).Select(v => (long)Math.Round(v, MidpointRounding.ToEven) - 1).ToArray(),
+            var s => throw new NotSupportedException($"timestep_spacing '{s}'"),
+        };
+    }
+
+    /// <summary>numpy.arange(start, stop, step) for a negative step.</summary>
+    protected static IEnumerable<double> Arange(double start, double stop, double step)
+    {
+        int count = (int)Math.Ceiling((stop - start) / step);
+        for (int i = 0; i < count; i++) yield return start + i * step;
+    }
+
+    /// <summary>x̂_0 and ε̂ from the model output, for the configured prediction type.</summary>
+    protected (Tensor x0, Tensor eps) Predict(Tensor modelOutput, Tensor sample, double alphaProd)
+    {
+        double a = Math.Sqrt(alphaProd), b = Math.Sqrt(1 - alphaProd);
+        return Config.PredictionType switch
+        {
+            "epsilon" => ((sample - b * modelOutput) / a, modelOutput),
+            "sample" => (modelOutput, (sample - a * modelOutput) / b),
+            "v_prediction" => (a * sample - b * modelOutput, a * modelOutput + b * sample),
+            var p => throw new NotSupportedException($"prediction_type '{p}'"),
+        };
+    }
+
+    protected Tensor MaybeClip(Tensor x0) => Config.ClipSample ? x0.clamp(-Config.ClipSampleRange, Config.ClipSampleRange) : x0;
+
+    /// <summary>Builds a scheduler from a diffusers class name and config (as in scheduler_config.json).</summary>
+    public static Scheduler Create(string className, JsonObject config) => className switch
+    {
+        "DDIMScheduler" => new DdimScheduler(SchedulerConfig.FromJson(config)),
+        "DDPMScheduler" => new DdpmScheduler(SchedulerConfig.FromJson(config)),
+        "PNDMScheduler" => new PndmScheduler(SchedulerConfig.FromJson(config)),
+        "EulerDiscreteScheduler" => new EulerScheduler(SchedulerConfig.FromJson(config, "linspace")),
+        "DPMSolverMultistepScheduler" => new DpmSolverMultistepScheduler(SchedulerConfig.FromJson(config, "linspace")),
+        _ => throw new NotSupportedException($"scheduler class '{className}' is not one of DDIMScheduler, DDPMScheduler, PNDMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler"),
+    };
+}

@@ -1,0 +1,142 @@
+using System.Text.Json.Nodes;
+using LdmLab.Diffusion;
+using LdmLab.Diffusion.Schedulers;
+using static TorchSharp.torch;
+
+namespace LdmLab.Interop;
+
+/// <summary>One compared tensor: its name, the largest absolute difference and the tolerance it had to meet.</summary>
+public sealed record ParityCheck(string Name, double MaxAbsDiff, double Tolerance, string? Note = null)
+{
+    public bool Passed => MaxAbsDiff <= Tolerance;
+    public override string ToString() => $"{(Passed ? "PASS" : "FAIL")} {Name} {MaxAbsDiff:G3}{(Note is null ? "" : "  (" + Note + ")")}";
+}
+
+/// <summary>Thrown when a folder is not in a fixture format LdmLab can check.</summary>
+public sealed class ParityFormatException(string message) : Exception(message);
+
+/// <summary>
+/// Compares LdmLab against reference outputs in the format of the shared fixtures (see their README):
+/// the kind of a folder is detected from its files.
+/// </summary>
+public static class Parity
+{
+    public static IReadOnlyList<ParityCheck> CheckFolder(string dir)
+    {
+        if (!Directory.Exists(dir)) throw new ParityFormatException($"{dir}: folder not found");
+        if (File.Exists(Path.Combine(dir, "schedulers.json"))) return SchedulerParity.Check(dir);
+        var config = Path.Combine(dir, "config.json");
+        if (File.Exists(config))
+        {
+            var cls = (string?)JsonNode.Parse(File.ReadAllText(config))?["_class_name"];
+            throw new ParityFormatException($"{dir}: parity for {cls ?? "this model"} is not implemented yet");
+        }
+        throw new ParityFormatException($"{dir}: no schedulers.json or config.json: not a fixture folder");
+    }
+
+    /// <summary>max |a − b| over all elements (shapes must match), computed in float64.</summary>
+    public static double MaxAbsDiff(Tensor a, Tensor b)
+    {
+        if (!a.shape.SequenceEqual(b.shape)) return double.PositiveInfinity;
+        if (a.numel() == 0) return 0;
+        using var d = (a.to_type(ScalarType.Float64) - b.to_type(ScalarType.Float64)).abs().max();
+        var v = d.item<double>();
+        return double.IsNaN(v) ? double.PositiveInfinity : v;
+    }
+
+    public static double MaxAbs(Tensor a) => a.numel() == 0 ? 0 : a.to_type(ScalarType.Float64).abs().max().item<double>();
+}
+
+/// <summary>Scheduler trajectories and β-schedule tables (fixtures/schedulers format).</summary>
+public static class SchedulerParity
+{
+    /// <summary>The fixtures' fake model: 0.1·x (float32) + 0.05·sin(t/100) (double, added as float32).</summary>
+    public static Tensor FakeModel(Tensor x, double t) => x * 0.1f + (float)(0.05 * Math.Sin(t / 100));
+
+    public static IReadOnlyList<ParityCheck> Check(string dir)
+    {
+        var json = PyJson.ParseFile(Path.Combine(dir, "schedulers.json"))!.AsObject();
+        var checks = new List<ParityCheck>();
+        var betasFile = Path.Combine(dir, "beta_schedules.safetensors");
+        if (File.Exists(betasFile) && json["beta_schedules"] is JsonObject schedules)
+        {
+            var tensors = SafeTensors.Load(betasFile);
+            foreach (var (name, cfg) in schedules)
+            {
+                var s = NoiseSchedule.FromName(name, (int?)cfg?["num_train_timesteps"] ?? 1000,
+                    (double?)cfg?["beta_start"] ?? 1e-4, (double?)cfg?["beta_end"] ?? 0.02);
+                Compare(checks, $"beta_schedules/{name}.betas", tensor(s.Betas), tensors, $"{name}.betas", 1e-7);
+                Compare(checks, $"beta_schedules/{name}.alphas_cumprod", tensor(s.AlphasCumprod), tensors, $"{name}.alphas_cumprod", 1e-6);
+            }
+        }
+        foreach (var (name, node) in json["trajectories"]?.AsObject() ?? [])
+        {
+            var file = Path.Combine(dir, name + ".safetensors");
+            if (!File.Exists(file)) throw new ParityFormatException($"{file}: trajectory file named in schedulers.json is missing");
+            checks.AddRange(CheckTrajectory(name, node!.AsObject(), SafeTensors.Load(file)));
+        }
+        return checks;
+    }
+
+    static IEnumerable<ParityCheck> CheckTrajectory(string name, JsonObject spec, Dictionary<string, Tensor> r)
+    {
+        var checks = new List<ParityCheck>();
+        var cls = (string?)spec["class"] ?? throw new ParityFormatException($"{name}: no 'class'");
+        var scheduler = Scheduler.Create(cls, spec["config"]!.AsObject());
+        int steps = (int)spec["num_inference_steps"]!;
+        scheduler.SetTimesteps(steps);
+
+        var refT = r["timesteps"].to_type(ScalarType.Float64);
+        Compare(checks, $"{name}/timesteps", tensor(scheduler.Timesteps), r, "timesteps", refT.dtype == ScalarType.Float64 && r["timesteps"].dtype == ScalarType.Int64 ? 0 : 1e-3);
+        if (spec["init_noise_sigma"] is JsonNode ins)
+            checks.Add(new ParityCheck($"{name}/init_noise_sigma", Math.Abs(scheduler.InitNoiseSigma - (double)ins), 1e-5 * Math.Max(1, (double)ins)));
+        Compare(checks, $"{name}/alphas_cumprod", tensor(scheduler.Schedule.AlphasCumprod), r, "alphas_cumprod", 1e-6);
+        if (r.ContainsKey("sigmas"))
+        {
+            var sig = scheduler switch { EulerScheduler e => e.Sigmas, DpmSolverMultistepScheduler d => d.Sigmas, _ => [] };
+            Compare(checks, $"{name}/sigmas", tensor(sig), r, "sigmas", 1e-5 * Math.Max(1, Parity.MaxAbs(r["sigmas"])));
+        }
+        if (scheduler.Timesteps.Length != r["timesteps"].shape[0])
+        {
+            checks.Add(new ParityCheck($"{name}/trajectory", double.PositiveInfinity, 0, $"{scheduler.Timesteps.Length} steps vs {r["timesteps"].shape[0]}"));
+            return checks;
+        }
+
+        var sample = r["noise"] * (float)scheduler.InitNoiseSigma;
+        Compare(checks, $"{name}/sample_init", sample, r, "sample_init", 1e-5 * Math.Max(1, Parity.MaxAbs(r["sample_init"])));
+        var diffs = new Dictionary<string, double>();
+        void Track(string key, Tensor ours, int i)
+        {
+            if (!r.TryGetValue(key, out var all)) return;
+            var d = Parity.MaxAbsDiff(ours, all[i]);
+            diffs[key] = Math.Max(diffs.GetValueOrDefault(key), d);
+        }
+        for (int i = 0; i < scheduler.Timesteps.Length; i++)
+        {
+            double t = scheduler.Timesteps[i];
+            var input = scheduler.ScaleModelInput(sample, t);
+            var output = FakeModel(input, t);
+            var step = scheduler.Step(output, t, sample, r.TryGetValue("variance_noise", out var vn) ? vn[i] : null);
+            Track("model_input", input, i);
+            Track("model_output", output, i);
+            Track("prev_sample", step.PrevSample, i);
+            if (step.PredOriginalSample is not null) Track("pred_original_sample", step.PredOriginalSample, i);
+            if (r.TryGetValue("variance_std", out var vs) && scheduler is DdpmScheduler ddpm)
+                diffs["variance_std"] = Math.Max(diffs.GetValueOrDefault("variance_std"),
+                    Math.Abs(Math.Sqrt(ddpm.Variance((int)t)) - vs[i].item<float>()));
+            sample = step.PrevSample;
+        }
+        foreach (var (key, d) in diffs)
+            checks.Add(new ParityCheck($"{name}/{key}", d, key == "variance_std" ? 1e-6 : 1e-5 * Math.Max(1, Parity.MaxAbs(r[key]))));
+        if (r.ContainsKey("pred_original_sample") && !diffs.ContainsKey("pred_original_sample"))
+            checks.Add(new ParityCheck($"{name}/pred_original_sample", double.PositiveInfinity, 0, "this scheduler returned none"));
+        return checks;
+    }
+
+    static void Compare(List<ParityCheck> checks, string name, Tensor ours, Dictionary<string, Tensor> reference, string key, double tol)
+    {
+        if (!reference.TryGetValue(key, out var b)) return;
+        checks.Add(new ParityCheck(name, Parity.MaxAbsDiff(ours, b), tol,
+            ours.shape.SequenceEqual(b.shape) ? null : $"shape [{string.Join(",", ours.shape)}] vs [{string.Join(",", b.shape)}]"));
+    }
+}
