@@ -1,0 +1,248 @@
+using System.Text.Json.Nodes;
+using LdmLab.Diffusion;
+using LdmLab.Diffusion.Schedulers;
+using LdmLab.Interop;
+using LdmLab.Runtime;
+using static TorchSharp.torch;
+
+namespace LdmLab.Tests;
+
+public class SchedulerParityTests
+{
+    static string Dir => Path.Combine(AppContext.BaseDirectory, "fixtures", "schedulers");
+
+    [Fact]
+    public void Every_recorded_tensor_matches_diffusers()
+    {
+        TorchRuntime.Setup();
+        var checks = Parity.CheckFolder(Dir);
+        Assert.True(checks.Count >= 40, $"only {checks.Count} checks");
+        Assert.All(checks, c => Assert.True(c.Passed, c.ToString()));
+        // every trajectory's final sample was compared
+        foreach (var n in new[] { "ddim_50", "euler_30", "dpmpp2m_20", "ddpm_50", "pndm_50" })
+            Assert.Contains(checks, c => c.Name == $"{n}/prev_sample");
+    }
+
+    [Fact]
+    public void Schedule_tables_match_the_fixture_exactly_enough()
+    {
+        TorchRuntime.Setup();
+        var t = SafeTensors.Load(Path.Combine(Dir, "beta_schedules.safetensors"));
+        var cos = NoiseSchedule.Cosine();
+        Assert.Equal(t["squaredcos_cap_v2.betas"].data<float>().ToArray(), cos.Betas);
+        Assert.True(Parity.MaxAbsDiff(tensor(NoiseSchedule.ScaledLinear().AlphasCumprod), t["scaled_linear.alphas_cumprod"]) < 1e-6);
+        Assert.True(Parity.MaxAbsDiff(tensor(NoiseSchedule.Linear().Betas), t["linear.betas"]) < 1e-8);
+    }
+
+    [Fact]
+    public void A_perturbed_reference_fails()
+    {
+        TorchRuntime.Setup();
+        var dir = TestPaths.TempDir("parity-bad");
+        foreach (var f in Directory.GetFiles(Dir)) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        var file = Path.Combine(dir, "ddim_50.safetensors");
+        var tensors = SafeTensors.Load(file);
+        tensors["prev_sample"][10] += 1e-2f;
+        SafeTensors.Save(file, tensors);
+        var checks = Parity.CheckFolder(dir);
+        Assert.Contains(checks, c => c.Name == "ddim_50/prev_sample" && !c.Passed);
+        Assert.Contains(checks, c => c.Name == "euler_30/prev_sample" && c.Passed);
+    }
+}
+
+public class NoiseScheduleTests
+{
+    [Fact]
+    public void Snr_in_decibels_of_a_known_case()
+    {
+        var s = NoiseSchedule.ScaledLinear();
+        // ᾱ_0 = 1 − 0.00085 → SNR = 0.99915/0.00085 = 1175.5 → 30.70 dB
+        Assert.Equal(10 * Math.Log10((1 - 0.00085) / 0.00085), s.SnrDb(0), 3);
+        // SD's final ᾱ is 0.0047 (its known non-zero terminal SNR): about −23.3 dB
+        Assert.Equal(10 * Math.Log10(s.AlphasCumprod[999] / (1.0 - s.AlphasCumprod[999])), s.SnrDb(999), 9);
+        Assert.True(s.SnrDb(999) is < -23 and > -23.6, $"SD's final SNR is about -23.3 dB, got {s.SnrDb(999)}");
+        // latents with σ_z = 1/0.18215: SNR_eff = σ_z² · SNR
+        Assert.Equal(s.SnrDb(999) + 20 * Math.Log10(1 / 0.18215), s.SnrDb(999, 1 / 0.18215), 6);
+        // monotone decreasing
+        var curve = s.SnrDbCurve();
+        Assert.All(Enumerable.Range(1, 999), t => Assert.True(curve[t] < curve[t - 1]));
+    }
+
+    [Fact]
+    public void Zero_terminal_snr_rescale()
+    {
+        var s = NoiseSchedule.ScaledLinear(zeroTerminalSnr: true);
+        var plain = NoiseSchedule.ScaledLinear();
+        Assert.Equal(0f, s.AlphasCumprod[^1]);
+        Assert.Equal(plain.AlphasCumprod[0], s.AlphasCumprod[0], 6);
+        Assert.Equal(1f, s.Betas[^1]);
+    }
+
+    [Theory]
+    [InlineData(1.0)]
+    [InlineData(5.49)]   // SD latents before scaling (1/0.18215)
+    [InlineData(0.5)]
+    public void Snr_adaptive_schedule_reaches_its_target(double sigmaZ)
+    {
+        var s = NoiseSchedule.SnrAdaptive(sigmaZ, -20);
+        Assert.Equal(-20, s.SnrDb(999, sigmaZ), 2);
+        Assert.Equal(0.00085f, s.Betas[0], 6);
+    }
+
+    [Fact]
+    public void Forward_process_keeps_unit_variance()
+    {
+        TorchRuntime.Setup();
+        manual_seed(0);
+        var s = NoiseSchedule.Cosine();
+        var z0 = randn(4000, 16);
+        var zt = s.AddNoise(z0, randn(4000, 16), full(4000, 500L, ScalarType.Int64));
+        Assert.Equal(1.0, zt.std().item<float>(), 1);
+        // v = √ᾱ ε − √(1−ᾱ) z0: at t = 0 (ᾱ ≈ 1) with ε = 0 it is tiny; at t = 999 (ᾱ ≈ 0) it is ≈ −z0
+        var v0 = s.Velocity(z0, zeros(4000, 16), full(4000, 0L, ScalarType.Int64));
+        Assert.True(v0.abs().max().item<float>() < 0.01f * z0.abs().max().item<float>());
+        var vT = s.Velocity(z0, zeros(4000, 16), full(4000, 999L, ScalarType.Int64));
+        Assert.True((vT + z0).abs().max().item<float>() < 1e-3f * z0.abs().max().item<float>());
+    }
+
+    [Fact]
+    public void Bad_schedules_are_rejected()
+    {
+        Assert.Throws<ArgumentException>(() => NoiseSchedule.FromName("quadratic"));
+        Assert.Throws<ArgumentException>(() => new NoiseSchedule([0.1f, 1.5f]));
+        Assert.Throws<ArgumentOutOfRangeException>(() => NoiseSchedule.SnrAdaptive(0));
+    }
+}
+
+/// <summary>Settings the fixtures do not cover, checked against values derived by hand from diffusers' definitions.</summary>
+public class SchedulerSettingsTests
+{
+    static JsonObject Cfg(string spacing, int offset = 0, string pred = "epsilon", bool zeroSnr = false, bool karras = false, bool alphaToOne = false) => new()
+    {
+        ["num_train_timesteps"] = 1000, ["beta_start"] = 0.00085, ["beta_end"] = 0.012, ["beta_schedule"] = "scaled_linear",
+        ["timestep_spacing"] = spacing, ["steps_offset"] = offset, ["prediction_type"] = pred, ["rescale_betas_zero_snr"] = zeroSnr,
+        ["use_karras_sigmas"] = karras, ["set_alpha_to_one"] = alphaToOne, ["clip_sample"] = false,
+    };
+
+    [Fact]
+    public void Timestep_spacings()
+    {
+        var leading = Scheduler.Create("DDIMScheduler", Cfg("leading", 1));
+        leading.SetTimesteps(50);
+        Assert.Equal(981, leading.Timesteps[0]); Assert.Equal(1, leading.Timesteps[^1]);
+        var trailing = Scheduler.Create("DDIMScheduler", Cfg("trailing"));
+        trailing.SetTimesteps(50);
+        Assert.Equal(999, trailing.Timesteps[0]); Assert.Equal(19, trailing.Timesteps[^1]); Assert.Equal(50, trailing.Timesteps.Length);
+        var linspace = Scheduler.Create("DDIMScheduler", Cfg("linspace"));
+        linspace.SetTimesteps(10);
+        Assert.Equal([999, 888, 777, 666, 555, 444, 333, 222, 111, 0], linspace.Timesteps);
+        var dpm = Scheduler.Create("DPMSolverMultistepScheduler", Cfg("trailing"));
+        dpm.SetTimesteps(4);
+        Assert.Equal([999, 749, 499, 249], dpm.Timesteps);
+        Assert.Throws<NotSupportedException>(() => Scheduler.Create("DDIMScheduler", Cfg("uniform")));
+    }
+
+    [Fact]
+    public void Karras_sigmas_span_the_table()
+    {
+        TorchRuntime.Setup();
+        var euler = (EulerScheduler)Scheduler.Create("EulerDiscreteScheduler", Cfg("linspace", karras: true));
+        euler.SetTimesteps(20);
+        var table = NoiseSchedule.ScaledLinear().AlphasCumprod.Select(a => Math.Sqrt((1 - a) / a)).ToArray();
+        Assert.Equal(table[^1], euler.Sigmas[0], 3);
+        Assert.Equal(table[0], euler.Sigmas[^2], 4);
+        Assert.Equal(0, euler.Sigmas[^1]);
+        Assert.Equal(999, euler.Timesteps[0], 2);
+        Assert.Equal(0, euler.Timesteps[^1], 2);
+        // ρ = 7 spacing: σ_i^(1/7) is linear in i
+        var roots = euler.Sigmas[..^1].Select(s => Math.Pow(s, 1 / 7.0)).ToArray();
+        for (int i = 2; i < roots.Length; i++) Assert.Equal(roots[1] - roots[0], roots[i] - roots[i - 1], 4);
+    }
+
+    /// <summary>With a perfect model (it returns the true ε, v or x_0 of a fixed x_0), deterministic samplers land on x_0.</summary>
+    [Theory]
+    [InlineData("DDIMScheduler", "epsilon")]
+    [InlineData("DDIMScheduler", "v_prediction")]
+    [InlineData("DDIMScheduler", "sample")]
+    [InlineData("EulerDiscreteScheduler", "epsilon")]
+    [InlineData("EulerDiscreteScheduler", "v_prediction")]
+    [InlineData("DPMSolverMultistepScheduler", "epsilon")]
+    [InlineData("DPMSolverMultistepScheduler", "v_prediction")]
+    [InlineData("PNDMScheduler", "epsilon")]
+    [InlineData("PNDMScheduler", "v_prediction")]
+    public void Perfect_model_recovers_x0(string cls, string prediction)
+    {
+        TorchRuntime.Setup();
+        manual_seed(5);
+        var cfg = Cfg(cls is "EulerDiscreteScheduler" or "DPMSolverMultistepScheduler" ? "linspace" : "leading", 1, prediction, alphaToOne: true);
+        cfg["skip_prk_steps"] = true;
+        var s = Scheduler.Create(cls, cfg);
+        var x0 = randn(1, 4, 8, 8).to_type(ScalarType.Float64) * 0.5;
+        var acp = s.Schedule.AlphasCumprod;
+        Tensor Perfect(Tensor input, double t, Tensor x)
+        {
+            // the true ε of x = √ᾱ x0 + √(1−ᾱ) ε at the current (fractional) t, from the unscaled sample x
+            double a = cls == "EulerDiscreteScheduler" ? 1 / (1 + Math.Pow(((EulerScheduler)s).Sigmas[Array.IndexOf(s.Timesteps, t)], 2))
+                : acp[(int)Math.Round(t)];
+            var eps = cls == "EulerDiscreteScheduler"
+                ? (x - x0) / ((EulerScheduler)s).Sigmas[Array.IndexOf(s.Timesteps, t)]
+                : (x - Math.Sqrt(a) * x0) / Math.Sqrt(1 - a);
+            return prediction switch
+            {
+                "epsilon" => eps,
+                "sample" => x0,
+                _ => Math.Sqrt(a) * eps - Math.Sqrt(1 - a) * x0,
+            };
+        }
+        s.SetTimesteps(25);
+        var x = randn(1, 4, 8, 8).to_type(ScalarType.Float64) * s.InitNoiseSigma;
+        var prev = x;
+        foreach (var t in s.Timesteps)
+        {
+            var output = Perfect(s.ScaleModelInput(x, t), t, cls == "EulerDiscreteScheduler" ? x : x);
+            x = s.Step(output, t, x).PrevSample;
+        }
+        double err = Parity.MaxAbsDiff(x, x0);
+        Assert.True(err < (cls == "PNDMScheduler" ? 1e-2 : 1e-3), $"{cls}/{prediction}: |x − x0| = {err}");
+    }
+
+    [Fact]
+    public void Ddpm_with_recorded_noise_is_reproducible_and_stochastic_without()
+    {
+        TorchRuntime.Setup();
+        var s = Scheduler.Create("DDPMScheduler", Cfg("leading", 1));
+        s.SetTimesteps(10);
+        var x = ones(1, 2, 2, 2);
+        var noise = full(1, 2, 2, 2, 0.5f);
+        var a = s.Step(zeros(1, 2, 2, 2), s.Timesteps[0], x, noise).PrevSample;
+        var b = s.Step(zeros(1, 2, 2, 2), s.Timesteps[0], x, noise).PrevSample;
+        Assert.True(a.equal(b).all().item<bool>());
+        manual_seed(1); var c = s.Step(zeros(1, 2, 2, 2), s.Timesteps[0], x).PrevSample;
+        Assert.False(c.equal(a).all().item<bool>());
+    }
+
+    [Fact]
+    public void Img2img_start_index_from_strength()
+    {
+        var s = Scheduler.Create("DDIMScheduler", Cfg("leading", 1));
+        s.SetTimesteps(50);
+        Assert.Equal(50, s.StartIndexForStrength(0));
+        Assert.Equal(10, s.StartIndexForStrength(0.8));
+        Assert.Equal(0, s.StartIndexForStrength(1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => s.StartIndexForStrength(1.5));
+    }
+
+    [Fact]
+    public void Sampling_loop_calls_back_every_step()
+    {
+        TorchRuntime.Setup();
+        var s = Scheduler.Create("EulerDiscreteScheduler", Cfg("linspace"));
+        var seen = new List<(int, double, double)>();
+        manual_seed(0);
+        var x = Sampling.Sample(s, (xin, t) => SchedulerParity.FakeModel(xin, t), randn(1, 4, 8, 8), 12,
+            st => seen.Add((st.Index, st.Timestep, st.PrevSample.norm().item<float>())));
+        Assert.Equal(12, seen.Count);
+        Assert.Equal(Enumerable.Range(0, 12), seen.Select(v => v.Item1));
+        Assert.Equal(seen[^1].Item3, x.norm().item<float>(), 3);
+    }
+}
