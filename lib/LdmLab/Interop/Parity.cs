@@ -28,10 +28,25 @@ public static class Parity
         var config = Path.Combine(dir, "config.json");
         if (File.Exists(config))
         {
-            var cls = (string?)JsonNode.Parse(File.ReadAllText(config))?["_class_name"];
-            throw new ParityFormatException($"{dir}: parity for {cls ?? "this model"} is not implemented yet");
+            var cls = (string?)PyJson.ParseFile(config)?["_class_name"];
+            return cls switch
+            {
+                "UNet2DConditionModel" => ModelParity.CheckUNet(dir),
+                _ => throw new ParityFormatException($"{dir}: parity for {cls ?? "this model"} is not implemented yet"),
+            };
         }
-        throw new ParityFormatException($"{dir}: no schedulers.json or config.json: not a fixture folder");
+        var manifests = Directory.GetFiles(dir, "*_manifest.json").Order(StringComparer.Ordinal).ToList();
+        if (manifests.Count > 0)
+        {
+            var checks = new List<ParityCheck>();
+            foreach (var m in manifests)
+            {
+                try { checks.AddRange(ModelParity.CheckManifest(m)); }
+                catch (ParityFormatException e) { checks.Add(new ParityCheck(Path.GetFileNameWithoutExtension(m), double.PositiveInfinity, 0, e.Message)); }
+            }
+            return checks;
+        }
+        throw new ParityFormatException($"{dir}: no schedulers.json, config.json or *_manifest.json: not a fixture folder");
     }
 
     /// <summary>max |a − b| over all elements (shapes must match), computed in float64.</summary>

@@ -1,0 +1,75 @@
+using System.Text.Json.Nodes;
+using LdmLab.UNet;
+using static TorchSharp.torch;
+
+namespace LdmLab.Interop;
+
+/// <summary>Model fixtures: a diffusers model folder with tensors.safetensors (inputs, outputs, intermediates).</summary>
+public static class ModelParity
+{
+    public const double Tolerance = 1e-4;
+
+    public static IReadOnlyList<ParityCheck> CheckUNet(string dir)
+    {
+        using var scope = NewDisposeScope();
+        var name = Path.GetFileName(Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar));
+        var model = UNet2DConditionModel.FromPretrained(dir);
+        model.eval();
+        var r = SafeTensors.Load(Path.Combine(dir, "tensors.safetensors"));
+        var checks = new List<ParityCheck>();
+        using var _ = no_grad();
+        var record = new Dictionary<string, Tensor>();
+        var sample = model.Forward(r["latents"], r["timesteps"], r["encoder_hidden_states"], null, record);
+        Add(checks, $"{name}/sample", sample, r, "sample");
+        foreach (var (k, v) in record) Add(checks, $"{name}/intermediate.{k}", v, r, "intermediate." + k);
+        foreach (var key in r.Keys.Where(k => k.StartsWith("intermediate.") && !record.ContainsKey(k["intermediate.".Length..])))
+            checks.Add(new ParityCheck($"{name}/{key}", double.PositiveInfinity, Tolerance, "not produced by LdmLab"));
+        if (r.TryGetValue("sample_scalar_t500", out var scalarRef))
+            checks.Add(new ParityCheck($"{name}/sample_scalar_t500",
+                Parity.MaxAbsDiff(model.Forward(r["latents"], tensor(500L), r["encoder_hidden_states"]), scalarRef), Tolerance));
+        return checks;
+    }
+
+    static void Add(List<ParityCheck> checks, string name, Tensor ours, Dictionary<string, Tensor> r, string key)
+    {
+        if (!r.TryGetValue(key, out var reference)) return;
+        checks.Add(new ParityCheck(name, Parity.MaxAbsDiff(ours, reference), Tolerance,
+            ours.shape.SequenceEqual(reference.shape) ? null : $"shape [{string.Join(",", ours.shape)}] vs [{string.Join(",", reference.shape)}]"));
+    }
+
+    /// <summary>
+    /// A state-dict manifest (sd15-manifest format): build the model from its config and compare every key (in order),
+    /// shape and the parameter count. One check per aspect; the difference counts what disagrees.
+    /// </summary>
+    public static IReadOnlyList<ParityCheck> CheckManifest(string path)
+    {
+        var m = PyJson.ParseFile(path)!.AsObject();
+        var cls = (string?)m["class"] ?? "";
+        var name = Path.GetFileNameWithoutExtension(path);
+        nn.Module model = cls switch
+        {
+            "UNet2DConditionModel" => new UNet2DConditionModel(UNetConfig.FromJson(m["config"]!.AsObject(), path)),
+            _ => throw new ParityFormatException($"{path}: manifests of {cls} are not implemented yet"),
+        };
+        try
+        {
+            var expected = m["state_dict"]!.AsArray().Select(e => ((string)e!["key"]!, e["shape"]!.AsArray().Select(s => (long)s!).ToArray())).ToList();
+            var ours = model.state_dict().Select(kv => (kv.Key, kv.Value.shape)).ToList();
+            var expectedKeys = expected.Select(e => e.Item1).ToHashSet();
+            var ourKeys = ours.Select(o => o.Key).ToHashSet();
+            int keyDiff = expectedKeys.Except(ourKeys).Count() + ourKeys.Except(expectedKeys).Count();
+            int orderDiff = expected.Zip(ours).Count(p => p.First.Item1 != p.Second.Key) + Math.Abs(expected.Count - ours.Count);
+            var shapes = ours.ToDictionary(o => o.Key, o => o.shape);
+            int shapeDiff = expected.Count(e => shapes.TryGetValue(e.Item1, out var s) && !s.SequenceEqual(e.Item2));
+            long total = (long)m["total_parameters"]!, ourTotal = model.parameters().Sum(p => p.numel());
+            return
+            [
+                new ParityCheck($"{name}/keys", keyDiff, 0, $"{ours.Count} keys, manifest {expected.Count}"),
+                new ParityCheck($"{name}/key_order", orderDiff, 0),
+                new ParityCheck($"{name}/shapes", shapeDiff, 0),
+                new ParityCheck($"{name}/total_parameters", Math.Abs(ourTotal - total), 0, $"{ourTotal:N0} vs {total:N0}"),
+            ];
+        }
+        finally { model.Dispose(); }
+    }
+}

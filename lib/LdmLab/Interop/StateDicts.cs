@@ -1,0 +1,34 @@
+using LdmLab.Data;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace LdmLab.Interop;
+
+/// <summary>Copies weights between modules and safetensors files by diffusers key name, strictly.</summary>
+public static class StateDicts
+{
+    /// <summary>Loads every tensor of the file into the module; missing, unexpected or mis-shaped keys are an error listing them.</summary>
+    public static void Load(nn.Module module, string path)
+    {
+        var tensors = SafeTensors.Load(path);
+        var sd = module.state_dict();
+        var missing = sd.Keys.Where(k => !tensors.ContainsKey(k)).ToList();
+        var unexpected = tensors.Keys.Where(k => !sd.ContainsKey(k)).ToList();
+        var misShaped = sd.Keys.Where(k => tensors.ContainsKey(k) && !sd[k].shape.SequenceEqual(tensors[k].shape))
+            .Select(k => $"{k}: file [{string.Join(",", tensors[k].shape)}], model [{string.Join(",", sd[k].shape)}]").ToList();
+        if (missing.Count + unexpected.Count + misShaped.Count > 0)
+            throw new DatasetException(path, "weights do not fit the model:" +
+                (missing.Count > 0 ? $"\n  missing ({missing.Count}): {string.Join(", ", missing.Take(10))}" : "") +
+                (unexpected.Count > 0 ? $"\n  unexpected ({unexpected.Count}): {string.Join(", ", unexpected.Take(10))}" : "") +
+                (misShaped.Count > 0 ? $"\n  wrong shape: {string.Join("; ", misShaped.Take(10))}" : ""));
+        using var _ = no_grad();
+        foreach (var (k, t) in sd)
+        {
+            t.copy_(tensors[k].to_type(t.dtype));
+            tensors[k].Dispose();
+        }
+    }
+
+    public static void Save(nn.Module module, string path) =>
+        SafeTensors.Save(path, module.state_dict().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value)), new Dictionary<string, string> { ["format"] = "pt" });
+}

@@ -1,0 +1,161 @@
+using LdmLab.Nn;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace LdmLab.UNet;
+
+/// <summary>Receives attention probabilities [batch·heads, queries, keys] of every attention layer that runs (by layer name).</summary>
+public delegate void AttentionObserver(string layer, Tensor probabilities);
+
+/// <summary>
+/// Multi-head (cross-)attention, diffusers' Attention with the plain AttnProcessor:
+/// softmax(Q Kᵀ / √d) V with Q = x W_q, K = c W_k, V = c W_v (c = x for self-attention), then to_out.
+/// </summary>
+public sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
+{
+    readonly Linear to_q, to_k, to_v;
+    readonly ModuleList<nn.Module<Tensor, Tensor>> to_out;
+    readonly int _heads;
+    readonly double _scale;
+    readonly bool _upcast;
+    internal string LayerName { get; set; } = "";
+
+    /// <summary>Set to observe attention maps (e.g. for the cross-attention visualisations); null costs nothing.</summary>
+    public static AttentionObserver? Observer { get; set; }
+
+    public Attention(int queryDim, int? crossAttentionDim, int heads, int dimHead, bool upcast = false, bool bias = false) : base(nameof(Attention))
+    {
+        int inner = heads * dimHead;
+        to_q = nn.Linear(queryDim, inner, hasBias: bias);
+        to_k = nn.Linear(crossAttentionDim ?? queryDim, inner, hasBias: bias);
+        to_v = nn.Linear(crossAttentionDim ?? queryDim, inner, hasBias: bias);
+        to_out = nn.ModuleList<nn.Module<Tensor, Tensor>>(nn.Linear(inner, queryDim), nn.Dropout(0.0));
+        _heads = heads;
+        _scale = 1.0 / Math.Sqrt(dimHead);
+        _upcast = upcast;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x, Tensor? context)
+    {
+        context ??= x;
+        long b = x.shape[0], n = x.shape[1], m = context.shape[1];
+        Tensor Heads(Tensor t, long len) => t.reshape(b, len, _heads, -1).permute(0, 2, 1, 3).reshape(b * _heads, len, -1);
+        var q = Heads(to_q.forward(x), n);
+        var k = Heads(to_k.forward(context), m);
+        var v = Heads(to_v.forward(context), m);
+        if (_upcast) { q = q.to_type(ScalarType.Float32); k = k.to_type(ScalarType.Float32); }
+        var probs = softmax(q.bmm(k.transpose(1, 2)) * _scale, -1).to_type(v.dtype);   // [b·h, n, m]
+        Observer?.Invoke(LayerName, probs);
+        var o = probs.bmm(v).reshape(b, _heads, n, -1).permute(0, 2, 1, 3).reshape(b, n, -1);
+        return to_out[1].forward(to_out[0].forward(o));
+    }
+}
+
+/// <summary>GEGLU (Shazeer 2020): h, g = split(x W); h · GELU(g).</summary>
+public sealed class GEGLU : nn.Module<Tensor, Tensor>
+{
+    readonly Linear proj;
+
+    public GEGLU(int dimIn, int dimOut) : base(nameof(GEGLU))
+    {
+        proj = nn.Linear(dimIn, dimOut * 2);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        var parts = proj.forward(x).chunk(2, -1);
+        return parts[0] * nn.functional.gelu(parts[1]);
+    }
+}
+
+/// <summary>Feed-forward of the transformer block: GEGLU(dim → 4·dim) → dropout → linear(4·dim → dim).</summary>
+public sealed class FeedForward : nn.Module<Tensor, Tensor>
+{
+    readonly ModuleList<nn.Module<Tensor, Tensor>> net;
+
+    public FeedForward(int dim, int mult = 4) : base(nameof(FeedForward))
+    {
+        net = nn.ModuleList<nn.Module<Tensor, Tensor>>(new GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim));
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) => net[2].forward(net[1].forward(net[0].forward(x)));
+}
+
+/// <summary>Pre-norm transformer block: x += attn1(LN x); x += attn2(LN x, context); x += ff(LN x).</summary>
+public sealed class BasicTransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
+{
+    readonly LayerNorm norm1, norm2, norm3;
+    readonly Attention attn1, attn2;
+    readonly FeedForward ff;
+    readonly bool _onlyCross;
+
+    public BasicTransformerBlock(int dim, int heads, int dimHead, int crossAttentionDim, bool onlyCrossAttention, bool upcast) : base(nameof(BasicTransformerBlock))
+    {
+        norm1 = Layers.LayerNorm(dim);
+        attn1 = new Attention(dim, onlyCrossAttention ? crossAttentionDim : null, heads, dimHead, upcast);
+        norm2 = Layers.LayerNorm(dim);
+        attn2 = new Attention(dim, crossAttentionDim, heads, dimHead, upcast);
+        norm3 = Layers.LayerNorm(dim);
+        ff = new FeedForward(dim);
+        _onlyCross = onlyCrossAttention;
+        RegisterComponents();
+    }
+
+    internal void Name(string prefix) { attn1.LayerName = prefix + ".attn1"; attn2.LayerName = prefix + ".attn2"; }
+
+    public override Tensor forward(Tensor x, Tensor? context)
+    {
+        x = attn1.forward(norm1.forward(x), _onlyCross ? context : null) + x;
+        x = attn2.forward(norm2.forward(x), context) + x;
+        return ff.forward(norm3.forward(x)) + x;
+    }
+}
+
+/// <summary>
+/// The spatial transformer (diffusers' Transformer2DModel, continuous input): GroupNorm → proj_in (1×1 conv or
+/// linear) → tokens [B, H·W, C] → transformer blocks → proj_out → + residual.
+/// </summary>
+public sealed class Transformer2DModel : nn.Module<Tensor, Tensor?, Tensor>
+{
+    readonly GroupNorm norm;
+    readonly nn.Module<Tensor, Tensor> proj_in, proj_out;
+    readonly ModuleList<BasicTransformerBlock> transformer_blocks;
+    readonly bool _linear;
+
+    public Transformer2DModel(int heads, int dimHead, int inChannels, int layers, int crossAttentionDim, int groups,
+        bool useLinearProjection, bool onlyCrossAttention, bool upcast) : base(nameof(Transformer2DModel))
+    {
+        int inner = heads * dimHead;
+        norm = Layers.GroupNorm(groups, inChannels, 1e-6);
+        proj_in = useLinearProjection ? nn.Linear(inChannels, inner) : nn.Conv2d(inChannels, inner, 1);
+        transformer_blocks = nn.ModuleList(Enumerable.Range(0, layers)
+            .Select(_ => new BasicTransformerBlock(inner, heads, dimHead, crossAttentionDim, onlyCrossAttention, upcast)).ToArray());
+        proj_out = useLinearProjection ? nn.Linear(inner, inChannels) : nn.Conv2d(inner, inChannels, 1);
+        _linear = useLinearProjection;
+        RegisterComponents();
+    }
+
+    internal void Name(string prefix)
+    {
+        for (int i = 0; i < transformer_blocks.Count; i++) transformer_blocks[i].Name($"{prefix}.transformer_blocks.{i}");
+    }
+
+    public override Tensor forward(Tensor x, Tensor? context)
+    {
+        long b = x.shape[0], h = x.shape[2], w = x.shape[3];
+        var residual = x;
+        var t = norm.forward(x);
+        if (!_linear) t = proj_in.forward(t);
+        t = t.permute(0, 2, 3, 1).reshape(b, h * w, -1);
+        if (_linear) t = proj_in.forward(t);
+        foreach (var block in transformer_blocks) t = block.forward(t, context);
+        if (_linear) t = proj_out.forward(t);
+        t = t.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous();
+        if (!_linear) t = proj_out.forward(t);
+        return t + residual;
+    }
+}

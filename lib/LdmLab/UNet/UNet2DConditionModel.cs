@@ -1,0 +1,138 @@
+using System.Text.Json.Nodes;
+using LdmLab.Interop;
+using LdmLab.Nn;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace LdmLab.UNet;
+
+/// <summary>
+/// The denoiser ε_θ(z_t, t, c) with the structure and state-dict names of diffusers' UNet2DConditionModel:
+/// sinusoidal time features → MLP; conv_in; down blocks (ResNet + spatial transformer with self- and cross-attention);
+/// mid block; up blocks with skip connections; GroupNorm → SiLU → conv_out. Any config in that format; any number
+/// of latent channels. Loads and saves diffusers folders (config.json + diffusion_pytorch_model.safetensors).
+/// </summary>
+public sealed class UNet2DConditionModel : nn.Module
+{
+    // Field order = diffusers' registration order, so state_dict() lists keys in the same order.
+    readonly Conv2d conv_in;
+    readonly TimestepEmbedding time_embedding;
+    readonly Embedding? class_embedding;
+    readonly ModuleList<DownBlock> down_blocks;
+    readonly ModuleList<UpBlock> up_blocks;
+    readonly MidBlock mid_block;
+    readonly GroupNorm conv_norm_out;
+    readonly Conv2d conv_out;
+
+    public UNetConfig Config { get; }
+
+    public UNet2DConditionModel(UNetConfig config) : base(nameof(UNet2DConditionModel))
+    {
+        config.Validate();
+        Config = config;
+        var ch = config.BlockOutChannels;
+        conv_in = nn.Conv2d(config.InChannels, ch[0], config.ConvInKernel, padding: (config.ConvInKernel - 1) / 2);
+        time_embedding = new TimestepEmbedding(ch[0], config.TimeEmbedDim);
+        if (config.NumClassEmbeds is int k) class_embedding = nn.Embedding(k, config.TimeEmbedDim);
+
+        var downs = new List<DownBlock>();
+        int output = ch[0];
+        for (int i = 0; i < ch.Length; i++)
+        {
+            int input = output;
+            output = ch[i];
+            downs.Add(new DownBlock(config, i, input, output, config.DownBlockTypes[i] == "CrossAttnDownBlock2D", i < ch.Length - 1));
+        }
+        down_blocks = nn.ModuleList(downs.ToArray());
+
+        var ups = new List<UpBlock>();
+        var rev = ch.Reverse().ToArray();
+        output = rev[0];
+        for (int i = 0; i < rev.Length; i++)
+        {
+            int prevOutput = output;
+            output = rev[i];
+            int input = rev[Math.Min(i + 1, rev.Length - 1)];
+            ups.Add(new UpBlock(config, i, input, prevOutput, output, config.UpBlockTypes[i] == "CrossAttnUpBlock2D", i < rev.Length - 1));
+        }
+        up_blocks = nn.ModuleList(ups.ToArray());
+        mid_block = new MidBlock(config, ch[^1]);
+        conv_norm_out = Layers.GroupNorm(config.NormNumGroups, ch[0], config.NormEps);
+        conv_out = nn.Conv2d(ch[0], config.OutChannels, config.ConvOutKernel, padding: (config.ConvOutKernel - 1) / 2);
+        RegisterComponents();
+        for (int i = 0; i < down_blocks.Count; i++) down_blocks[i].Name($"down_blocks.{i}");
+        mid_block.Name("mid_block");
+        for (int i = 0; i < up_blocks.Count; i++) up_blocks[i].Name($"up_blocks.{i}");
+    }
+
+    public long ParameterCount => parameters().Sum(p => p.numel());
+
+    /// <summary>
+    /// Model output for latents [B,C,H,W], timesteps ([B] or a scalar, int or float) and context [B, L, cross_attention_dim].
+    /// <paramref name="record"/> receives the outputs of the top-level modules by name (for parity checks and diagnostics).
+    /// </summary>
+    public Tensor Forward(Tensor sample, Tensor timesteps, Tensor? encoderHiddenStates, Tensor? classLabels = null,
+        IDictionary<string, Tensor>? record = null)
+    {
+        long b = sample.shape[0];
+        if (timesteps.dim() == 0) timesteps = timesteps.expand(b);
+        if (Config.CenterInputSample) sample = 2 * sample - 1.0;
+        var tFeat = TimestepFeatures.Embed(timesteps.to(sample.device), Config.BlockOutChannels[0], Config.FlipSinToCos, Config.FreqShift).to_type(sample.dtype);
+        record?.Add("time_proj", tFeat);
+        var emb = time_embedding.forward(tFeat);
+        if (class_embedding is not null)
+        {
+            if (classLabels is null) throw new ArgumentException("this U-Net has num_class_embeds: pass class labels", nameof(classLabels));
+            emb = emb + class_embedding.forward(classLabels.to(sample.device)).to_type(emb.dtype);
+        }
+        record?.Add("time_embedding", emb);
+
+        var h = conv_in.forward(sample);
+        record?.Add("conv_in", h);
+        var skips = new List<Tensor> { h };
+        for (int i = 0; i < down_blocks.Count; i++)
+        {
+            var (o, s) = down_blocks[i].Forward(h, emb, encoderHiddenStates);
+            h = o;
+            skips.AddRange(s);
+            record?.Add($"down_blocks.{i}", h);
+        }
+        h = mid_block.Forward(h, emb, encoderHiddenStates);
+        record?.Add("mid_block", h);
+        for (int i = 0; i < up_blocks.Count; i++)
+        {
+            int n = up_blocks[i].Layers;
+            var mine = skips.GetRange(skips.Count - n, n);
+            skips.RemoveRange(skips.Count - n, n);
+            long[]? size = skips.Count > 0 ? skips[^1].shape[2..] : null;
+            h = up_blocks[i].Forward(h, mine, emb, encoderHiddenStates, size);
+            record?.Add($"up_blocks.{i}", h);
+        }
+        h = conv_norm_out.forward(h);
+        record?.Add("conv_norm_out", h);
+        h = conv_out.forward(nn.functional.silu(h));
+        record?.Add("conv_out", h);
+        return h;
+    }
+
+    public const string WeightsName = "diffusion_pytorch_model.safetensors";
+
+    /// <summary>Loads a diffusers folder: config.json + diffusion_pytorch_model.safetensors (every key must match).</summary>
+    public static UNet2DConditionModel FromPretrained(string dir)
+    {
+        var configPath = Path.Combine(dir, "config.json");
+        var cfg = UNetConfig.FromJson((PyJson.ParseFile(configPath) as JsonObject) ?? throw new FormatException($"{configPath}: not a JSON object"), configPath);
+        var model = new UNet2DConditionModel(cfg);
+        StateDicts.Load(model, Path.Combine(dir, WeightsName));
+        return model;
+    }
+
+    /// <summary>Writes config.json and the safetensors weights (diffusers names) atomically.</summary>
+    public void SavePretrained(string dir)
+    {
+        Directory.CreateDirectory(dir);
+        StateDicts.Save(this, Path.Combine(dir, WeightsName));
+        Data.AtomicFile.WriteAllText(Path.Combine(dir, "config.json"), Config.ToJson().ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+    }
+}
