@@ -12,9 +12,12 @@ namespace LdmLab.UNet;
 /// </summary>
 public sealed class ResnetBlock2D : nn.Module<Tensor, Tensor?, Tensor>
 {
-    readonly GroupNorm norm1, norm2;
-    readonly Conv2d conv1, conv2;
+    // declared in diffusers' registration order (state_dict order follows it)
+    readonly GroupNorm norm1;
+    readonly Conv2d conv1;
     readonly Linear? time_emb_proj;
+    readonly GroupNorm norm2;
+    readonly Conv2d conv2;
     readonly Conv2d? conv_shortcut;
     readonly bool _scaleShift;
     readonly double _outScale;

@@ -88,8 +88,11 @@ public sealed class FeedForward : nn.Module<Tensor, Tensor>
 /// <summary>Pre-norm transformer block: x += attn1(LN x); x += attn2(LN x, context); x += ff(LN x).</summary>
 public sealed class BasicTransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
 {
-    readonly LayerNorm norm1, norm2, norm3;
-    readonly Attention attn1, attn2;
+    readonly LayerNorm norm1;
+    readonly Attention attn1;
+    readonly LayerNorm norm2;
+    readonly Attention attn2;
+    readonly LayerNorm norm3;
     readonly FeedForward ff;
     readonly bool _onlyCross;
 
@@ -122,8 +125,9 @@ public sealed class BasicTransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
 public sealed class Transformer2DModel : nn.Module<Tensor, Tensor?, Tensor>
 {
     readonly GroupNorm norm;
-    readonly nn.Module<Tensor, Tensor> proj_in, proj_out;
+    readonly nn.Module<Tensor, Tensor> proj_in;
     readonly ModuleList<BasicTransformerBlock> transformer_blocks;
+    readonly nn.Module<Tensor, Tensor> proj_out;
     readonly bool _linear;
 
     public Transformer2DModel(int heads, int dimHead, int inChannels, int layers, int crossAttentionDim, int groups,
