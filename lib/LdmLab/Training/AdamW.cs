@@ -1,0 +1,72 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace LdmLab.Training;
+
+/// <summary>
+/// AdamW (Loshchilov &amp; Hutter), written out so that its state is plain named tensors that checkpoints store as
+/// safetensors: m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², θ ← θ − lr·(m̂/(√v̂ + ε) + λθ), m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ).
+/// </summary>
+public sealed class AdamW
+{
+    readonly (string name, Parameter p)[] _params;
+    readonly Dictionary<string, Tensor> _m = new(), _v = new();
+    public double LearningRate { get; set; }
+    public double Beta1 { get; } = 0.9;
+    public double Beta2 { get; } = 0.999;
+    public double Eps { get; } = 1e-8;
+    public double WeightDecay { get; }
+    public long Steps { get; private set; }
+
+    public AdamW(IEnumerable<(string name, Parameter p)> parameters, double lr, double weightDecay = 0.0, double beta1 = 0.9, double beta2 = 0.999)
+    {
+        _params = parameters.Where(x => x.p.requires_grad).ToArray();
+        LearningRate = lr; WeightDecay = weightDecay; Beta1 = beta1; Beta2 = beta2;
+    }
+
+    public void ZeroGrad()
+    {
+        foreach (var (_, p) in _params) p.grad?.zero_();
+    }
+
+    public void Step()
+    {
+        Steps++;
+        double bc1 = 1 - Math.Pow(Beta1, Steps), bc2 = 1 - Math.Pow(Beta2, Steps);
+        using var _ = no_grad();
+        foreach (var (name, p) in _params)
+        {
+            var g = p.grad;
+            if (g is null) continue;
+            if (!_m.TryGetValue(name, out var m)) _m[name] = m = zeros_like(p).DetachFromDisposeScope();
+            if (!_v.TryGetValue(name, out var v)) _v[name] = v = zeros_like(p).DetachFromDisposeScope();
+            m.mul_(Beta1).add_(g, alpha: 1 - Beta1);
+            v.mul_(Beta2).addcmul_(g, g, value: 1 - Beta2);
+            if (WeightDecay > 0) p.mul_(1 - LearningRate * WeightDecay);
+            using var denom = (v / bc2).sqrt_().add_(Eps);
+            p.addcdiv_(m, denom, value: -LearningRate / bc1);
+        }
+    }
+
+    /// <summary>The optimizer state as named tensors (for checkpoints).</summary>
+    public Dictionary<string, Tensor> StateTensors()
+    {
+        var d = new Dictionary<string, Tensor>();
+        foreach (var (k, t) in _m) d["adam.m." + k] = t;
+        foreach (var (k, t) in _v) d["adam.v." + k] = t;
+        d["adam.steps"] = tensor(Steps);
+        return d;
+    }
+
+    public void LoadStateTensors(IReadOnlyDictionary<string, Tensor> d)
+    {
+        Steps = d.TryGetValue("adam.steps", out var s) ? s.item<long>() : 0;
+        var names = _params.Select(x => x.name).ToHashSet();
+        foreach (var (k, t) in d)
+        {
+            if (k.StartsWith("adam.m.") && names.Contains(k[7..])) _m[k[7..]] = t.clone().DetachFromDisposeScope();
+            else if (k.StartsWith("adam.v.") && names.Contains(k[7..])) _v[k[7..]] = t.clone().DetachFromDisposeScope();
+        }
+    }
+}

@@ -1,0 +1,49 @@
+using LdmLab.Diffusion;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace LdmLab.Training;
+
+public enum PredictionType { Epsilon, VPrediction }
+
+/// <summary>
+/// The denoising objective on latents: t ~ U{0…T−1}, ε ~ N(0, I), z_t = √ᾱ_t z_0 + √(1−ᾱ_t) ε,
+/// L = E[w(t) ‖f_θ(z_t, t, c) − target‖²] with target ε (ε-prediction) or v = √ᾱ_t ε − √(1−ᾱ_t) z_0,
+/// and optional min-SNR-γ weighting (Hang et al. 2023): w = min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR + 1) for v.
+/// </summary>
+public sealed class DiffusionObjective(NoiseSchedule schedule, PredictionType prediction = PredictionType.Epsilon, double? minSnrGamma = null)
+{
+    public NoiseSchedule Schedule { get; } = schedule;
+    public PredictionType Prediction { get; } = prediction;
+    public double? MinSnrGamma { get; } = minSnrGamma;
+    readonly float[] _snr = schedule.AlphasCumprod.Select(a => (float)(a / (1.0 - a))).ToArray();
+
+    /// <summary>Per-sample weights w(t) for int64 timesteps [B].</summary>
+    public Tensor Weights(Tensor t)
+    {
+        if (MinSnrGamma is not double g) return ones(t.shape[0], device: t.device);
+        var snr = tensor(_snr).to(t.device).index_select(0, t);
+        var clipped = snr.clamp(max: g);
+        return Prediction == PredictionType.Epsilon ? clipped / snr : clipped / (snr + 1);
+    }
+
+    /// <summary>The loss for one batch; <paramref name="model"/> maps (z_t, t) to the prediction.</summary>
+    public Tensor Loss(Func<Tensor, Tensor, Tensor> model, Tensor z0, Generator? generator = null)
+    {
+        long b = z0.shape[0];
+        var t = randint(0, Schedule.Length, [b], dtype: ScalarType.Int64, device: z0.device, generator: generator);
+        var noise = randn(z0.shape, dtype: z0.dtype, device: z0.device, generator: generator);
+        var zt = Schedule.AddNoise(z0, noise, t);
+        var target = Prediction == PredictionType.Epsilon ? noise : Schedule.Velocity(z0, noise, t);
+        var perSample = (model(zt, t) - target).pow(2).mean([1, 2, 3]);
+        return (perSample * Weights(t)).mean();
+    }
+
+    /// <summary>Classifier-free guidance training: replace each label by <paramref name="nullLabel"/> with probability p.</summary>
+    public static Tensor DropLabels(Tensor labels, double p, long nullLabel, Generator? generator = null)
+    {
+        if (p <= 0) return labels;
+        var drop = rand(labels.shape, device: labels.device, generator: generator) < p;
+        return where(drop, full_like(labels, nullLabel), labels);
+    }
+}
