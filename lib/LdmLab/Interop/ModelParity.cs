@@ -30,6 +30,30 @@ public static class ModelParity
         return checks;
     }
 
+    public static IReadOnlyList<ParityCheck> CheckVae(string dir)
+    {
+        using var scope = NewDisposeScope();
+        var name = Path.GetFileName(Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar));
+        var vae = Autoencoders.AutoencoderKL.FromPretrained(dir);
+        vae.eval();
+        var r = SafeTensors.Load(Path.Combine(dir, "tensors.safetensors"));
+        var checks = new List<ParityCheck>();
+        using var _ = no_grad();
+        var record = new Dictionary<string, Tensor>();
+        var q = vae.Encode(r["x"], record);
+        Add(checks, $"{name}/posterior_mean", q.Mean, r, "posterior_mean");
+        Add(checks, $"{name}/posterior_logvar", q.LogVar, r, "posterior_logvar");
+        Add(checks, $"{name}/posterior_std", q.Std, r, "posterior_std");
+        if (r.TryGetValue("posterior_sample_noise", out var noise)) Add(checks, $"{name}/posterior_sample", q.Sample(noise), r, "posterior_sample");
+        var decoded = vae.Decode(q.Mean, record);
+        Add(checks, $"{name}/decode_of_mean", decoded, r, "decode_of_mean");
+        Add(checks, $"{name}/forward_sample_posterior_false", vae.Forward(r["x"]), r, "forward_sample_posterior_false");
+        foreach (var (k, v) in record) Add(checks, $"{name}/intermediate.{k}", v, r, "intermediate." + k);
+        foreach (var key in r.Keys.Where(k => k.StartsWith("intermediate.") && !record.ContainsKey(k["intermediate.".Length..])))
+            checks.Add(new ParityCheck($"{name}/{key}", double.PositiveInfinity, Tolerance, "not produced by LdmLab"));
+        return checks;
+    }
+
     static void Add(List<ParityCheck> checks, string name, Tensor ours, Dictionary<string, Tensor> r, string key)
     {
         if (!r.TryGetValue(key, out var reference)) return;
@@ -49,6 +73,7 @@ public static class ModelParity
         nn.Module model = cls switch
         {
             "UNet2DConditionModel" => new UNet2DConditionModel(UNetConfig.FromJson(m["config"]!.AsObject(), path)),
+            "AutoencoderKL" => new Autoencoders.AutoencoderKL(Autoencoders.AutoencoderKLConfig.FromJson(m["config"]!.AsObject(), path)),
             _ => throw new ParityFormatException($"{path}: manifests of {cls} are not implemented yet"),
         };
         try

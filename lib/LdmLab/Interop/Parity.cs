@@ -32,6 +32,7 @@ public static class Parity
             return cls switch
             {
                 "UNet2DConditionModel" => ModelParity.CheckUNet(dir),
+                "AutoencoderKL" => ModelParity.CheckVae(dir),
                 _ => throw new ParityFormatException($"{dir}: parity for {cls ?? "this model"} is not implemented yet"),
             };
         }
