@@ -33,3 +33,17 @@ public class LayersTests
         Assert.True(ln.bias!.eq(0).all().item<bool>());
     }
 }
+
+public class ProgressTests
+{
+    [Fact]
+    public void Reports_first_last_and_throttled_steps_even_when_resuming_mid_run()
+    {
+        var seen = new List<int>();
+        var p = new LdmLab.Viz.Progress("x", 100, i => seen.Add(i.Step), TimeSpan.FromHours(1));
+        foreach (var step in Enumerable.Range(41, 60)) p.Report(step);   // a resumed run starts at 41
+        Assert.Equal([41, 100], seen);
+        Assert.Equal(100, p.Last!.Step);
+        Assert.Contains("x 100/100", p.Last.ToString());
+    }
+}

@@ -246,3 +246,25 @@ public class SchedulerSettingsTests
         Assert.Equal(seen[^1].Item3, x.norm().item<float>(), 3);
     }
 }
+
+public class SamplingScopeTests
+{
+    /// <summary>Multistep schedulers keep history across steps; the per-step dispose scopes of the loop must not free it.</summary>
+    [Theory]
+    [InlineData("DPMSolverMultistepScheduler", false)]
+    [InlineData("PNDMScheduler", true)]
+    [InlineData("PNDMScheduler", false)]
+    public void Sampling_loop_equals_a_plain_loop(string cls, bool skipPrk)
+    {
+        TorchRuntime.Setup();
+        var cfg = new JsonObject { ["beta_schedule"] = "scaled_linear", ["beta_start"] = 0.00085, ["beta_end"] = 0.012, ["steps_offset"] = 1, ["skip_prk_steps"] = skipPrk, ["set_alpha_to_one"] = false };
+        manual_seed(2);
+        var noise = randn(1, 4, 8, 8);
+        var viaLoop = Sampling.Sample(Scheduler.Create(cls, cfg), (x, t) => SchedulerParity.FakeModel(x, t), noise, 20);
+        var s = Scheduler.Create(cls, cfg);
+        s.SetTimesteps(20);
+        var y = noise * s.InitNoiseSigma;
+        foreach (var t in s.Timesteps) y = s.Step(SchedulerParity.FakeModel(s.ScaleModelInput(y, t), t), t, y).PrevSample;
+        Assert.True(Parity.MaxAbsDiff(viaLoop, y) < 1e-6);
+    }
+}

@@ -66,6 +66,8 @@ public sealed class LatentDiffusionTrainer
     {
         if (latents.shape[0] != labels.shape[0]) throw new ArgumentException($"{latents.shape[0]} latents but {labels.shape[0]} labels");
         if (_o.CheckpointDir is { } dir && File.Exists(Path.Combine(dir, CheckpointFile))) LoadCheckpoint(dir);
+        if (CompletedSteps > _o.Steps)
+            throw new InvalidOperationException($"the checkpoint in {_o.CheckpointDir} is at step {CompletedSteps}, beyond the requested {_o.Steps}");
         int resumed = CompletedSteps;
         var device = _model.parameters().First().device;
         var sw = System.Diagnostics.Stopwatch.StartNew();

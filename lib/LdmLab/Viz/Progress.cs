@@ -28,7 +28,7 @@ public sealed class Progress(string task, int total, Action<ProgressInfo> report
 {
     readonly Stopwatch _watch = Stopwatch.StartNew();
     readonly TimeSpan _min = minInterval ?? TimeSpan.FromMilliseconds(500);
-    TimeSpan _last = TimeSpan.MinValue;
+    TimeSpan? _last;
 
     public ProgressInfo? Last { get; private set; }
 
@@ -36,7 +36,7 @@ public sealed class Progress(string task, int total, Action<ProgressInfo> report
     {
         var now = _watch.Elapsed;
         Last = new ProgressInfo(task, step, total, now, metrics ?? new Dictionary<string, double>());
-        if (step >= total || step <= 1 || now - _last >= _min)
+        if (_last is null || step >= total || now - _last.Value >= _min)
         {
             _last = now;
             report(Last);

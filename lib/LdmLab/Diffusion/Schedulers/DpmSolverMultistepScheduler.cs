@@ -61,6 +61,7 @@ public sealed class DpmSolverMultistepScheduler : Scheduler
         Sigmas = sigmas.Append(sigmaLast).Select(s => (double)(float)s).ToArray();
         Timesteps = ts.Select(t => (double)t).ToArray();
         NumInferenceSteps = ts.Length;
+        foreach (var t in _modelOutputs) t?.Dispose();
         Array.Clear(_modelOutputs);
         _lowerOrderNums = 0;
         _stepIndex = null;
@@ -102,9 +103,11 @@ public sealed class DpmSolverMultistepScheduler : Scheduler
         bool lowerOrderFinal = i == n - 1 && (Config.EulerAtFinal || (Config.LowerOrderFinal && n < 15) || Config.FinalSigmasType == "zero");
         bool lowerOrderSecond = i == n - 2 && Config.LowerOrderFinal && n < 15;
 
+        // History outlives the caller's per-step dispose scope: keep our own copies, free the one that drops out.
         var m = ConvertModelOutput(modelOutput, sample, i);
+        _modelOutputs[0]?.Dispose();
         for (int k = 0; k < _modelOutputs.Length - 1; k++) _modelOutputs[k] = _modelOutputs[k + 1];
-        _modelOutputs[^1] = m;
+        _modelOutputs[^1] = m.detach().clone().DetachFromDisposeScope();
 
         Tensor prev;
         if (Config.SolverOrder == 1 || _lowerOrderNums < 1 || lowerOrderFinal) prev = FirstOrder(m, sample, i);

@@ -44,10 +44,11 @@ public sealed class PndmScheduler(SchedulerConfig config) : Scheduler(config)
             plms = ts[..^3].Reverse().Select(v => (double)v).ToArray();
         }
         Timesteps = _prk.Concat(plms).ToArray();
+        foreach (var t in _ets) t.Dispose();
         _ets.Clear();
         _counter = 0;
-        _curSample = null;
-        _curModelOutput = null;
+        _curSample?.Dispose(); _curSample = null;
+        _curModelOutput?.Dispose(); _curModelOutput = null;
     }
 
     public override StepOutput Step(Tensor modelOutput, double timestep, Tensor sample, Tensor? noise = null)
@@ -65,16 +66,17 @@ public sealed class PndmScheduler(SchedulerConfig config) : Scheduler(config)
         switch (_counter % 4)
         {
             case 0:
-                _curModelOutput = _curModelOutput is null ? modelOutput / 6.0 : _curModelOutput + modelOutput / 6.0;
-                _ets.Add(modelOutput);
-                _curSample = sample;
+                Keep(ref _curModelOutput, _curModelOutput is null ? modelOutput / 6.0 : _curModelOutput + modelOutput / 6.0);
+                _ets.Add(Own(modelOutput));
+                Keep(ref _curSample, sample);
                 break;
             case 1:
             case 2:
-                _curModelOutput = _curModelOutput! + modelOutput / 3.0;
+                Keep(ref _curModelOutput, _curModelOutput! + modelOutput / 3.0);
                 break;
             case 3:
                 modelOutput = _curModelOutput! + modelOutput / 6.0;
+                _curModelOutput.Dispose();
                 _curModelOutput = null;
                 break;
         }
@@ -88,21 +90,27 @@ public sealed class PndmScheduler(SchedulerConfig config) : Scheduler(config)
         if (!Config.SkipPrkSteps && _ets.Count < 3) throw new InvalidOperationException("PLMS needs the PRK warm-up (12 steps) first");
         int stride = Config.NumTrainTimesteps / NumInferenceSteps;
         int prevTimestep = timestep - stride;
-        if (_counter != 1) _ets.Add(modelOutput);
+        if (_counter != 1) _ets.Add(Own(modelOutput));
         else { prevTimestep = timestep; timestep += stride; }
 
         Tensor e;
-        if (_ets.Count == 1 && _counter == 0) { e = modelOutput; _curSample = sample; }
-        else if (_ets.Count == 1 && _counter == 1) { e = (modelOutput + _ets[^1]) / 2; sample = _curSample!; _curSample = null; }
+        Tensor? heldSample = null;
+        if (_ets.Count == 1 && _counter == 0) { e = modelOutput; Keep(ref _curSample, sample); }
+        else if (_ets.Count == 1 && _counter == 1) { e = (modelOutput + _ets[^1]) / 2; sample = heldSample = _curSample!; _curSample = null; }
         else if (_ets.Count == 2) e = (3 * _ets[^1] - _ets[^2]) / 2;
         else if (_ets.Count == 3) e = (23 * _ets[^1] - 16 * _ets[^2] + 5 * _ets[^3]) / 12;
         else e = (55 * _ets[^1] - 59 * _ets[^2] + 37 * _ets[^3] - 9 * _ets[^4]) / 24;
-        while (_ets.Count > 4) _ets.RemoveAt(0);
+        while (_ets.Count > 4) { _ets[0].Dispose(); _ets.RemoveAt(0); }
 
         var prev = PrevSample(sample, timestep, prevTimestep, e);
+        heldSample?.Dispose();
         _counter++;
         return prev;
     }
+
+    // History outlives the caller's per-step dispose scope: hold private copies and free them when dropped.
+    static Tensor Own(Tensor t) => t.detach().clone().DetachFromDisposeScope();
+    static void Keep(ref Tensor? slot, Tensor value) { var old = slot; slot = Own(value); old?.Dispose(); }
 
     Tensor PrevSample(Tensor sample, int t, int prevT, Tensor modelOutput)
     {

@@ -1,0 +1,124 @@
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using LdmLab.Autoencoders;
+using LdmLab.Conditioning;
+using LdmLab.Data;
+using LdmLab.Diffusion;
+using LdmLab.Runtime;
+using LdmLab.UNet;
+using static TorchSharp.torch;
+
+namespace LdmLab.Training;
+
+/// <summary>
+/// The chapter's running example: Fashion-MNIST → KL-VAE (f = 4, 4 latent channels: 28×28 → 4×7×7) → a
+/// class-conditional latent U-Net. Trained models are cached (keyed by their settings) under
+/// LDMLAB_CACHE or ~/.cache/ldmlab, so notebooks that need them train once per profile and reuse them.
+/// </summary>
+public static class FashionLatentRecipe
+{
+    public static AutoencoderKLConfig VaeConfig { get; } = new()
+    {
+        InChannels = 1, OutChannels = 1, LatentChannels = 4, BlockOutChannels = [8, 16, 32], LayersPerBlock = 1,
+        NormNumGroups = 8, SampleSize = 28, ScalingFactor = 1.0,
+    };
+
+    public static VaeTrainerOptions VaeOptions => new()
+    {
+        Steps = Lab.Pick(quick: 60, full: 3000), BatchSize = 32, LearningRate = 2e-3, WarmupSteps = Lab.Pick(quick: 10, full: 100), KlWeight = 1e-6,
+    };
+
+    public static UNetConfig DenoiserConfig { get; } = new()
+    {
+        InChannels = 4, OutChannels = 4, BlockOutChannels = [32, 64], LayersPerBlock = 1, NormNumGroups = 16,
+        CrossAttentionDim = 64, AttentionHeadDim = [4], DownBlockTypes = ["CrossAttnDownBlock2D", "DownBlock2D"],
+        UpBlockTypes = ["UpBlock2D", "CrossAttnUpBlock2D"], SampleSize = 7,
+    };
+
+    public static TrainerOptions DenoiserOptions => new()
+    {
+        Steps = Lab.Pick(quick: 40, full: 3000), BatchSize = 64, LearningRate = 1e-3, WarmupSteps = Lab.Pick(quick: 10, full: 200),
+        EmaDecay = Lab.Pick(quick: 0.9, full: 0.999), ConditionDropout = 0.1,
+    };
+
+    public static string CacheRoot =>
+        Environment.GetEnvironmentVariable("LDMLAB_CACHE") is { Length: > 0 } c ? c
+        : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "ldmlab");
+
+    /// <summary>A short hash of everything that determines a trained model, so a changed setting never reuses a stale cache.</summary>
+    public static string Key(params object[] parts)
+    {
+        var json = string.Join("|", parts.Select(p => JsonSerializer.Serialize(p)));
+        return Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes("v1|" + json)))[..12].ToLowerInvariant();
+    }
+
+    /// <summary>The Fashion-MNIST KL-VAE: loaded from the cache, or trained on <paramref name="images"/> and cached.</summary>
+    public static (AutoencoderKL vae, bool trained, VaeTrainer.Log? log) LoadOrTrainVae(Tensor images, Viz.Progress? progress = null, long seed = 0)
+    {
+        var options = VaeOptions with { Seed = seed };
+        var dir = Path.Combine(CacheRoot, "fashion-vae-" + Key(VaeConfig, options, images.shape[0]));
+        if (File.Exists(Path.Combine(dir, AutoencoderKL.WeightsName))) return (AutoencoderKL.FromPretrained(dir).eval_(), false, null);
+        manual_seed(seed);
+        var vae = new AutoencoderKL(VaeConfig);
+        var log = VaeTrainer.Train(vae, images, options, progress);
+        vae.SavePretrained(dir);
+        return (vae, true, log);
+    }
+
+    /// <summary>
+    /// The class-conditional latent denoiser for a schedule: resumed from its checkpoint (or loaded when complete),
+    /// else trained; EMA weights are what it returns.
+    /// </summary>
+    public static (ClassConditionedUNet model, DiffusionTrainingLog log) LoadOrTrainDenoiser(Tensor latents, Tensor labels, NoiseSchedule schedule,
+        PredictionType prediction = PredictionType.Epsilon, double? minSnrGamma = null, TrainerOptions? options = null, Viz.Progress? progress = null, long seed = 0)
+    {
+        options ??= DenoiserOptions;
+        // One folder per step count inside a folder per setting: a longer run starts from the longest shorter run's
+        // checkpoint (staged evaluation), and a shorter request never gets a model trained further than asked.
+        var family = Path.Combine(CacheRoot, "fashion-ldm-" + Key(DenoiserConfig, options with { Steps = 0 }, schedule.Name, schedule.Betas.Sum(), prediction, minSnrGamma, latents.shape, seed));
+        var dir = Path.Combine(family, $"steps-{options.Steps}");
+        if (!File.Exists(Path.Combine(dir, LatentDiffusionTrainer.CheckpointFile)) && Directory.Exists(family))
+        {
+            var shorter = Directory.GetDirectories(family, "steps-*")
+                .Select(d => (d, n: int.TryParse(Path.GetFileName(d)[6..], out var n) ? n : -1))
+                .Where(x => x.n > 0 && x.n < options.Steps && File.Exists(Path.Combine(x.d, LatentDiffusionTrainer.CheckpointFile)))
+                .OrderByDescending(x => x.n).FirstOrDefault();
+            if (shorter.d is not null)
+            {
+                Directory.CreateDirectory(dir);
+                File.Copy(Path.Combine(shorter.d, LatentDiffusionTrainer.CheckpointFile), Path.Combine(dir, LatentDiffusionTrainer.CheckpointFile + ".tmp"), true);
+                File.Move(Path.Combine(dir, LatentDiffusionTrainer.CheckpointFile + ".tmp"), Path.Combine(dir, LatentDiffusionTrainer.CheckpointFile), true);
+            }
+        }
+        manual_seed(seed);
+        var model = new ClassConditionedUNet(DenoiserConfig, FashionMnist.ClassNames.Length);
+        var trainer = new LatentDiffusionTrainer(model, new DiffusionObjective(schedule, prediction, minSnrGamma), options with { CheckpointDir = dir, CheckpointEvery = 500, Seed = seed });
+        var log = trainer.Train(latents, labels, progress);
+        trainer.Ema.CopyTo(model);
+        model.eval();
+        return (model, log);
+    }
+
+    /// <summary>
+    /// Training latents: posterior means of <paramref name="images"/>, scaled by 1/σ (the scale factor, like SD's
+    /// 0.18215) so that the diffusion model sees unit variance. Returns the scaled latents and the factor.
+    /// </summary>
+    public static (Tensor latents, double scale) ScaledLatents(AutoencoderKL vae, Tensor images)
+    {
+        var z = VaeTrainer.EncodeMeans(vae, images);
+        double scale = 1.0 / z.std().item<float>();
+        return (z * scale, scale);
+    }
+
+    /// <summary>Samples latents for the given labels with classifier-free guidance; the callback sees every step.</summary>
+    public static Tensor SampleLatents(ClassConditionedUNet model, Diffusion.Schedulers.Scheduler scheduler, Tensor labels, int steps,
+        double guidance, Action<SamplingStep>? callback = null, long seed = 0)
+    {
+        using var gen = new TorchSharp.torch.Generator((ulong)seed);
+        var noise = randn([labels.shape[0], DenoiserConfig.InChannels, DenoiserConfig.SampleSize, DenoiserConfig.SampleSize], generator: gen);
+        return Sampling.Sample(scheduler, (z, t) => model.Guided(z, tensor((float)t), labels, guidance), noise, steps, callback);
+    }
+
+    static AutoencoderKL eval_(this AutoencoderKL vae) { vae.eval(); return vae; }
+}
