@@ -38,7 +38,7 @@ public sealed record SchedulerConfig
         NoiseSchedule.FromName(BetaSchedule, NumTrainTimesteps, BetaStart, BetaEnd, RescaleBetasZeroSnr, TrainedBetas);
 
     /// <summary>Reads a diffusers scheduler_config.json object; unknown keys are ignored, unsupported values rejected.</summary>
-    public static SchedulerConfig FromJson(JsonObject o, string defaultSpacing = "leading")
+    public static SchedulerConfig FromJson(JsonObject o, string defaultSpacing = "leading", bool defaultClipSample = false)
     {
         T Get<T>(string key, T fallback)
         {
@@ -65,7 +65,7 @@ public sealed record SchedulerConfig
             TimestepSpacing = Get("timestep_spacing", defaultSpacing),
             StepsOffset = Get("steps_offset", 0),
             RescaleBetasZeroSnr = Get("rescale_betas_zero_snr", false),
-            ClipSample = Get("clip_sample", false),
+            ClipSample = Get("clip_sample", defaultClipSample),
             ClipSampleRange = Get("clip_sample_range", 1.0),
             SetAlphaToOne = Get("set_alpha_to_one", true),
             VarianceType = Get<string?>("variance_type", null) ?? "fixed_small",
@@ -84,6 +84,8 @@ public sealed record SchedulerConfig
             LambdaMinClipped = Get("lambda_min_clipped", double.NegativeInfinity),
         };
         if (Get("thresholding", false)) throw new NotSupportedException("scheduler config: thresholding=true is not supported");
+        if (Get("use_lu_lambdas", false)) throw new NotSupportedException("scheduler config: use_lu_lambdas=true is not supported");
+        if (Get("use_exponential_sigmas", false) || Get("use_beta_sigmas", false)) throw new NotSupportedException("scheduler config: exponential/beta sigmas are not supported");
         if (c.PredictionType is not ("epsilon" or "v_prediction" or "sample"))
             throw new NotSupportedException($"scheduler config: prediction_type '{c.PredictionType}' is not one of epsilon, v_prediction, sample");
         if (c.TimestepSpacing is not ("leading" or "trailing" or "linspace"))

@@ -20,7 +20,7 @@ public sealed class DownBlock : nn.Module
         int layers = c.LayersPerBlock, heads = c.Heads(block);
         if (crossAttention)
             attentions = nn.ModuleList(Enumerable.Range(0, layers).Select(_ => new Transformer2DModel(heads, outChannels / heads, outChannels,
-                c.TransformerLayers(block), c.CrossAttentionDim, c.NormNumGroups, c.UseLinearProjection, c.OnlyCrossAttention, c.UpcastAttention)).ToArray());
+                c.TransformerLayers(block), c.CrossAttentionDim, c.NormNumGroups, c.UseLinearProjection, c.OnlyCross(block), c.UpcastAttention)).ToArray());
         resnets = nn.ModuleList(Enumerable.Range(0, layers).Select(j => new ResnetBlock2D(j == 0 ? inChannels : outChannels, outChannels,
             c.TimeEmbedDim, c.NormNumGroups, c.NormEps, c.ResnetTimeScaleShift == "scale_shift", c.ResnetOutScaleFactor)).ToArray());
         if (addDownsample) downsamplers = nn.ModuleList(new Downsample2D(outChannels, outChannels, c.DownsamplePadding));
@@ -95,7 +95,7 @@ public sealed class UpBlock : nn.Module
         int block = c.BlockOutChannels.Length - 1 - reversedBlock, heads = c.Heads(block);
         if (crossAttention)
             attentions = nn.ModuleList(Enumerable.Range(0, layers).Select(_ => new Transformer2DModel(heads, outChannels / heads, outChannels,
-                c.TransformerLayers(block), c.CrossAttentionDim, c.NormNumGroups, c.UseLinearProjection, c.OnlyCrossAttention, c.UpcastAttention)).ToArray());
+                c.TransformerLayers(block), c.CrossAttentionDim, c.NormNumGroups, c.UseLinearProjection, c.OnlyCross(block), c.UpcastAttention)).ToArray());
         resnets = nn.ModuleList(Enumerable.Range(0, layers).Select(j =>
         {
             int skip = j == layers - 1 ? inChannels : outChannels;

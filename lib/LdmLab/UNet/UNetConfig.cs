@@ -14,7 +14,8 @@ public sealed record UNetConfig
     public string[] DownBlockTypes { get; init; } = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"];
     public string MidBlockType { get; init; } = "UNetMidBlock2DCrossAttn";
     public string[] UpBlockTypes { get; init; } = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"];
-    public bool OnlyCrossAttention { get; init; }
+    public bool[] OnlyCrossAttention { get; init; } = [false];
+    public bool OnlyCross(int block) => OnlyCrossAttention.Length == 1 ? OnlyCrossAttention[0] : OnlyCrossAttention[block];
     public int[] BlockOutChannels { get; init; } = [320, 640, 1280, 1280];
     public int LayersPerBlock { get; init; } = 2;
     public int DownsamplePadding { get; init; } = 1;
@@ -82,7 +83,7 @@ public sealed record UNetConfig
             FreqShift = (int?)o["freq_shift"] ?? 0,
             DownBlockTypes = o["down_block_types"]?.AsArray().Select(x => (string)x!).ToArray() ?? new UNetConfig().DownBlockTypes,
             UpBlockTypes = o["up_block_types"]?.AsArray().Select(x => (string)x!).ToArray() ?? new UNetConfig().UpBlockTypes,
-            OnlyCrossAttention = o["only_cross_attention"] is JsonValue oca && (bool)oca,
+            OnlyCrossAttention = o["only_cross_attention"] switch { null => [false], JsonArray a => a.Select(x => (bool)x!).ToArray(), var v => [(bool)v] },
             BlockOutChannels = Ints("block_out_channels", [320, 640, 1280, 1280]),
             LayersPerBlock = (int?)o["layers_per_block"] ?? 2,
             DownsamplePadding = (int?)o["downsample_padding"] ?? 1,
@@ -115,7 +116,7 @@ public sealed record UNetConfig
         ["down_block_types"] = new JsonArray(DownBlockTypes.Select(s => (JsonNode)s).ToArray()),
         ["mid_block_type"] = MidBlockType,
         ["up_block_types"] = new JsonArray(UpBlockTypes.Select(s => (JsonNode)s).ToArray()),
-        ["only_cross_attention"] = OnlyCrossAttention,
+        ["only_cross_attention"] = OnlyCrossAttention.Length == 1 ? OnlyCrossAttention[0] : new JsonArray(OnlyCrossAttention.Select(s => (JsonNode)s).ToArray()),
         ["block_out_channels"] = new JsonArray(BlockOutChannels.Select(s => (JsonNode)s).ToArray()),
         ["layers_per_block"] = LayersPerBlock, ["downsample_padding"] = DownsamplePadding, ["mid_block_scale_factor"] = MidBlockScaleFactor,
         ["act_fn"] = ActFn, ["norm_num_groups"] = NormNumGroups, ["norm_eps"] = NormEps, ["cross_attention_dim"] = CrossAttentionDim,
@@ -142,7 +143,11 @@ public sealed record UNetConfig
         if (ResnetTimeScaleShift is not ("default" or "scale_shift")) throw new NotSupportedException($"{source}: resnet_time_scale_shift '{ResnetTimeScaleShift}'");
         foreach (var ch in BlockOutChannels)
             if (ch % NormNumGroups != 0) throw new ArgumentException($"{source}: block_out_channels {ch} is not divisible by norm_num_groups {NormNumGroups}");
+        foreach (var (name, values) in new[] { ("attention_head_dim", (Array)AttentionHeadDim), ("num_attention_heads", (Array?)NumAttentionHeads ?? Array.Empty<int>()),
+                     ("transformer_layers_per_block", TransformerLayersPerBlock), ("only_cross_attention", OnlyCrossAttention) })
+            if (values.Length is not (0 or 1) && values.Length != n) throw new ArgumentException($"{source}: {name} has {values.Length} entries for {n} blocks");
         for (int i = 0; i < n; i++)
-            if (BlockOutChannels[i] % Heads(i) != 0) throw new ArgumentException($"{source}: {BlockOutChannels[i]} channels cannot be split into {Heads(i)} heads");
+            if ((DownBlockTypes[i] == "CrossAttnDownBlock2D" || UpBlockTypes[n - 1 - i] == "CrossAttnUpBlock2D" || i == n - 1) && BlockOutChannels[i] % Heads(i) != 0)
+                throw new ArgumentException($"{source}: {BlockOutChannels[i]} channels cannot be split into {Heads(i)} heads");
     }
 }

@@ -88,8 +88,9 @@ public abstract class Scheduler
     /// <summary>Builds a scheduler from a diffusers class name and config (as in scheduler_config.json).</summary>
     public static Scheduler Create(string className, JsonObject config) => className switch
     {
-        "DDIMScheduler" => new DdimScheduler(SchedulerConfig.FromJson(config)),
-        "DDPMScheduler" => new DdpmScheduler(SchedulerConfig.FromJson(config)),
+        // diffusers' class defaults: DDIM and DDPM clip x̂_0 unless told otherwise; Euler and DPM-Solver use linspace spacing
+        "DDIMScheduler" => new DdimScheduler(SchedulerConfig.FromJson(config, defaultClipSample: true)),
+        "DDPMScheduler" => new DdpmScheduler(SchedulerConfig.FromJson(config, defaultClipSample: true)),
         "PNDMScheduler" => new PndmScheduler(SchedulerConfig.FromJson(config)),
         "EulerDiscreteScheduler" => new EulerScheduler(SchedulerConfig.FromJson(config, "linspace")),
         "DPMSolverMultistepScheduler" => new DpmSolverMultistepScheduler(SchedulerConfig.FromJson(config, "linspace")),
