@@ -102,7 +102,7 @@ public sealed class UpDecoderBlock2D : nn.Module<Tensor, Tensor>
     }
 }
 
-/// <summary>x → conv_in → down blocks → mid block → GN → SiLU → conv_out (2·latent channels: μ and log σ²).</summary>
+/// <summary>x → conv_in → down blocks → mid block → GN → SiLU → conv_out (2·latent channels, μ and log σ², for the KL-VAE; latent channels for VQ).</summary>
 public sealed class VaeEncoder : nn.Module<Tensor, Tensor>
 {
     readonly Conv2d conv_in;
@@ -112,7 +112,7 @@ public sealed class VaeEncoder : nn.Module<Tensor, Tensor>
     readonly Conv2d conv_out;
     internal IDictionary<string, Tensor>? Record;
 
-    public VaeEncoder(AutoencoderKLConfig c) : base("Encoder")
+    public VaeEncoder(AutoencoderKLConfig c, bool doubleZ = true) : base("Encoder")
     {
         var ch = c.BlockOutChannels;
         conv_in = nn.Conv2d(c.InChannels, ch[0], 3, padding: 1);
@@ -120,7 +120,7 @@ public sealed class VaeEncoder : nn.Module<Tensor, Tensor>
             new DownEncoderBlock2D(i == 0 ? ch[0] : ch[i - 1], ch[i], c.LayersPerBlock, c.NormNumGroups, i < ch.Length - 1)).ToArray());
         mid_block = new VaeMidBlock(ch[^1], c.NormNumGroups, c.MidBlockAddAttention);
         conv_norm_out = Layers.GroupNorm(c.NormNumGroups, ch[^1], 1e-6);
-        conv_out = nn.Conv2d(ch[^1], 2 * c.LatentChannels, 3, padding: 1);
+        conv_out = nn.Conv2d(ch[^1], doubleZ ? 2 * c.LatentChannels : c.LatentChannels, 3, padding: 1);
         RegisterComponents();
     }
 
