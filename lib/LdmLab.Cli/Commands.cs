@@ -10,6 +10,7 @@ public static class Commands
         usage:
           ldmlab info                      what the runtime bootstrap did, device, versions
           ldmlab parity DIR [DIR...]       compare against reference fixtures (schedulers, models); exit 0 iff all pass
+          ldmlab bench [BenchmarkDotNet args]  benchmarks (in process, short runs), e.g. --filter *Conv*
           ldmlab notebooks [options]       execute notebooks in the real .NET Interactive kernel
               --dir DIR                    notebooks folder (default: notebooks)
               --out DIR                    executed notebooks + index.html (default: out)
@@ -28,6 +29,7 @@ public static class Commands
                 "info" => Info(),
                 "notebooks" => NotebooksCommand.Run(args[1..]),
                 "parity" => ParityCommand.Run(args[1..]),
+                "bench" => BenchCommand.Run(args[1..]),
                 _ => Fail($"unknown command '{args[0]}'\n\n{Usage}"),
             };
         }

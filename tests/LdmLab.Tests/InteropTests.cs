@@ -97,3 +97,19 @@ public class ParityCommandTests
         Assert.Equal(2, Run(out _, "parity"));
     }
 }
+
+public class CliTests
+{
+    [Fact]
+    public void Help_info_and_bench_listing_work_and_unknown_commands_fail()
+    {
+        Assert.Equal(0, Commands.Run(["--help"]));
+        Assert.Equal(2, Commands.Run([]));
+        Assert.Equal(2, Commands.Run(["frobnicate"]));
+        Assert.Equal(0, Commands.Run(["info"]));
+        var sw = new StringWriter(); var saved = Console.Out; Console.SetOut(sw);
+        try { Assert.Equal(0, Commands.Run(["bench", "--list", "flat"])); }
+        finally { Console.SetOut(saved); }
+        Assert.Contains("ConvBench", sw.ToString());
+    }
+}

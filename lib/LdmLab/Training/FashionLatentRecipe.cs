@@ -76,7 +76,7 @@ public static class FashionLatentRecipe
         options ??= DenoiserOptions;
         // One folder per step count inside a folder per setting: a longer run starts from the longest shorter run's
         // checkpoint (staged evaluation), and a shorter request never gets a model trained further than asked.
-        var family = Path.Combine(CacheRoot, "fashion-ldm-" + Key(DenoiserConfig, options with { Steps = 0 }, schedule.Name, schedule.Betas.Sum(), prediction, minSnrGamma, latents.shape, seed));
+        var family = Path.Combine(CacheRoot, "fashion-ldm-" + Key(DenoiserConfig, options with { Steps = 0 }, schedule.Name, schedule.Betas.Sum(), prediction, minSnrGamma ?? -1, latents.shape, seed));
         var dir = Path.Combine(family, $"steps-{options.Steps}");
         if (!File.Exists(Path.Combine(dir, LatentDiffusionTrainer.CheckpointFile)) && Directory.Exists(family))
         {

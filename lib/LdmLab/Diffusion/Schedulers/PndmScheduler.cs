@@ -76,7 +76,7 @@ public sealed class PndmScheduler(SchedulerConfig config) : Scheduler(config)
                 break;
             case 3:
                 modelOutput = _curModelOutput! + modelOutput / 6.0;
-                _curModelOutput.Dispose();
+                _curModelOutput!.Dispose();
                 _curModelOutput = null;
                 break;
         }
