@@ -178,7 +178,7 @@ public sealed class AutoencoderKL : nn.Module
     readonly Conv2d quant_conv, post_quant_conv;
 
     public AutoencoderKLConfig Config { get; }
-    public const string WeightsName = "diffusion_pytorch_model.safetensors";
+    public const string WeightsName = DiffusersFolder.WeightsName;
 
     public AutoencoderKL(AutoencoderKLConfig config) : base(nameof(AutoencoderKL))
     {
@@ -223,19 +223,8 @@ public sealed class AutoencoderKL : nn.Module
 
     public long ParameterCount => parameters().Sum(p => p.numel());
 
-    public static AutoencoderKL FromPretrained(string dir)
-    {
-        var configPath = Path.Combine(dir, "config.json");
-        var cfg = AutoencoderKLConfig.FromJson((PyJson.ParseFile(configPath) as JsonObject) ?? throw new FormatException($"{configPath}: not a JSON object"), configPath);
-        var model = new AutoencoderKL(cfg);
-        StateDicts.Load(model, Path.Combine(dir, WeightsName));
-        return model;
-    }
+    public static AutoencoderKL FromPretrained(string dir) =>
+        DiffusersFolder.Load(dir, AutoencoderKLConfig.FromJson, c => new AutoencoderKL(c));
 
-    public void SavePretrained(string dir)
-    {
-        Directory.CreateDirectory(dir);
-        StateDicts.Save(this, Path.Combine(dir, WeightsName));
-        Data.AtomicFile.WriteAllText(Path.Combine(dir, "config.json"), Config.ToJson().ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
-    }
+    public void SavePretrained(string dir) => DiffusersFolder.Save(this, Config.ToJson(), dir);
 }

@@ -116,23 +116,12 @@ public sealed class UNet2DConditionModel : nn.Module
         return h;
     }
 
-    public const string WeightsName = "diffusion_pytorch_model.safetensors";
+    public const string WeightsName = DiffusersFolder.WeightsName;
 
     /// <summary>Loads a diffusers folder: config.json + diffusion_pytorch_model.safetensors (every key must match).</summary>
-    public static UNet2DConditionModel FromPretrained(string dir)
-    {
-        var configPath = Path.Combine(dir, "config.json");
-        var cfg = UNetConfig.FromJson((PyJson.ParseFile(configPath) as JsonObject) ?? throw new FormatException($"{configPath}: not a JSON object"), configPath);
-        var model = new UNet2DConditionModel(cfg);
-        StateDicts.Load(model, Path.Combine(dir, WeightsName));
-        return model;
-    }
+    public static UNet2DConditionModel FromPretrained(string dir) =>
+        DiffusersFolder.Load(dir, UNetConfig.FromJson, c => new UNet2DConditionModel(c));
 
     /// <summary>Writes config.json and the safetensors weights (diffusers names) atomically.</summary>
-    public void SavePretrained(string dir)
-    {
-        Directory.CreateDirectory(dir);
-        StateDicts.Save(this, Path.Combine(dir, WeightsName));
-        Data.AtomicFile.WriteAllText(Path.Combine(dir, "config.json"), Config.ToJson().ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
-    }
+    public void SavePretrained(string dir) => DiffusersFolder.Save(this, Config.ToJson(), dir);
 }
