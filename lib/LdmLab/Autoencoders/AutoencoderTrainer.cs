@@ -1,0 +1,183 @@
+using LdmLab.Interop;
+using LdmLab.Metrics;
+using LdmLab.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace LdmLab.Autoencoders;
+
+/// <summary>
+/// The autoencoder objective of latent diffusion (CompVis' LPIPSWithDiscriminator / VQLPIPSWithDiscriminator):
+/// L_G = ‖x − x̂‖₁ (or ₂) + w_p·d_perc(x, x̂) + regulariser (β·KL or the VQ codebook + commitment losses)
+///       + f(step)·λ_adaptive·(−D(x̂)),      L_D = f(step)·hinge(D(x), D(x̂)) [+ R1 penalty].
+/// Weights of 0 switch a term off, which gives the chapter's ablations (pixel only / + perceptual / + adversarial).
+/// </summary>
+public sealed record AutoencoderLossOptions
+{
+    public ReconstructionLoss Pixel { get; init; } = ReconstructionLoss.L1;
+    public double PerceptualWeight { get; init; }
+    public int PerceptualResolution { get; init; } = 64;
+    public double KlWeight { get; init; } = 1e-6;
+    public double DiscriminatorWeight { get; init; }
+    public long DiscriminatorStart { get; init; }
+    public bool SpectralNorm { get; init; }
+    public double GradientPenalty { get; init; }
+    public int DiscriminatorWidth { get; init; } = 32;
+    public int DiscriminatorLayers { get; init; } = 2;
+}
+
+public sealed record AutoencoderTrainerOptions
+{
+    public int Steps { get; init; } = 1000;
+    public int BatchSize { get; init; } = 32;
+    public double LearningRate { get; init; } = 1e-3;
+    public double DiscriminatorLearningRate { get; init; } = 1e-3;
+    public int WarmupSteps { get; init; } = 50;
+    public double ClipGradNorm { get; init; } = 1.0;
+    /// <summary>VQ only: restart codes unused for this many steps (0 = off).</summary>
+    public int DeadCodePatience { get; init; } = 200;
+    public int CheckpointEvery { get; init; }
+    public string? CheckpointDir { get; init; }
+    public long Seed { get; init; }
+}
+
+/// <summary>One step's numbers.</summary>
+public sealed record AutoencoderStep(int Step, double Reconstruction, double Perceptual, double Regulariser, double Generator, double Discriminator,
+    double AdaptiveWeight, double CodebookUsage, double Perplexity);
+
+/// <summary>Trains an <see cref="AutoencoderKL"/> or a <see cref="VQModel"/> with the objective above; resumable, atomic checkpoints.</summary>
+public sealed class AutoencoderTrainer
+{
+    public const string CheckpointFile = "autoencoder-checkpoint.safetensors";
+    readonly nn.Module _model;
+    readonly AutoencoderLossOptions _loss;
+    readonly AutoencoderTrainerOptions _o;
+    readonly ResNet18Features? _perceptual;
+    readonly PatchGan? _disc;
+    readonly AdamW _optG;
+    readonly AdamW? _optD;
+    readonly List<AutoencoderStep> _log = new();
+    readonly Random _rng;
+
+    public int CompletedSteps { get; private set; }
+    public IReadOnlyList<AutoencoderStep> Log => _log;
+    public PatchGan? Discriminator => _disc;
+
+    public AutoencoderTrainer(nn.Module model, AutoencoderLossOptions loss, AutoencoderTrainerOptions options, ResNet18Features? perceptual = null)
+    {
+        if (model is not (AutoencoderKL or VQModel)) throw new ArgumentException("model must be an AutoencoderKL or a VQModel", nameof(model));
+        if (loss.PerceptualWeight > 0 && perceptual is null) perceptual = new ResNet18Features(loss.PerceptualResolution);
+        _model = model; _loss = loss; _o = options; _perceptual = perceptual;
+        _optG = new AdamW(model.named_parameters().Select(kv => (kv.name, kv.parameter)), options.LearningRate);
+        int channels = model is AutoencoderKL kl ? kl.Config.InChannels : ((VQModel)model).Config.InChannels;
+        if (loss.DiscriminatorWeight > 0)
+        {
+            _disc = new PatchGan(channels, loss.DiscriminatorWidth, loss.DiscriminatorLayers, loss.SpectralNorm);
+            _optD = new AdamW(_disc.named_parameters().Select(kv => ("disc." + kv.name, kv.parameter)), options.DiscriminatorLearningRate, beta1: 0.5, beta2: 0.9);
+        }
+        _rng = new Random((int)options.Seed);
+    }
+
+    (Tensor recon, Tensor reg, double usage, double perplexity) Run(Tensor x, Generator gen)
+    {
+        if (_model is AutoencoderKL vae)
+        {
+            var q = vae.Encode(x);
+            var z = q.Mean + q.Std * randn(q.Mean.shape, generator: gen).to(x.device);
+            return (vae.Decode(z), _loss.KlWeight * q.Kl().mean() / x[0].numel(), double.NaN, double.NaN);
+        }
+        var vq = (VQModel)_model;
+        var h = vq.Encode(x);
+        var qo = vq.Quantize(h);
+        if (_o.DeadCodePatience > 0 && CompletedSteps % 50 == 0) vq.Quantizer.RestartDeadCodes(h, _o.DeadCodePatience, _rng);
+        return (vq.Decode(qo.Quantized), qo.CodebookLoss + qo.CommitmentLoss, qo.Usage, qo.Perplexity);
+    }
+
+    Tensor LastLayerWeight() => _model.named_parameters().Last(kv => kv.name == "decoder.conv_out.weight").parameter;
+
+    public IReadOnlyList<AutoencoderStep> Train(Tensor images, Viz.Progress? progress = null)
+    {
+        if (_o.CheckpointDir is { } dir && File.Exists(Path.Combine(dir, CheckpointFile))) LoadCheckpoint(dir);
+        var device = _model.parameters().First().device;
+        _model.train(); _disc?.train();
+        for (int step = CompletedSteps + 1; step <= _o.Steps; step++)
+        {
+            using var scope = NewDisposeScope();
+            using var gen = new Generator((ulong)(_o.Seed * 1_000_003 + step));
+            var x = images.index_select(0, randint(0, images.shape[0], [_o.BatchSize], dtype: ScalarType.Int64, generator: gen)).to(device);
+            var (xr, reg, usage, perplexity) = Run(x, gen);
+            var rec = _loss.Pixel == ReconstructionLoss.L1 ? (xr - x).abs().mean() : (xr - x).pow(2).mean();
+            Tensor perc = _perceptual is not null && _loss.PerceptualWeight > 0 ? _perceptual.PerceptualDistance(x, xr).mean() : zeros(1).squeeze();
+            var nll = rec + _loss.PerceptualWeight * perc;
+            double factor = AdversarialLoss.DiscriminatorFactor(step, _loss.DiscriminatorStart);
+            Tensor gLoss = zeros(1).squeeze();
+            double adaptive = 0;
+            if (_disc is not null && factor > 0)
+            {
+                gLoss = AdversarialLoss.GeneratorHinge(_disc.forward(xr));
+                adaptive = AdversarialLoss.AdaptiveWeight(nll, gLoss, LastLayerWeight(), _loss.DiscriminatorWeight);
+            }
+            var total = nll + reg + factor * adaptive * gLoss;
+            double tv = total.item<float>();
+            if (!double.IsFinite(tv)) throw new NonFiniteLossException(step, tv);
+            _optG.ZeroGrad();
+            total.backward();
+            if (_o.ClipGradNorm > 0) nn.utils.clip_grad_norm_(_model.parameters(), _o.ClipGradNorm);
+            _optG.LearningRate = LrSchedule.WarmupConstant(step, _o.WarmupSteps, _o.LearningRate);
+            _optG.Step();
+
+            double dv = 0;
+            if (_disc is not null && _optD is not null && factor > 0)
+            {
+                var dLoss = factor * AdversarialLoss.DiscriminatorHinge(_disc.forward(x), _disc.forward(xr.detach()));
+                if (_loss.GradientPenalty > 0) dLoss = dLoss + AdversarialLoss.GradientPenalty(_disc, x, _loss.GradientPenalty);
+                _optD.ZeroGrad();
+                dLoss.backward();
+                _optD.Step();
+                dv = dLoss.item<float>();
+            }
+            CompletedSteps = step;
+            _log.Add(new AutoencoderStep(step, rec.item<float>(), perc.item<float>(), reg.item<float>(), gLoss.item<float>(), dv, adaptive, usage, perplexity));
+            progress?.Report(step, new Dictionary<string, double> { ["rec"] = _log.Skip(Math.Max(0, _log.Count - 50)).Average(s => s.Reconstruction) });
+            if (_o.CheckpointDir is { } d && _o.CheckpointEvery > 0 && step % _o.CheckpointEvery == 0) SaveCheckpoint(d);
+        }
+        if (_o.CheckpointDir is { } final) SaveCheckpoint(final);
+        _model.eval(); _disc?.eval();
+        return _log;
+    }
+
+    public void SaveCheckpoint(string dir)
+    {
+        var t = new Dictionary<string, Tensor>();
+        foreach (var (k, v) in _model.state_dict()) t["model." + k] = v;
+        if (_disc is not null) foreach (var (k, v) in _disc.state_dict()) t["disc." + k] = v;
+        foreach (var (k, v) in _optG.StateTensors()) t["g." + k] = v;
+        if (_optD is not null) foreach (var (k, v) in _optD.StateTensors()) t["d." + k] = v;
+        t["log"] = tensor(_log.SelectMany(s => new[] { s.Step, s.Reconstruction, s.Perceptual, s.Regulariser, s.Generator, s.Discriminator, s.AdaptiveWeight, s.CodebookUsage, s.Perplexity }).ToArray(), [_log.Count, 9]);
+        SafeTensors.Save(Path.Combine(dir, CheckpointFile), t, new Dictionary<string, string> { ["step"] = CompletedSteps.ToString(), ["format"] = "ldmlab-autoencoder-1" });
+    }
+
+    public void LoadCheckpoint(string dir)
+    {
+        var path = Path.Combine(dir, CheckpointFile);
+        var (_, meta) = SafeTensors.ReadHeader(path);
+        if (!meta.TryGetValue("format", out var f) || f != "ldmlab-autoencoder-1") throw new Data.DatasetException(path, "not an LdmLab autoencoder checkpoint");
+        var t = SafeTensors.Load(path);
+        using (no_grad())
+        {
+            foreach (var (k, v) in _model.state_dict()) v.copy_(t["model." + k]);
+            if (_disc is not null) foreach (var (k, v) in _disc.state_dict()) v.copy_(t["disc." + k]);
+        }
+        _optG.LoadStateTensors(t.Where(kv => kv.Key.StartsWith("g.")).ToDictionary(kv => kv.Key[2..], kv => kv.Value));
+        _optD?.LoadStateTensors(t.Where(kv => kv.Key.StartsWith("d.")).ToDictionary(kv => kv.Key[2..], kv => kv.Value));
+        var rows = t["log"];
+        _log.Clear();
+        var data = rows.data<double>().ToArray();
+        for (int i = 0; i < rows.shape[0]; i++)
+        {
+            var r = data.AsSpan(i * 9, 9);
+            _log.Add(new AutoencoderStep((int)r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]));
+        }
+        CompletedSteps = int.Parse(meta["step"]);
+    }
+}
