@@ -19,14 +19,15 @@ public static class ModelParity
         var checks = new List<ParityCheck>();
         using var _ = no_grad();
         var record = new Dictionary<string, Tensor>();
-        var sample = model.Forward(r["latents"], r["timesteps"], r["encoder_hidden_states"], null, record);
+        var classLabels = r.GetValueOrDefault("class_labels");
+        var sample = model.Forward(r["latents"], r["timesteps"], r["encoder_hidden_states"], classLabels, record);
         Add(checks, $"{name}/sample", sample, r, "sample");
         foreach (var (k, v) in record) Add(checks, $"{name}/intermediate.{k}", v, r, "intermediate." + k);
         foreach (var key in r.Keys.Where(k => k.StartsWith("intermediate.") && !record.ContainsKey(k["intermediate.".Length..])))
             checks.Add(new ParityCheck($"{name}/{key}", double.PositiveInfinity, Tolerance, "not produced by LdmLab"));
         if (r.TryGetValue("sample_scalar_t500", out var scalarRef))
             checks.Add(new ParityCheck($"{name}/sample_scalar_t500",
-                Parity.MaxAbsDiff(model.Forward(r["latents"], tensor(500L), r["encoder_hidden_states"]), scalarRef), Tolerance));
+                Parity.MaxAbsDiff(model.Forward(r["latents"], tensor(500L), r["encoder_hidden_states"], classLabels), scalarRef), Tolerance));
         return checks;
     }
 

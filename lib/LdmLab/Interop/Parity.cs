@@ -100,6 +100,7 @@ public static class SchedulerParity
         var cls = (string?)spec["class"] ?? throw new ParityFormatException($"{name}: no 'class'");
         var scheduler = Scheduler.Create(cls, spec["config"]!.AsObject());
         int steps = (int)spec["num_inference_steps"]!;
+        if (scheduler is DdimScheduler ddim && (spec["eta"] ?? spec["step_kwargs"]?["eta"]) is JsonNode eta) ddim.Eta = (double)eta;
         scheduler.SetTimesteps(steps);
 
         var refT = r["timesteps"].to_type(ScalarType.Float64);
