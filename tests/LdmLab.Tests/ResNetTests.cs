@@ -67,3 +67,18 @@ public class ResNetTests(ITestOutputHelper output)
         Assert.Equal(path, e.FilePath);
     }
 }
+
+public class FrechetTests
+{
+    [Fact]
+    public void Frechet_distance_of_gaussians_matches_the_closed_form()
+    {
+        TorchRuntime.Setup();
+        manual_seed(0);
+        // N(0, I) vs N(m, 4I) in 3-D: d² = |m|² + Tr(I + 4I − 2·2I) = |m|² + 3
+        var a = randn(20000, 3); var b = randn(20000, 3) * 2 + tensor(new float[] { 1, 0, 0 });
+        Assert.InRange(Metrics.FrechetDistance.Compute(a, b), 3.85, 4.15);   // sampling error of 20 000 draws
+        Assert.Equal(0.0, Metrics.FrechetDistance.Compute(a, a), 6);
+        Assert.Throws<ArgumentException>(() => Metrics.FrechetDistance.Compute(randn(3), randn(3)));
+    }
+}

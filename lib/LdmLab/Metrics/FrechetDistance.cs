@@ -15,6 +15,18 @@ public static class FrechetDistance
         return FromStatistics(m1, s1, m2, s2);
     }
 
+    /// <summary>The same for feature tensors [N, D] (e.g. ResNet18 or classifier features).</summary>
+    public static double Compute(TorchSharp.torch.Tensor features1, TorchSharp.torch.Tensor features2) => Compute(ToArray(features1), ToArray(features2));
+
+    public static double[,] ToArray(TorchSharp.torch.Tensor f)
+    {
+        if (f.dim() != 2) throw new ArgumentException($"features must be [N, D], got [{string.Join(",", f.shape)}]");
+        var data = f.detach().cpu().to_type(TorchSharp.torch.ScalarType.Float64).contiguous().data<double>().ToArray();
+        var a = new double[f.shape[0], f.shape[1]];
+        Buffer.BlockCopy(data, 0, a, 0, data.Length * sizeof(double));
+        return a;
+    }
+
     public static double FromStatistics(Vector<double> mu1, Matrix<double> sigma1, Vector<double> mu2, Matrix<double> sigma2)
     {
         var sqrt1 = SqrtPsd(sigma1);

@@ -50,6 +50,19 @@ public sealed class ResNet18Features : nn.Module<Tensor, Tensor>
     /// <summary>The 512-d pooled features [N, 512].</summary>
     public override Tensor forward(Tensor images) => resnet.forward(Prepare(images)).flatten(1);
 
+    /// <summary>Pooled features of many images, in batches, without gradients: [N, 512].</summary>
+    public Tensor Extract(Tensor images, int batchSize = 64)
+    {
+        using var _ = no_grad();
+        var parts = new List<Tensor>();
+        for (long i = 0; i < images.shape[0]; i += batchSize)
+        {
+            using var scope = NewDisposeScope();
+            parts.Add(forward(images.narrow(0, i, Math.Min(batchSize, images.shape[0] - i))).MoveToOuterDisposeScope());
+        }
+        return cat(parts);
+    }
+
     /// <summary>Pooled features and the tapped activations (stem + block outputs), in network order.</summary>
     public (Tensor pooled, Tensor[] layers) ForwardWithLayers(Tensor images)
     {
