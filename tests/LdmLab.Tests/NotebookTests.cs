@@ -16,7 +16,7 @@ public class NotebookTests
     }
 
     static NotebookRunner Runner(string dir, string outDir) =>
-        new() { NotebooksDir = dir, OutDir = outDir, Profile = "quick", CellTimeoutSeconds = 600, Log = _ => { } };
+        new() { NotebooksDir = dir, OutDir = outDir, Profile = "quick", CellTimeoutSeconds = 1800, Log = _ => { } };
 
     [Theory]
     [MemberData(nameof(Notebooks))]
