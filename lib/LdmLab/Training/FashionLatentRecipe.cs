@@ -38,7 +38,7 @@ public static class FashionLatentRecipe
 
     public static TrainerOptions DenoiserOptions => new()
     {
-        Steps = Lab.Pick(quick: 40, full: 2000), BatchSize = 64, LearningRate = 1e-3, WarmupSteps = Lab.Pick(quick: 10, full: 200),
+        Steps = Lab.Pick(quick: 40, full: 1000), BatchSize = 64, LearningRate = 1e-3, WarmupSteps = Lab.Pick(quick: 10, full: 200),
         EmaDecay = Lab.Pick(quick: 0.9, full: 0.999), ConditionDropout = 0.1,
     };
 
