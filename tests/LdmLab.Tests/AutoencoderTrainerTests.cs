@@ -67,3 +67,21 @@ public class AutoencoderTrainerTests
         foreach (var (k, v) in a.state_dict()) Assert.True(v.equal(c.state_dict()[k]).all().item<bool>(), k);
     }
 }
+
+public class VaeTrainerTests
+{
+    [Fact]
+    public void Pixel_plus_kl_training_reports_both_terms()
+    {
+        TorchRuntime.Setup();
+        using var d = FashionMnist.Load(Split.Test, limit: 64);
+        manual_seed(0);
+        var vae = new AutoencoderKL(new AutoencoderKLConfig { InChannels = 1, OutChannels = 1, LatentChannels = 2, BlockOutChannels = [8, 16], NormNumGroups = 4 });
+        var log = VaeTrainer.Train(vae, d.Images, new VaeTrainerOptions { Steps = 6, BatchSize = 8, WarmupSteps = 1 });
+        Assert.Equal(6, log.Reconstruction.Count);
+        Assert.All(log.Kl, k => Assert.True(k > 0));
+        var z = VaeTrainer.EncodeMeans(vae, d.Images, batchSize: 20);
+        Assert.Equal([64L, 2, 14, 14], z.shape);
+        Assert.Equal([64L, 1, 28, 28], VaeTrainer.DecodeBatched(vae, z, batchSize: 20).shape);
+    }
+}

@@ -25,36 +25,15 @@ public static class VaeTrainer
 {
     public sealed record Log(IReadOnlyList<double> Reconstruction, IReadOnlyList<double> Kl, TimeSpan Elapsed);
 
+    /// <summary>Pixel loss + β·KL only: the <see cref="AutoencoderTrainer"/> with the perceptual and adversarial terms off.</summary>
     public static Log Train(AutoencoderKL vae, Tensor images, VaeTrainerOptions o, Viz.Progress? progress = null)
     {
-        var device = vae.parameters().First().device;
-        var opt = new AdamW(vae.named_parameters().Select(kv => (kv.name, kv.parameter)), o.LearningRate);
-        var rec = new List<double>(); var kls = new List<double>();
         var sw = System.Diagnostics.Stopwatch.StartNew();
-        vae.train();
-        for (int step = 1; step <= o.Steps; step++)
-        {
-            using var scope = NewDisposeScope();
-            using var gen = new Generator((ulong)(o.Seed * 1_000_003 + step));
-            var x = images.index_select(0, randint(0, images.shape[0], [o.BatchSize], dtype: ScalarType.Int64, generator: gen)).to(device);
-            var q = vae.Encode(x);
-            var z = q.Mean + q.Std * randn(q.Mean.shape, generator: gen).to(device);
-            var xr = vae.Decode(z);
-            var recLoss = o.Loss == ReconstructionLoss.L1 ? (xr - x).abs().mean() : (xr - x).pow(2).mean();
-            var kl = q.Kl().mean() / x[0].numel();   // per-pixel KL so that β is comparable across image sizes
-            var loss = recLoss + o.KlWeight * kl;
-            double lv = loss.item<float>();
-            if (!double.IsFinite(lv)) throw new NonFiniteLossException(step, lv);
-            opt.ZeroGrad();
-            loss.backward();
-            if (o.ClipGradNorm > 0) nn.utils.clip_grad_norm_(vae.parameters(), o.ClipGradNorm);
-            opt.LearningRate = LrSchedule.WarmupConstant(step, o.WarmupSteps, o.LearningRate);
-            opt.Step();
-            rec.Add(recLoss.item<float>()); kls.Add(kl.item<float>());
-            progress?.Report(step, new Dictionary<string, double> { ["rec"] = rec.Skip(Math.Max(0, rec.Count - 50)).Average(), ["kl"] = kls[^1] });
-        }
-        vae.eval();
-        return new Log(rec, kls, sw.Elapsed);
+        var trainer = new AutoencoderTrainer(vae, new AutoencoderLossOptions { Pixel = o.Loss, KlWeight = o.KlWeight },
+            new AutoencoderTrainerOptions { Steps = o.Steps, BatchSize = o.BatchSize, LearningRate = o.LearningRate, WarmupSteps = o.WarmupSteps, ClipGradNorm = o.ClipGradNorm, Seed = o.Seed });
+        var log = trainer.Train(images, progress);
+        // the trainer logs β·KL/pixel; report the per-pixel KL itself
+        return new Log(log.Select(s => s.Reconstruction).ToList(), log.Select(s => o.KlWeight > 0 ? s.Regulariser / o.KlWeight : 0).ToList(), sw.Elapsed);
     }
 
     /// <summary>Posterior means of <paramref name="images"/>, in batches, without gradients.</summary>
