@@ -144,33 +144,34 @@ public static class TorchRuntime
         return target;
     }
 
-    // at::globalContext() and Context::{set,}UserEnabledMkldnn, taken from the loaded torch_cpu.
-    static unsafe bool? ConfigureMkldnn(List<string> steps)
+    static bool? ConfigureMkldnn(List<string> steps)
     {
         bool want = Environment.GetEnvironmentVariable("LDMLAB_MKLDNN") is "1" or "true";
-        var h = Handles["torch_cpu"];
-        if (!NativeLibrary.TryGetExport(h, "_ZN2at13globalContextEv", out var ctxFn) ||
-            !NativeLibrary.TryGetExport(h, "_ZN2at7Context20setUserEnabledMkldnnEb", out var setFn) ||
-            !NativeLibrary.TryGetExport(h, "_ZNK2at7Context17userEnabledMkldnnEv", out var getFn))
-        {
-            steps.Add("oneDNN switch not found in torch_cpu (non-Itanium C++ ABI); left at LibTorch's default");
-            return null;
-        }
-        var ctx = ((delegate* unmanaged<IntPtr>)ctxFn)();
-        ((delegate* unmanaged<IntPtr, byte, void>)setFn)(ctx, want ? (byte)1 : (byte)0);
-        bool now = ((delegate* unmanaged<IntPtr, byte>)getFn)(ctx) != 0;
-        steps.Add($"oneDNN (mkldnn) for CPU: {(now ? "enabled" : "disabled")}{(want ? " (LDMLAB_MKLDNN=1)" : " (default; set LDMLAB_MKLDNN=1 to enable)")}");
+        bool? now = SwitchMkldnn(want);
+        steps.Add(now is null
+            ? "oneDNN switch not found in torch_cpu (non-Itanium C++ ABI); left at LibTorch's default"
+            : $"oneDNN (mkldnn) for CPU: {(now.Value ? "enabled" : "disabled")}{(want ? " (LDMLAB_MKLDNN=1)" : " (default; set LDMLAB_MKLDNN=1 to enable)")}");
         return now;
     }
 
     /// <summary>Sets oneDNN on or off for CPU ops at run time; returns the new state.</summary>
-    public static unsafe bool SetMkldnn(bool enabled)
+    public static bool SetMkldnn(bool enabled)
     {
         Setup();
+        return SwitchMkldnn(enabled) ?? throw new TorchRuntimeException("oneDNN switch not found in torch_cpu (non-Itanium C++ ABI)");
+    }
+
+    // at::globalContext().setUserEnabledMkldnn(on), read back with userEnabledMkldnn(); null if the exports are absent.
+    static unsafe bool? SwitchMkldnn(bool on)
+    {
         var h = Handles["torch_cpu"];
-        var ctx = ((delegate* unmanaged<IntPtr>)NativeLibrary.GetExport(h, "_ZN2at13globalContextEv"))();
-        ((delegate* unmanaged<IntPtr, byte, void>)NativeLibrary.GetExport(h, "_ZN2at7Context20setUserEnabledMkldnnEb"))(ctx, enabled ? (byte)1 : (byte)0);
-        return ((delegate* unmanaged<IntPtr, byte>)NativeLibrary.GetExport(h, "_ZNK2at7Context17userEnabledMkldnnEv"))(ctx) != 0;
+        if (!NativeLibrary.TryGetExport(h, "_ZN2at13globalContextEv", out var ctxFn) ||
+            !NativeLibrary.TryGetExport(h, "_ZN2at7Context20setUserEnabledMkldnnEb", out var setFn) ||
+            !NativeLibrary.TryGetExport(h, "_ZNK2at7Context17userEnabledMkldnnEv", out var getFn))
+            return null;
+        var ctx = ((delegate* unmanaged<IntPtr>)ctxFn)();
+        ((delegate* unmanaged<IntPtr, byte, void>)setFn)(ctx, on ? (byte)1 : (byte)0);
+        return ((delegate* unmanaged<IntPtr, byte>)getFn)(ctx) != 0;
     }
 
     static string RuntimeId()
