@@ -33,10 +33,10 @@ public sealed class SpatialSelfAttention : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         long b = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3];
-        var tokens = group_norm.forward(x).reshape(b, c, h * w).transpose(1, 2);       // [B, HW, C]
-        var q = to_q.forward(tokens); var k = to_k.forward(tokens); var v = to_v.forward(tokens);
+        var tokens = group_norm.call(x).reshape(b, c, h * w).transpose(1, 2);       // [B, HW, C]
+        var q = to_q.call(tokens); var k = to_k.call(tokens); var v = to_v.call(tokens);
         var probs = softmax((q.bmm(k.transpose(1, 2)) * _scale).to_type(ScalarType.Float32), -1).to_type(v.dtype);
-        var o = to_out[1].forward(to_out[0].forward(probs.bmm(v)));
+        var o = to_out[1].call(to_out[0].call(probs.bmm(v)));
         return o.transpose(1, 2).reshape(b, c, h, w) + x;
     }
 }
@@ -56,9 +56,9 @@ public sealed class VaeMidBlock : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        x = resnets[0].forward(x, null);
-        if (attentions is not null) x = attentions[0].forward(x);
-        return resnets[1].forward(x, null);
+        x = resnets[0].call(x, null);
+        if (attentions is not null) x = attentions[0].call(x);
+        return resnets[1].call(x, null);
     }
 }
 
@@ -77,8 +77,8 @@ public sealed class DownEncoderBlock2D : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        foreach (var r in resnets) x = r.forward(x, null);
-        return downsamplers is null ? x : downsamplers[0].forward(x);
+        foreach (var r in resnets) x = r.call(x, null);
+        return downsamplers is null ? x : downsamplers[0].call(x);
     }
 }
 
@@ -97,8 +97,8 @@ public sealed class UpDecoderBlock2D : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        foreach (var r in resnets) x = r.forward(x, null);
-        return upsamplers is null ? x : upsamplers[0].forward(x, null);
+        foreach (var r in resnets) x = r.call(x, null);
+        return upsamplers is null ? x : upsamplers[0].call(x, null);
     }
 }
 
@@ -126,10 +126,10 @@ public sealed class VaeEncoder : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        x = conv_in.forward(x); Record?.Add("encoder.conv_in", x);
-        for (int i = 0; i < down_blocks.Count; i++) { x = down_blocks[i].forward(x); Record?.Add($"encoder.down_blocks.{i}", x); }
-        x = mid_block.forward(x); Record?.Add("encoder.mid_block", x);
-        x = conv_out.forward(nn.functional.silu(conv_norm_out.forward(x))); Record?.Add("encoder.conv_out", x);
+        x = conv_in.call(x); Record?.Add("encoder.conv_in", x);
+        for (int i = 0; i < down_blocks.Count; i++) { x = down_blocks[i].call(x); Record?.Add($"encoder.down_blocks.{i}", x); }
+        x = mid_block.call(x); Record?.Add("encoder.mid_block", x);
+        x = conv_out.call(nn.functional.silu(conv_norm_out.call(x))); Record?.Add("encoder.conv_out", x);
         return x;
     }
 }
@@ -158,10 +158,10 @@ public sealed class VaeDecoder : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor z)
     {
-        z = conv_in.forward(z); Record?.Add("decoder.conv_in", z);
-        z = mid_block.forward(z); Record?.Add("decoder.mid_block", z);
-        for (int i = 0; i < up_blocks.Count; i++) { z = up_blocks[i].forward(z); Record?.Add($"decoder.up_blocks.{i}", z); }
-        z = conv_out.forward(nn.functional.silu(conv_norm_out.forward(z))); Record?.Add("decoder.conv_out", z);
+        z = conv_in.call(z); Record?.Add("decoder.conv_in", z);
+        z = mid_block.call(z); Record?.Add("decoder.mid_block", z);
+        for (int i = 0; i < up_blocks.Count; i++) { z = up_blocks[i].call(z); Record?.Add($"decoder.up_blocks.{i}", z); }
+        z = conv_out.call(nn.functional.silu(conv_norm_out.call(z))); Record?.Add("decoder.conv_out", z);
         return z;
     }
 }
@@ -195,7 +195,7 @@ public sealed class AutoencoderKL : nn.Module
         encoder.Record = record;
         try
         {
-            var moments = quant_conv.forward(encoder.forward(x));
+            var moments = quant_conv.call(encoder.call(x));
             record?.Add("quant_conv", moments);
             return new DiagonalGaussian(moments);
         }
@@ -207,9 +207,9 @@ public sealed class AutoencoderKL : nn.Module
         decoder.Record = record;
         try
         {
-            var h = post_quant_conv.forward(z);
+            var h = post_quant_conv.call(z);
             record?.Add("post_quant_conv", h);
-            return decoder.forward(h);
+            return decoder.call(h);
         }
         finally { decoder.Record = null; }
     }

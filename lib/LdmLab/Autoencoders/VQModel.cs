@@ -31,11 +31,11 @@ public sealed class VQModel : nn.Module
     }
 
     /// <summary>The continuous encoder output before quantisation.</summary>
-    public Tensor Encode(Tensor x) => quant_conv.forward(encoder.forward(x));
+    public Tensor Encode(Tensor x) => quant_conv.call(encoder.call(x));
 
     public QuantizerOutput Quantize(Tensor h) => quantize.Forward(h);
 
-    public Tensor Decode(Tensor quantized) => decoder.forward(post_quant_conv.forward(quantized));
+    public Tensor Decode(Tensor quantized) => decoder.call(post_quant_conv.call(quantized));
 
     /// <summary>Reconstruction and the quantiser's losses and usage.</summary>
     public (Tensor reconstruction, QuantizerOutput q) Forward(Tensor x)

@@ -27,7 +27,7 @@ public sealed class ClassConditionedUNet : nn.Module
         RegisterComponents();
     }
 
-    public Tensor Context(Tensor labels) => class_context.forward(labels).unsqueeze(1);
+    public Tensor Context(Tensor labels) => class_context.call(labels).unsqueeze(1);
 
     public Tensor Forward(Tensor zt, Tensor t, Tensor labels) => unet.Forward(zt, t, Context(labels));
 

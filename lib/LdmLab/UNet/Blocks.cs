@@ -38,13 +38,13 @@ public sealed class DownBlock : nn.Module
         var skips = new List<Tensor>();
         for (int i = 0; i < resnets.Count; i++)
         {
-            h = resnets[i].forward(h, temb);
-            if (attentions is not null) h = attentions[i].forward(h, context);
+            h = resnets[i].call(h, temb);
+            if (attentions is not null) h = attentions[i].call(h, context);
             skips.Add(h);
         }
         if (downsamplers is not null)
         {
-            h = downsamplers[0].forward(h);
+            h = downsamplers[0].call(h);
             skips.Add(h);
         }
         return (h, skips);
@@ -71,9 +71,9 @@ public sealed class MidBlock : nn.Module
 
     public Tensor Forward(Tensor h, Tensor temb, Tensor? context)
     {
-        h = resnets[0].forward(h, temb);
+        h = resnets[0].call(h, temb);
         for (int i = 0; i < attentions.Count; i++)
-            h = resnets[i + 1].forward(attentions[i].forward(h, context), temb);
+            h = resnets[i + 1].call(attentions[i].call(h, context), temb);
         return h;
     }
 }
@@ -121,9 +121,9 @@ public sealed class UpBlock : nn.Module
     {
         for (int i = 0; i < resnets.Count; i++)
         {
-            h = resnets[i].forward(cat([h, skips[skips.Count - 1 - i]], 1), temb);
-            if (attentions is not null) h = attentions[i].forward(h, context);
+            h = resnets[i].call(cat([h, skips[skips.Count - 1 - i]], 1), temb);
+            if (attentions is not null) h = attentions[i].call(h, context);
         }
-        return upsamplers is null ? h : upsamplers[0].forward(h, upsampleSize);
+        return upsamplers is null ? h : upsamplers[0].call(h, upsampleSize);
     }
 }

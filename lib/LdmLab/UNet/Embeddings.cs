@@ -35,5 +35,5 @@ public sealed class TimestepEmbedding : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor x) => linear_2.forward(nn.functional.silu(linear_1.forward(x)));
+    public override Tensor forward(Tensor x) => linear_2.call(nn.functional.silu(linear_1.call(x)));
 }

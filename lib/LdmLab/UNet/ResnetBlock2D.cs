@@ -38,18 +38,18 @@ public sealed class ResnetBlock2D : nn.Module<Tensor, Tensor?, Tensor>
 
     public override Tensor forward(Tensor x, Tensor? temb)
     {
-        var h = conv1.forward(nn.functional.silu(norm1.forward(x)));
+        var h = conv1.call(nn.functional.silu(norm1.call(x)));
         Tensor? t = null;
-        if (time_emb_proj is not null && temb is not null) t = time_emb_proj.forward(nn.functional.silu(temb))[.., .., TensorIndex.None, TensorIndex.None];
+        if (time_emb_proj is not null && temb is not null) t = time_emb_proj.call(nn.functional.silu(temb))[.., .., TensorIndex.None, TensorIndex.None];
         if (t is not null && !_scaleShift) h = h + t;
-        h = norm2.forward(h);
+        h = norm2.call(h);
         if (t is not null && _scaleShift)
         {
             var parts = t.chunk(2, 1);
             h = h * (1 + parts[0]) + parts[1];
         }
-        h = conv2.forward(nn.functional.silu(h));
-        var shortcut = conv_shortcut is null ? x : conv_shortcut.forward(x);
+        h = conv2.call(nn.functional.silu(h));
+        var shortcut = conv_shortcut is null ? x : conv_shortcut.call(x);
         var sum = shortcut + h;
         return _outScale == 1.0 ? sum : sum / _outScale;
     }
@@ -68,7 +68,7 @@ public sealed class Downsample2D : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor x) => conv.forward(_padding == 0 ? nn.functional.pad(x, [0, 1, 0, 1]) : x);
+    public override Tensor forward(Tensor x) => conv.call(_padding == 0 ? nn.functional.pad(x, [0, 1, 0, 1]) : x);
 }
 
 /// <summary>Nearest-neighbour upsampling (×2, or to a given size) followed by a 3×3 convolution.</summary>
@@ -83,7 +83,7 @@ public sealed class Upsample2D : nn.Module<Tensor, long[]?, Tensor>
     }
 
     public override Tensor forward(Tensor x, long[]? size) =>
-        conv.forward(size is null
+        conv.call(size is null
             ? nn.functional.interpolate(x, scale_factor: [2.0, 2.0], mode: InterpolationMode.Nearest)
             : nn.functional.interpolate(x, size: size, mode: InterpolationMode.Nearest));
 }

@@ -20,6 +20,8 @@ public sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
     readonly double _scale;
     readonly bool _upcast;
     internal string LayerName { get; set; } = "";
+    public int Heads => _heads;
+    public int HeadDim { get; }
 
     /// <summary>Set to observe attention maps (e.g. for the cross-attention visualisations); null costs nothing.</summary>
     public static AttentionObserver? Observer { get; set; }
@@ -32,6 +34,7 @@ public sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
         to_v = nn.Linear(crossAttentionDim ?? queryDim, inner, hasBias: bias);
         to_out = nn.ModuleList<nn.Module<Tensor, Tensor>>(nn.Linear(inner, queryDim), nn.Dropout(0.0));
         _heads = heads;
+        HeadDim = dimHead;
         _scale = 1.0 / Math.Sqrt(dimHead);
         _upcast = upcast;
         RegisterComponents();
@@ -42,14 +45,14 @@ public sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
         context ??= x;
         long b = x.shape[0], n = x.shape[1], m = context.shape[1];
         Tensor Heads(Tensor t, long len) => t.reshape(b, len, _heads, -1).permute(0, 2, 1, 3).reshape(b * _heads, len, -1);
-        var q = Heads(to_q.forward(x), n);
-        var k = Heads(to_k.forward(context), m);
-        var v = Heads(to_v.forward(context), m);
+        var q = Heads(to_q.call(x), n);
+        var k = Heads(to_k.call(context), m);
+        var v = Heads(to_v.call(context), m);
         if (_upcast) { q = q.to_type(ScalarType.Float32); k = k.to_type(ScalarType.Float32); }
         var probs = softmax(q.bmm(k.transpose(1, 2)) * _scale, -1).to_type(v.dtype);   // [b·h, n, m]
         Observer?.Invoke(LayerName, probs);
         var o = probs.bmm(v).reshape(b, _heads, n, -1).permute(0, 2, 1, 3).reshape(b, n, -1);
-        return to_out[1].forward(to_out[0].forward(o));
+        return to_out[1].call(to_out[0].call(o));
     }
 }
 
@@ -66,7 +69,7 @@ public sealed class GEGLU : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        var parts = proj.forward(x).chunk(2, -1);
+        var parts = proj.call(x).chunk(2, -1);
         return parts[0] * nn.functional.gelu(parts[1]);
     }
 }
@@ -82,7 +85,7 @@ public sealed class FeedForward : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor x) => net[2].forward(net[1].forward(net[0].forward(x)));
+    public override Tensor forward(Tensor x) => net[2].call(net[1].call(net[0].call(x)));
 }
 
 /// <summary>Pre-norm transformer block: x += attn1(LN x); x += attn2(LN x, context); x += ff(LN x).</summary>
@@ -112,9 +115,9 @@ public sealed class BasicTransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
 
     public override Tensor forward(Tensor x, Tensor? context)
     {
-        x = attn1.forward(norm1.forward(x), _onlyCross ? context : null) + x;
-        x = attn2.forward(norm2.forward(x), context) + x;
-        return ff.forward(norm3.forward(x)) + x;
+        x = attn1.call(norm1.call(x), _onlyCross ? context : null) + x;
+        x = attn2.call(norm2.call(x), context) + x;
+        return ff.call(norm3.call(x)) + x;
     }
 }
 
@@ -152,14 +155,14 @@ public sealed class Transformer2DModel : nn.Module<Tensor, Tensor?, Tensor>
     {
         long b = x.shape[0], h = x.shape[2], w = x.shape[3];
         var residual = x;
-        var t = norm.forward(x);
-        if (!_linear) t = proj_in.forward(t);
+        var t = norm.call(x);
+        if (!_linear) t = proj_in.call(t);
         t = t.permute(0, 2, 3, 1).reshape(b, h * w, -1);
-        if (_linear) t = proj_in.forward(t);
-        foreach (var block in transformer_blocks) t = block.forward(t, context);
-        if (_linear) t = proj_out.forward(t);
+        if (_linear) t = proj_in.call(t);
+        foreach (var block in transformer_blocks) t = block.call(t, context);
+        if (_linear) t = proj_out.call(t);
         t = t.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous();
-        if (!_linear) t = proj_out.forward(t);
+        if (!_linear) t = proj_out.call(t);
         return t + residual;
     }
 }

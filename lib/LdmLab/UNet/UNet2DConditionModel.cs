@@ -80,15 +80,15 @@ public sealed class UNet2DConditionModel : nn.Module
         if (Config.CenterInputSample) sample = 2 * sample - 1.0;
         var tFeat = TimestepFeatures.Embed(timesteps.to(sample.device), Config.BlockOutChannels[0], Config.FlipSinToCos, Config.FreqShift).to_type(sample.dtype);
         record?.Add("time_proj", tFeat);
-        var emb = time_embedding.forward(tFeat);
+        var emb = time_embedding.call(tFeat);
         if (class_embedding is not null)
         {
             if (classLabels is null) throw new ArgumentException("this U-Net has num_class_embeds: pass class labels", nameof(classLabels));
-            emb = emb + class_embedding.forward(classLabels.to(sample.device)).to_type(emb.dtype);
+            emb = emb + class_embedding.call(classLabels.to(sample.device)).to_type(emb.dtype);
         }
         record?.Add("time_embedding", emb);
 
-        var h = conv_in.forward(sample);
+        var h = conv_in.call(sample);
         record?.Add("conv_in", h);
         var skips = new List<Tensor> { h };
         for (int i = 0; i < down_blocks.Count; i++)
@@ -109,9 +109,9 @@ public sealed class UNet2DConditionModel : nn.Module
             h = up_blocks[i].Forward(h, mine, emb, encoderHiddenStates, size);
             record?.Add($"up_blocks.{i}", h);
         }
-        h = conv_norm_out.forward(h);
+        h = conv_norm_out.call(h);
         record?.Add("conv_norm_out", h);
-        h = conv_out.forward(nn.functional.silu(h));
+        h = conv_out.call(nn.functional.silu(h));
         record?.Add("conv_out", h);
         return h;
     }

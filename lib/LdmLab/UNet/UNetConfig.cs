@@ -36,6 +36,9 @@ public sealed record UNetConfig
     public int ConvInKernel { get; init; } = 3;
     public int ConvOutKernel { get; init; } = 3;
 
+    /// <summary>Stable Diffusion 1.5's U-Net (runwayml/stable-diffusion-v1-5, unet/config.json): the defaults with cross_attention_dim 768.</summary>
+    public static UNetConfig StableDiffusion15 => new() { CrossAttentionDim = 768 };
+
     public int TimeEmbedDim => BlockOutChannels[0] * 4;
     public int Heads(int block) => Per(NumAttentionHeads ?? AttentionHeadDim, block);
     public int TransformerLayers(int block) => Per(TransformerLayersPerBlock, block);
