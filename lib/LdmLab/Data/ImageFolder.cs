@@ -49,15 +49,21 @@ public sealed class ImageFolder
         return _cache[path] = img;
     }
 
-    /// <summary><paramref name="count"/> random size×size crops from random photos: [count,3,size,size].</summary>
-    public Tensor RandomCrops(int count, int size, Random rng)
+    /// <summary>
+    /// <paramref name="count"/> random size×size crops from random photos (all, or only those in
+    /// <paramref name="photos"/>, e.g. a training split): [count,3,size,size].
+    /// </summary>
+    public Tensor RandomCrops(int count, int size, Random rng, IReadOnlyList<int>? photos = null)
     {
+        photos ??= Enumerable.Range(0, Files.Count).ToList();
+        if (photos.Count == 0 || photos.Any(p => p < 0 || p >= Files.Count))
+            throw new ArgumentOutOfRangeException(nameof(photos), $"photo indices must be in 0..{Files.Count - 1}");
         if (size > ShortSide) throw new ArgumentOutOfRangeException(nameof(size), size, $"crop larger than the scaled short side {ShortSide}");
         var crops = new List<Tensor>();
         using var scope = NewDisposeScope();
         for (int i = 0; i < count; i++)
         {
-            var img = Photo(rng.Next(Files.Count));
+            var img = Photo(photos[rng.Next(photos.Count)]);
             int x = rng.Next(img.Width - size + 1), y = rng.Next(img.Height - size + 1);
             using var crop = img.Clone(c => c.Crop(new Rectangle(x, y, size, size)));
             crops.Add(Viz.Images.ToTensor(crop));

@@ -1,0 +1,203 @@
+using LdmLab.Autoencoders;
+using LdmLab.Metrics;
+using LdmLab.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace LdmLab.Training;
+
+/// <summary>
+/// One autoencoder of the chapter's experiments: KL or VQ, its architecture (f = 2^(blocks − 1), c latent channels),
+/// codebook size for VQ, loss and training settings. <see cref="Name"/> labels it in tables.
+/// </summary>
+public sealed record AutoencoderSpec(string Name, bool Vq, AutoencoderKLConfig Config, int Codes, AutoencoderLossOptions Loss, AutoencoderTrainerOptions Options)
+{
+    public int F => Config.DownsamplingFactor;
+    public int C => Config.LatentChannels;
+    /// <summary>Image values per latent value: 3f²/c for RGB.</summary>
+    public double CompressionRatio => (double)Config.InChannels * F * F / C;
+    /// <summary>VQ: bits per pixel position, log₂K / f² (a KL latent is continuous: NaN).</summary>
+    public double BitsPerPixel => Vq ? Math.Log2(Codes) / (F * F) : double.NaN;
+    public string Losses => "L1" + (Loss.PerceptualWeight > 0 ? " + perceptual" : "") + (Loss.DiscriminatorWeight > 0 ? " + adversarial" : "");
+}
+
+/// <summary>A trained (or cached) autoencoder with its training log.</summary>
+public sealed class TrainedAutoencoder(AutoencoderSpec spec, nn.Module model, IReadOnlyList<AutoencoderStep> log, TimeSpan? trainingTime)
+{
+    public AutoencoderSpec Spec { get; } = spec;
+    public nn.Module Model { get; } = model;
+    public IReadOnlyList<AutoencoderStep> Log { get; } = log;
+    /// <summary>Null when loaded complete from the cache.</summary>
+    public TimeSpan? TrainingTime { get; } = trainingTime;
+
+    /// <summary>x → z → x̂ without sampling: the posterior mean (KL) or the nearest codes (VQ); in batches, no gradients.</summary>
+    public Tensor Reconstruct(Tensor images, int batchSize = 64) => Batched(images, batchSize, x => Model switch
+    {
+        AutoencoderKL kl => kl.Decode(kl.Encode(x).Mean),
+        VQModel vq => vq.Decode(vq.Quantize(vq.Encode(x)).Quantized),
+        _ => throw new InvalidOperationException(),
+    });
+
+    /// <summary>The latents the diffusion model would see: posterior means (KL) or quantised vectors (VQ).</summary>
+    public Tensor Encode(Tensor images, int batchSize = 64) => Batched(images, batchSize, x => Model switch
+    {
+        AutoencoderKL kl => kl.Encode(x).Mean,
+        VQModel vq => vq.Quantize(vq.Encode(x)).Quantized,
+        _ => throw new InvalidOperationException(),
+    });
+
+    Tensor Batched(Tensor input, int batchSize, Func<Tensor, Tensor> f)
+    {
+        Model.eval();
+        using var _ = no_grad();
+        var device = Model.parameters().First().device;
+        var parts = new List<Tensor>();
+        for (long i = 0; i < input.shape[0]; i += batchSize)
+        {
+            using var scope = NewDisposeScope();
+            parts.Add(f(input.narrow(0, i, Math.Min(batchSize, input.shape[0] - i)).to(device)).cpu().MoveToOuterDisposeScope());
+        }
+        return cat(parts);
+    }
+}
+
+/// <summary>How well an autoencoder reconstructs held-out images (means over images).</summary>
+public sealed record ReconstructionReport(string Name, int Images, double Psnr, double Ssim, double Perceptual, double FrechetResNet18,
+    double? FrechetClassifier = null, double? AccuracyOriginals = null, double? AccuracyReconstructions = null,
+    double? CodebookUsage = null, double? Perplexity = null);
+
+/// <summary>
+/// The autoencoders of notebook 02: KL and VQ on 64×64 crops of real photographs at f = 4, 8, 16 and several
+/// latent channel counts, the loss ablation, and Fashion-MNIST. Trained models are cached like
+/// <see cref="FashionLatentRecipe"/>'s, checkpointed while they train (a stopped run resumes).
+/// </summary>
+public static class AutoencoderRecipes
+{
+    public const int PhotoSize = 64;
+
+    /// <summary>RGB autoencoder for 64×64 crops: blocks 8-16-32 then 32s, one more block per factor of 2 in f.</summary>
+    public static AutoencoderKLConfig PhotoConfig(int f, int latentChannels)
+    {
+        if (f < 2 || (f & (f - 1)) != 0) throw new ArgumentOutOfRangeException(nameof(f), f, "f must be a power of two ≥ 2");
+        int blocks = (int)Math.Log2(f) + 1;
+        return new AutoencoderKLConfig
+        {
+            InChannels = 3, OutChannels = 3, LatentChannels = latentChannels, LayersPerBlock = 1, NormNumGroups = 8, SampleSize = PhotoSize,
+            BlockOutChannels = Enumerable.Range(0, blocks).Select(i => Math.Min(8 << i, 32)).ToArray(), ScalingFactor = 1.0,
+        };
+    }
+
+    public static AutoencoderTrainerOptions PhotoOptions => new()
+    {
+        Steps = Lab.Pick(quick: 8, full: 1000), BatchSize = 8, LearningRate = 2e-3, DiscriminatorLearningRate = 2e-4,
+        WarmupSteps = Lab.Pick(quick: 2, full: 100), DeadCodePatience = Lab.Pick(quick: 4, full: 100),
+    };
+
+    /// <summary>
+    /// A photo autoencoder. The loss ablation adds the ResNet18 perceptual distance (weight 1) and then a PatchGAN
+    /// (hinge, adaptive weight, switched on halfway through training).
+    /// </summary>
+    public static AutoencoderSpec Photo(bool vq, int f, int latentChannels = 4, bool perceptual = false, bool adversarial = false, int codes = 512)
+    {
+        var options = PhotoOptions;
+        var loss = new AutoencoderLossOptions
+        {
+            PerceptualWeight = perceptual ? 1.0 : 0, DiscriminatorWeight = adversarial ? 0.5 : 0, DiscriminatorStart = options.Steps / 2,
+            SpectralNorm = adversarial, PerceptualResolution = PhotoSize,
+        };
+        string name = $"{(vq ? "VQ" : "KL")}-f{f}-c{latentChannels}" + (perceptual ? " +perc" : "") + (adversarial ? " +adv" : "");
+        return new AutoencoderSpec(name, vq, PhotoConfig(f, latentChannels), vq ? codes : 0, loss, options);
+    }
+
+    /// <summary>The rate–distortion sweep: KL at f = 4, 8, 16 (c = 4) and at f = 8 with c = 1, 16; VQ at f = 4, 8, 16.</summary>
+    public static IReadOnlyList<AutoencoderSpec> RateDistortion() =>
+    [
+        Photo(false, 4), Photo(false, 8), Photo(false, 16), Photo(false, 8, latentChannels: 1), Photo(false, 8, latentChannels: 16),
+        Photo(true, 4), Photo(true, 8), Photo(true, 16),
+    ];
+
+    /// <summary>The loss ablation at KL f = 8, c = 4: pixel only, + perceptual, + perceptual + adversarial.</summary>
+    public static IReadOnlyList<AutoencoderSpec> LossAblation() => [Photo(false, 8), Photo(false, 8, perceptual: true), Photo(false, 8, perceptual: true, adversarial: true)];
+
+    /// <summary>Photos whose index is 3 mod 4 are held out (never cropped for training).</summary>
+    public static bool IsHeldOut(int photo) => photo % 4 == 3;
+
+    /// <summary>Random 64×64 training crops from the training photos and held-out crops from the others; deterministic per seed.</summary>
+    public static (Tensor train, Tensor heldOut) PhotoCrops(Data.ImageFolder folder, int trainCount, int heldOutCount, long seed = 0)
+    {
+        var all = Enumerable.Range(0, folder.Files.Count).ToList();
+        var trainPhotos = all.Where(i => !IsHeldOut(i)).ToList();
+        var heldPhotos = all.Where(IsHeldOut).ToList();
+        if (heldPhotos.Count == 0 || trainPhotos.Count == 0) throw new Data.DatasetException(folder.Files[0], "need at least 4 photos for a training / held-out split");
+        var rng = new Random((int)seed);
+        return (folder.RandomCrops(trainCount, PhotoSize, rng, trainPhotos), folder.RandomCrops(heldOutCount, PhotoSize, rng, heldPhotos));
+    }
+
+    /// <summary>Fashion-MNIST: the recipe VAE's architecture (8-16-32, f = 4, 4×7×7), as KL or VQ (256 codes).</summary>
+    public static AutoencoderSpec Fashion(bool vq)
+    {
+        var o = FashionLatentRecipe.VaeOptions;
+        return new AutoencoderSpec(vq ? "VQ-f4-c4 (Fashion)" : "KL-f4-c4 (Fashion)", vq, FashionLatentRecipe.VaeConfig, vq ? 256 : 0,
+            new AutoencoderLossOptions { KlWeight = o.KlWeight },
+            new AutoencoderTrainerOptions { Steps = o.Steps, BatchSize = o.BatchSize, LearningRate = o.LearningRate, WarmupSteps = o.WarmupSteps, DeadCodePatience = Lab.Pick(quick: 10, full: 100) });
+    }
+
+    /// <summary>
+    /// Loads the model from its cache folder (keyed by everything that determines it) or trains it there with
+    /// checkpoints every quarter of the run; a run that was stopped resumes from its last checkpoint.
+    /// </summary>
+    public static TrainedAutoencoder LoadOrTrain(AutoencoderSpec spec, Tensor images, Viz.Progress? progress = null, ResNet18Features? perceptual = null, long seed = 0)
+    {
+        var dir = Path.Combine(FashionLatentRecipe.CacheRoot, "ae-" + FashionLatentRecipe.Key(spec.Vq, spec.Config, spec.Codes, spec.Loss, spec.Options, images.shape, seed));
+        Directory.CreateDirectory(dir);
+        manual_seed(seed);
+        nn.Module model = spec.Vq ? new VQModel(spec.Config, spec.Codes) : new AutoencoderKL(spec.Config);
+        var options = spec.Options with { CheckpointDir = dir, CheckpointEvery = Math.Max(1, spec.Options.Steps / 4), Seed = seed };
+        var trainer = new AutoencoderTrainer(model, spec.Loss, options, perceptual);
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        bool complete = File.Exists(Path.Combine(dir, AutoencoderTrainer.CheckpointFile)) && CheckpointStep(dir) >= spec.Options.Steps;
+        var log = trainer.Train(images, progress);
+        model.eval();
+        return new TrainedAutoencoder(spec, model, log, complete ? null : sw.Elapsed);
+    }
+
+    static int CheckpointStep(string dir) =>
+        int.TryParse(Interop.SafeTensors.ReadHeader(Path.Combine(dir, AutoencoderTrainer.CheckpointFile)).metadata.GetValueOrDefault("step"), out var s) ? s : 0;
+
+    /// <summary>
+    /// PSNR, SSIM, perceptual distance and Fréchet distance on ResNet18 features between <paramref name="images"/>
+    /// and their reconstructions; with a classifier also its accuracy on both and the Fréchet distance on its
+    /// features (semantic retention); for VQ the fraction of codes used and the perplexity over these images.
+    /// </summary>
+    public static ReconstructionReport Evaluate(TrainedAutoencoder ae, Tensor images, ResNet18Features features,
+        FashionClassifier? classifier = null, Tensor? labels = null, int batchSize = 64)
+    {
+        if (ae.Model is VQModel vqm) vqm.Quantizer.ResetUsage();
+        var recon = ae.Reconstruct(images, batchSize).clamp(-1, 1);
+        double? usage = null, perplexity = null;
+        if (ae.Model is VQModel vq) (usage, perplexity) = vq.Quantizer.UsageStatistics();
+        using var _ = no_grad();
+        double psnr = ImageQuality.Psnr(recon, images).mean().item<float>();
+        double ssim = ImageQuality.Ssim(recon, images).mean().item<float>();
+        double perc = 0;
+        for (long i = 0; i < images.shape[0]; i += batchSize)
+        {
+            using var scope = NewDisposeScope();
+            long n = Math.Min(batchSize, images.shape[0] - i);
+            perc += features.PerceptualDistance(images.narrow(0, i, n), recon.narrow(0, i, n)).sum().item<float>();
+        }
+        perc /= images.shape[0];
+        double fd = FrechetDistance.Compute(features.Extract(images, batchSize), features.Extract(recon, batchSize));
+        if (classifier is null || labels is null)
+            return new ReconstructionReport(ae.Spec.Name, (int)images.shape[0], psnr, ssim, perc, fd, CodebookUsage: usage, Perplexity: perplexity);
+        classifier.eval();
+        Tensor Features(Tensor x) => cat(Enumerable.Range(0, (int)((x.shape[0] + 499) / 500)).Select(i =>
+        {
+            using var scope = NewDisposeScope();
+            return classifier.Features(x.narrow(0, i * 500L, Math.Min(500, x.shape[0] - i * 500L))).MoveToOuterDisposeScope();
+        }).ToList());
+        double fdc = FrechetDistance.Compute(Features(images), Features(recon));
+        return new ReconstructionReport(ae.Spec.Name, (int)images.shape[0], psnr, ssim, perc, fd, fdc,
+            ClassifierTraining.Accuracy(classifier, images, labels), ClassifierTraining.Accuracy(classifier, recon, labels), usage, perplexity);
+    }
+}

@@ -1,0 +1,128 @@
+using LdmLab.Autoencoders;
+using LdmLab.Data;
+using LdmLab.Metrics;
+using LdmLab.Runtime;
+using LdmLab.Training;
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.PixelFormats;
+using static TorchSharp.torch;
+
+namespace LdmLab.Tests;
+
+public class AutoencoderRecipeTests
+{
+    static AutoencoderSpec TinySpec(bool vq, int steps) => new(vq ? "tiny VQ" : "tiny KL", vq,
+        new AutoencoderKLConfig { InChannels = 3, OutChannels = 3, LatentChannels = 2, BlockOutChannels = [8, 8], NormNumGroups = 4, SampleSize = 16 },
+        vq ? 8 : 0, new AutoencoderLossOptions(), new AutoencoderTrainerOptions { Steps = steps, BatchSize = 4, WarmupSteps = 1, DeadCodePatience = 2 });
+
+    static Tensor Images(int n = 24)
+    {
+        TorchRuntime.Setup();
+        using var g = new Generator(5);
+        return (rand([n, 3, 16, 16], generator: g) * 2 - 1);
+    }
+
+    static T WithCache<T>(string dir, Func<T> f)
+    {
+        var saved = Environment.GetEnvironmentVariable("LDMLAB_CACHE");
+        Environment.SetEnvironmentVariable("LDMLAB_CACHE", dir);
+        try { return f(); }
+        finally { Environment.SetEnvironmentVariable("LDMLAB_CACHE", saved); }
+    }
+
+    [Fact]
+    public void Photo_configs_have_the_asked_factor_and_channels()
+    {
+        foreach (var f in new[] { 4, 8, 16 })
+        {
+            var c = AutoencoderRecipes.PhotoConfig(f, 16);
+            Assert.Equal(f, c.DownsamplingFactor);
+            Assert.Equal(16, c.LatentChannels);
+            var spec = AutoencoderRecipes.Photo(vq: true, f, codes: 512);
+            Assert.Equal(3.0 * f * f / 4, spec.CompressionRatio);
+            Assert.Equal(9.0 / (f * f), spec.BitsPerPixel, 12);
+        }
+        Assert.True(double.IsNaN(AutoencoderRecipes.Photo(false, 8).BitsPerPixel));
+        Assert.Equal("L1 + perceptual + adversarial", AutoencoderRecipes.Photo(false, 8, perceptual: true, adversarial: true).Losses);
+        Assert.Throws<ArgumentOutOfRangeException>(() => AutoencoderRecipes.PhotoConfig(6, 4));
+        Assert.Equal(8, AutoencoderRecipes.RateDistortion().Count);
+        Assert.Equal(AutoencoderRecipes.RateDistortion().Select(s => s.Name).Distinct().Count(), AutoencoderRecipes.RateDistortion().Count);
+    }
+
+    [Fact]
+    public void Held_out_crops_come_only_from_held_out_photos()
+    {
+        TorchRuntime.Setup();
+        // eight photos of one flat colour each: photo i has red = 30·i
+        var dir = TestPaths.TempDir("photo-split");
+        for (int i = 0; i < 8; i++)
+        {
+            using var img = new Image<Rgb24>(80, 70, new Rgb24((byte)(30 * i), 100, 200));
+            img.SaveAsPng(Path.Combine(dir, $"p{i}.png"));
+        }
+        var folder = new ImageFolder(dir, shortSide: 70);
+        var (train, held) = AutoencoderRecipes.PhotoCrops(folder, 40, 20, seed: 3);
+        Assert.Equal([40L, 3, 64, 64], train.shape);
+        int Photo(Tensor crop) => (int)Math.Round(((crop[0, 0, 0].item<float>() + 1) * 127.5) / 30);
+        var trainPhotos = Enumerable.Range(0, 40).Select(i => Photo(train[i])).ToHashSet();
+        var heldPhotos = Enumerable.Range(0, 20).Select(i => Photo(held[i])).ToHashSet();
+        Assert.All(heldPhotos, p => Assert.True(AutoencoderRecipes.IsHeldOut(p), $"held-out crop from photo {p}"));
+        Assert.All(trainPhotos, p => Assert.False(AutoencoderRecipes.IsHeldOut(p), $"training crop from held-out photo {p}"));
+        Assert.Equal(2, heldPhotos.Count);
+        // deterministic per seed
+        Assert.Equal(0, (AutoencoderRecipes.PhotoCrops(folder, 40, 20, seed: 3).train - train).abs().max().item<float>());
+        Assert.Throws<ArgumentOutOfRangeException>(() => folder.RandomCrops(1, 16, new Random(0), [9]));
+    }
+
+    [Fact]
+    public void A_trained_model_is_cached_and_an_interrupted_run_resumes_to_the_same_weights()
+    {
+        var x = Images();
+        var spec = TinySpec(vq: false, steps: 8);
+        var reference = WithCache(TestPaths.TempDir("ae-ref"), () => AutoencoderRecipes.LoadOrTrain(spec, x));
+        Assert.NotNull(reference.TrainingTime);
+        Assert.Equal(8, reference.Log.Count);
+
+        var cache = TestPaths.TempDir("ae-cache");
+        // interrupted after step 5 (checkpoints every 2 steps): the run stops with an exception, like a killed kernel
+        var stop = new LdmLab.Viz.Progress("tiny", 8, p => { if (p.Step == 5) throw new OperationCanceledException("stopped"); }, TimeSpan.Zero);
+        Assert.Throws<OperationCanceledException>(() => WithCache(cache, () => AutoencoderRecipes.LoadOrTrain(spec, x, stop)));
+        var resumed = WithCache(cache, () => AutoencoderRecipes.LoadOrTrain(spec, x));
+        Assert.NotNull(resumed.TrainingTime);
+        Assert.Equal(reference.Log.Select(s => s.Reconstruction), resumed.Log.Select(s => s.Reconstruction));
+        foreach (var ((name, a), (_, b)) in reference.Model.named_parameters().Zip(resumed.Model.named_parameters()))
+            Assert.True((a - b).abs().max().item<float>() == 0, name);
+
+        var cached = WithCache(cache, () => AutoencoderRecipes.LoadOrTrain(spec, x));
+        Assert.Null(cached.TrainingTime);
+        Assert.Equal(8, cached.Log.Count);
+        // a different setting never reuses that cache
+        var other = WithCache(cache, () => AutoencoderRecipes.LoadOrTrain(spec with { Options = spec.Options with { LearningRate = 1e-4 } }, x));
+        Assert.NotNull(other.TrainingTime);
+    }
+
+    [Fact]
+    public void Evaluation_reports_the_metrics_of_the_reconstructions_and_vq_code_usage()
+    {
+        var x = Images(16);
+        var ae = WithCache(TestPaths.TempDir("ae-eval"), () => AutoencoderRecipes.LoadOrTrain(TinySpec(vq: true, steps: 4), x));
+        var resnet = new ResNet18Features(32);
+        var report = AutoencoderRecipes.Evaluate(ae, x, resnet, batchSize: 5);
+        var recon = ae.Reconstruct(x).clamp(-1, 1);
+        Assert.Equal(ImageQuality.Psnr(recon, x).mean().item<float>(), report.Psnr, 4);
+        Assert.Equal(ImageQuality.Ssim(recon, x).mean().item<float>(), report.Ssim, 4);
+        using (no_grad()) Assert.Equal(resnet.PerceptualDistance(x, recon).mean().item<float>(), report.Perceptual, 3);
+        // usage over these images: distinct nearest codes / K
+        var vq = (VQModel)ae.Model;
+        long distinct;
+        using (no_grad()) distinct = vq.Quantize(vq.Encode(x)).Indices.unique().Item1.numel();
+        Assert.Equal(distinct / 8.0, report.CodebookUsage!.Value, 12);
+        Assert.True(report.Perplexity >= 1 && report.Perplexity <= distinct + 1e-9);
+        Assert.True(report.FrechetResNet18 >= 0);
+        Assert.Null(report.AccuracyReconstructions);
+        // a KL model reconstructs from the posterior mean: deterministic
+        var kl = WithCache(TestPaths.TempDir("ae-eval-kl"), () => AutoencoderRecipes.LoadOrTrain(TinySpec(vq: false, steps: 2), x));
+        Assert.Equal(0, (kl.Reconstruct(x) - kl.Reconstruct(x)).abs().max().item<float>());
+        Assert.Equal([16L, 2, 8, 8], kl.Encode(x).shape);
+    }
+}
