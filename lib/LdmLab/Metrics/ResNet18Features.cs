@@ -74,11 +74,12 @@ public sealed class ResNet18Features : nn.Module<Tensor, Tensor>
     /// Perceptual distance (LPIPS-style, without learned weights): per layer, unit-normalise each position's channel
     /// vector, then average the squared difference over positions and channels; sum over layers. Per image [N].
     /// </summary>
-    public Tensor PerceptualDistance(Tensor a, Tensor b)
+    public Tensor PerceptualDistance(Tensor a, Tensor b) => LayerDistance(ForwardWithLayers(a).layers, ForwardWithLayers(b).layers);
+
+    /// <summary>The perceptual distance between two sets of tapped activations (from <see cref="ForwardWithLayers"/>).</summary>
+    public static Tensor LayerDistance(Tensor[] fa, Tensor[] fb)
     {
-        var (_, fa) = ForwardWithLayers(a);
-        var (_, fb) = ForwardWithLayers(b);
-        Tensor total = zeros(a.shape[0], device: a.device);
+        Tensor total = zeros(fa[0].shape[0], device: fa[0].device);
         for (int l = 0; l < fa.Length; l++)
         {
             var na = fa[l] / (fa[l].pow(2).sum(1, keepdim: true).sqrt() + 1e-10);

@@ -179,15 +179,22 @@ public static class AutoencoderRecipes
         using var _ = no_grad();
         double psnr = ImageQuality.Psnr(recon, images).mean().item<float>();
         double ssim = ImageQuality.Ssim(recon, images).mean().item<float>();
+        // one ResNet pass per image set gives both the perceptual taps and the pooled features for the Fréchet distance
         double perc = 0;
+        var pooledA = new List<Tensor>();
+        var pooledB = new List<Tensor>();
         for (long i = 0; i < images.shape[0]; i += batchSize)
         {
             using var scope = NewDisposeScope();
             long n = Math.Min(batchSize, images.shape[0] - i);
-            perc += features.PerceptualDistance(images.narrow(0, i, n), recon.narrow(0, i, n)).sum().item<float>();
+            var (pa, la) = features.ForwardWithLayers(images.narrow(0, i, n));
+            var (pb, lb) = features.ForwardWithLayers(recon.narrow(0, i, n));
+            perc += ResNet18Features.LayerDistance(la, lb).sum().item<float>();
+            pooledA.Add(pa.MoveToOuterDisposeScope());
+            pooledB.Add(pb.MoveToOuterDisposeScope());
         }
         perc /= images.shape[0];
-        double fd = FrechetDistance.Compute(features.Extract(images, batchSize), features.Extract(recon, batchSize));
+        double fd = FrechetDistance.Compute(cat(pooledA), cat(pooledB));
         if (classifier is null || labels is null)
             return new ReconstructionReport(ae.Spec.Name, (int)images.shape[0], psnr, ssim, perc, fd, CodebookUsage: usage, Perplexity: perplexity);
         classifier.eval();
