@@ -37,20 +37,7 @@ public static class VaeTrainer
     }
 
     /// <summary>Posterior means of <paramref name="images"/>, in batches, without gradients.</summary>
-    public static Tensor EncodeMeans(AutoencoderKL vae, Tensor images, int batchSize = 256) => Batched(x => vae.Encode(x).Mean, vae, images, batchSize);
+    public static Tensor EncodeMeans(AutoencoderKL vae, Tensor images, int batchSize = 256) => Nn.Batched.Map(vae, images, batchSize, x => vae.Encode(x).Mean);
 
-    public static Tensor DecodeBatched(AutoencoderKL vae, Tensor latents, int batchSize = 256) => Batched(z => vae.Decode(z), vae, latents, batchSize);
-
-    static Tensor Batched(Func<Tensor, Tensor> f, AutoencoderKL vae, Tensor input, int batchSize)
-    {
-        using var _ = no_grad();
-        var device = vae.parameters().First().device;
-        var parts = new List<Tensor>();
-        for (long i = 0; i < input.shape[0]; i += batchSize)
-        {
-            using var scope = NewDisposeScope();
-            parts.Add(f(input.narrow(0, i, Math.Min(batchSize, input.shape[0] - i)).to(device)).cpu().MoveToOuterDisposeScope());
-        }
-        return cat(parts);
-    }
+    public static Tensor DecodeBatched(AutoencoderKL vae, Tensor latents, int batchSize = 256) => Nn.Batched.Map(vae, latents, batchSize, z => vae.Decode(z));
 }

@@ -49,15 +49,7 @@ public sealed class TrainedAutoencoder(AutoencoderSpec spec, nn.Module model, IR
     Tensor Batched(Tensor input, int batchSize, Func<Tensor, Tensor> f)
     {
         Model.eval();
-        using var _ = no_grad();
-        var device = Model.parameters().First().device;
-        var parts = new List<Tensor>();
-        for (long i = 0; i < input.shape[0]; i += batchSize)
-        {
-            using var scope = NewDisposeScope();
-            parts.Add(f(input.narrow(0, i, Math.Min(batchSize, input.shape[0] - i)).to(device)).cpu().MoveToOuterDisposeScope());
-        }
-        return cat(parts);
+        return Nn.Batched.Map(Model, input, batchSize, f);
     }
 }
 
