@@ -96,6 +96,9 @@ public class AutoencoderRecipeTests
         var cached = WithCache(cache, () => AutoencoderRecipes.LoadOrTrain(spec, x));
         Assert.Null(cached.TrainingTime);
         Assert.Equal(8, cached.Log.Count);
+        // wrong input is named, not trained on
+        var e = Assert.Throws<ArgumentException>(() => WithCache(cache, () => AutoencoderRecipes.LoadOrTrain(spec, x.narrow(1, 0, 1))));
+        Assert.Contains("[N, 3, H, W]", e.Message);
         // a different setting never reuses that cache
         var other = WithCache(cache, () => AutoencoderRecipes.LoadOrTrain(spec with { Options = spec.Options with { LearningRate = 1e-4 } }, x));
         Assert.NotNull(other.TrainingTime);

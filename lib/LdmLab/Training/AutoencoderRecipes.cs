@@ -140,6 +140,8 @@ public static class AutoencoderRecipes
     /// </summary>
     public static TrainedAutoencoder LoadOrTrain(AutoencoderSpec spec, Tensor images, Viz.Progress? progress = null, ResNet18Features? perceptual = null, long seed = 0)
     {
+        if (images.dim() != 4 || images.shape[1] != spec.Config.InChannels || images.shape[2] % spec.F != 0 || images.shape[3] % spec.F != 0)
+            throw new ArgumentException($"{spec.Name}: expected images [N, {spec.Config.InChannels}, H, W] with H and W multiples of f = {spec.F}, got [{string.Join(", ", images.shape)}]", nameof(images));
         var dir = Path.Combine(FashionLatentRecipe.CacheRoot, "ae-" + FashionLatentRecipe.Key(spec.Vq, spec.Config, spec.Codes, spec.Loss, spec.Options, images.shape, seed));
         Directory.CreateDirectory(dir);
         manual_seed(seed);
@@ -156,6 +158,27 @@ public static class AutoencoderRecipes
     static int CheckpointStep(string dir) =>
         int.TryParse(Interop.SafeTensors.ReadHeader(Path.Combine(dir, AutoencoderTrainer.CheckpointFile)).metadata.GetValueOrDefault("step"), out var s) ? s : 0;
 
+    sealed record Reference(ResNet18Features Features, int BatchSize, Tensor Pooled, List<Tensor[]> Taps);
+    static readonly System.Runtime.CompilerServices.ConditionalWeakTable<Tensor, Reference> References = new();
+
+    static Reference ReferenceFor(Tensor images, ResNet18Features features, int batchSize)
+    {
+        if (References.TryGetValue(images, out var r) && ReferenceEquals(r.Features, features) && r.BatchSize == batchSize) return r;
+        using var _ = no_grad();
+        var pooled = new List<Tensor>();
+        var taps = new List<Tensor[]>();
+        for (long i = 0; i < images.shape[0]; i += batchSize)
+        {
+            using var scope = NewDisposeScope();
+            var (p, layers) = features.ForwardWithLayers(images.narrow(0, i, Math.Min(batchSize, images.shape[0] - i)));
+            pooled.Add(p.MoveToOuterDisposeScope());
+            taps.Add(layers.Select(l => l.clone().MoveToOuterDisposeScope()).ToArray());
+        }
+        r = new Reference(features, batchSize, cat(pooled), taps);
+        References.AddOrUpdate(images, r);
+        return r;
+    }
+
     /// <summary>
     /// PSNR, SSIM, perceptual distance and Fréchet distance on ResNet18 features between <paramref name="images"/>
     /// and their reconstructions; with a classifier also its accuracy on both and the Fréchet distance on its
@@ -171,22 +194,21 @@ public static class AutoencoderRecipes
         using var _ = no_grad();
         double psnr = ImageQuality.Psnr(recon, images).mean().item<float>();
         double ssim = ImageQuality.Ssim(recon, images).mean().item<float>();
-        // one ResNet pass per image set gives both the perceptual taps and the pooled features for the Fréchet distance
+        // ResNet passes: the originals' taps and pooled features once per image set (kept while the images live),
+        // the reconstructions' once; each pass gives both the perceptual taps and the pooled features for the FD
+        var reference = ReferenceFor(images, features, batchSize);
         double perc = 0;
-        var pooledA = new List<Tensor>();
-        var pooledB = new List<Tensor>();
-        for (long i = 0; i < images.shape[0]; i += batchSize)
+        var pooled = new List<Tensor>();
+        for (int b = 0; b < reference.Taps.Count; b++)
         {
             using var scope = NewDisposeScope();
-            long n = Math.Min(batchSize, images.shape[0] - i);
-            var (pa, la) = features.ForwardWithLayers(images.narrow(0, i, n));
+            long i = (long)b * batchSize, n = Math.Min(batchSize, images.shape[0] - i);
             var (pb, lb) = features.ForwardWithLayers(recon.narrow(0, i, n));
-            perc += ResNet18Features.LayerDistance(la, lb).sum().item<float>();
-            pooledA.Add(pa.MoveToOuterDisposeScope());
-            pooledB.Add(pb.MoveToOuterDisposeScope());
+            perc += ResNet18Features.LayerDistance(reference.Taps[b], lb).sum().item<float>();
+            pooled.Add(pb.MoveToOuterDisposeScope());
         }
         perc /= images.shape[0];
-        double fd = FrechetDistance.Compute(cat(pooledA), cat(pooledB));
+        double fd = FrechetDistance.Compute(reference.Pooled, cat(pooled));
         if (classifier is null || labels is null)
             return new ReconstructionReport(ae.Spec.Name, (int)images.shape[0], psnr, ssim, perc, fd, CodebookUsage: usage, Perplexity: perplexity);
         classifier.eval();
