@@ -18,6 +18,14 @@ public sealed record VaeTrainerOptions
     public ReconstructionLoss Loss { get; init; } = ReconstructionLoss.L1;
     public double ClipGradNorm { get; init; } = 1.0;
     public long Seed { get; init; }
+
+    /// <summary>The same run as <see cref="AutoencoderTrainer"/> settings: pixel loss + β·KL, no perceptual or adversarial term.</summary>
+    public AutoencoderLossOptions ToLossOptions() => new() { Pixel = Loss, KlWeight = KlWeight };
+
+    public AutoencoderTrainerOptions ToTrainerOptions() => new()
+    {
+        Steps = Steps, BatchSize = BatchSize, LearningRate = LearningRate, WarmupSteps = WarmupSteps, ClipGradNorm = ClipGradNorm, Seed = Seed,
+    };
 }
 
 /// <summary>Trains an AutoencoderKL on images in [-1, 1] with a pixel loss and a KL term; per-step dispose scopes.</summary>
@@ -29,8 +37,7 @@ public static class VaeTrainer
     public static Log Train(AutoencoderKL vae, Tensor images, VaeTrainerOptions o, Viz.Progress? progress = null)
     {
         var sw = System.Diagnostics.Stopwatch.StartNew();
-        var trainer = new AutoencoderTrainer(vae, new AutoencoderLossOptions { Pixel = o.Loss, KlWeight = o.KlWeight },
-            new AutoencoderTrainerOptions { Steps = o.Steps, BatchSize = o.BatchSize, LearningRate = o.LearningRate, WarmupSteps = o.WarmupSteps, ClipGradNorm = o.ClipGradNorm, Seed = o.Seed });
+        var trainer = new AutoencoderTrainer(vae, o.ToLossOptions(), o.ToTrainerOptions());
         var log = trainer.Train(images, progress);
         // the trainer logs β·KL/pixel; report the per-pixel KL itself
         return new Log(log.Select(s => s.Reconstruction).ToList(), log.Select(s => o.KlWeight > 0 ? s.Regulariser / o.KlWeight : 0).ToList(), sw.Elapsed);

@@ -31,20 +31,24 @@ public sealed class TrainedAutoencoder(AutoencoderSpec spec, nn.Module model, IR
     public TimeSpan? TrainingTime { get; } = trainingTime;
 
     /// <summary>x → z → x̂ without sampling: the posterior mean (KL) or the nearest codes (VQ); in batches, no gradients.</summary>
-    public Tensor Reconstruct(Tensor images, int batchSize = 64) => Batched(images, batchSize, x => Model switch
-    {
-        AutoencoderKL kl => kl.Decode(kl.Encode(x).Mean),
-        VQModel vq => vq.Decode(vq.Quantize(vq.Encode(x)).Quantized),
-        _ => throw new InvalidOperationException(),
-    });
+    public Tensor Reconstruct(Tensor images, int batchSize = 64) => Batched(images, batchSize, x => Decoded(Latent(x)));
 
     /// <summary>The latents the diffusion model would see: posterior means (KL) or quantised vectors (VQ).</summary>
-    public Tensor Encode(Tensor images, int batchSize = 64) => Batched(images, batchSize, x => Model switch
+    public Tensor Encode(Tensor images, int batchSize = 64) => Batched(images, batchSize, Latent);
+
+    Tensor Latent(Tensor x) => Model switch
     {
         AutoencoderKL kl => kl.Encode(x).Mean,
         VQModel vq => vq.Quantize(vq.Encode(x)).Quantized,
         _ => throw new InvalidOperationException(),
-    });
+    };
+
+    Tensor Decoded(Tensor z) => Model switch
+    {
+        AutoencoderKL kl => kl.Decode(z),
+        VQModel vq => vq.Decode(z),
+        _ => throw new InvalidOperationException(),
+    };
 
     Tensor Batched(Tensor input, int batchSize, Func<Tensor, Tensor> f)
     {
@@ -130,8 +134,7 @@ public static class AutoencoderRecipes
     {
         var o = FashionLatentRecipe.VaeOptions;
         return new AutoencoderSpec(vq ? "VQ-f4-c4 (Fashion)" : "KL-f4-c4 (Fashion)", vq, FashionLatentRecipe.VaeConfig, vq ? 256 : 0,
-            new AutoencoderLossOptions { KlWeight = o.KlWeight },
-            new AutoencoderTrainerOptions { Steps = o.Steps, BatchSize = o.BatchSize, LearningRate = o.LearningRate, WarmupSteps = o.WarmupSteps, DeadCodePatience = Lab.Pick(quick: 10, full: 100) });
+            o.ToLossOptions(), o.ToTrainerOptions() with { DeadCodePatience = Lab.Pick(quick: 10, full: 100) });
     }
 
     /// <summary>
