@@ -7,12 +7,20 @@ namespace LdmLab.Tests;
 public class RuntimeTests
 {
     [Fact]
-    public void Setup_loads_torch_and_turns_onednn_off()
+    public void Setup_loads_torch_and_decides_onednn_by_its_self_check()
     {
         var r = TorchRuntime.Setup();
         Assert.True(r.Ok, r.ToString());
-        Assert.False(r.MkldnnEnabled);
-        Assert.Contains(r.Steps, s => s.Contains("oneDNN (mkldnn) for CPU: disabled"));
+        var d = Assert.IsType<OneDnnDecision>(r.OneDnn);
+        Assert.NotNull(d.Check);
+        bool? forced = Environment.GetEnvironmentVariable("LDMLAB_MKLDNN") switch
+        {
+            "1" or "true" => true, "0" or "false" => false, _ => null,
+        };
+        Assert.Equal(forced ?? d.Check!.Passed, r.MkldnnEnabled);
+        // the report names the decision, the ISA and the check's worst error
+        Assert.Contains(r.Steps, s => s.StartsWith("oneDNN (mkldnn) for CPU: ") && s.Contains("ISA ")
+                                      && s.Contains("worst relative error"));
         // torch really computes: (A·I) = A
         var a = randn(3, 3);
         Assert.True(a.matmul(eye(3)).allclose(a));

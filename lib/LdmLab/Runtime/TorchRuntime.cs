@@ -12,9 +12,12 @@ public sealed record RuntimeReport(
     string? LibTorchDirectory,
     string? LibTorchSharpPath,
     bool PatchedGlibcxxNeed,
-    bool? MkldnnEnabled,
+    OneDnnDecision? OneDnn,
     IReadOnlyList<string> Steps)
 {
+    /// <summary>Whether oneDNN is on for CPU ops after setup (null: its switch was not found).</summary>
+    public bool? MkldnnEnabled => OneDnn?.Enabled;
+
     public override string ToString()
     {
         var sb = new StringBuilder();
@@ -31,7 +34,7 @@ public sealed class TorchRuntimeException(string message, Exception? inner = nul
 /// Makes TorchSharp work before anything touches <c>torch</c>:
 /// 1. loads LibTorch (c10, torch_cpu, torch) by absolute path, so a system libtorch cannot shadow it;
 /// 2. loads libLibTorchSharp, marking its GLIBCXX_3.4.32 need weak when the system libstdc++ lacks it;
-/// 3. turns oneDNN off for CPU (wrong conv input gradients on some CPUs), unless LDMLAB_MKLDNN=1.
+/// 3. decides oneDNN for CPU by evidence: ISA capped at AVX2, then a self-check (see <see cref="OneDnn"/>).
 /// Idempotent and thread-safe; runs automatically when the library is first used.
 /// </summary>
 public static class TorchRuntime
@@ -65,9 +68,10 @@ public static class TorchRuntime
         var steps = new List<string>();
         string? torchDir = null, sharpPath = null;
         bool patched = false;
-        bool? mkldnn = null;
+        OneDnnDecision? mkldnn = null;
         try
         {
+            var isaCap = OneDnn.ApplyIsaCap(steps);   // before anything in LibTorch can query the ISA
             var rid = RuntimeId();
             var torchSharpDll = typeof(TorchSharp.torch).Assembly.Location; // typeof does not run torch's cctor
             steps.Add($"TorchSharp {typeof(TorchSharp.torch).Assembly.GetName().Version} at {torchSharpDll}");
@@ -90,7 +94,7 @@ public static class TorchRuntime
                 ?? throw new TorchRuntimeException($"{Lib("LibTorchSharp")} for {rid} not found near {torchSharpDll}.");
             (sharpPath, patched) = LoadLibTorchSharp(sharpPath, steps);
 
-            mkldnn = ConfigureMkldnn(steps);
+            mkldnn = ConfigureMkldnn(isaCap, steps);
             return new RuntimeReport(true, null, torchDir, sharpPath, patched, mkldnn, steps);
         }
         catch (Exception e)
@@ -144,14 +148,16 @@ public static class TorchRuntime
         return target;
     }
 
-    static bool? ConfigureMkldnn(List<string> steps)
+    static OneDnnDecision? ConfigureMkldnn(string? isaCap, List<string> steps)
     {
-        bool want = Environment.GetEnvironmentVariable("LDMLAB_MKLDNN") is "1" or "true";
-        bool? now = SwitchMkldnn(want);
-        steps.Add(now is null
-            ? "oneDNN switch not found in torch_cpu (non-Itanium C++ ABI); left at LibTorch's default"
-            : $"oneDNN (mkldnn) for CPU: {(now.Value ? "enabled" : "disabled")}{(want ? " (LDMLAB_MKLDNN=1)" : " (default; set LDMLAB_MKLDNN=1 to enable)")}");
-        return now;
+        if (SwitchMkldnn(false) is null)
+        {
+            steps.Add("oneDNN switch not found in torch_cpu (non-Itanium C++ ABI); left at LibTorch's default");
+            return null;
+        }
+        var decision = OneDnn.Decide(isaCap, on => SwitchMkldnn(on)!.Value);
+        steps.Add(decision.ToString());
+        return decision;
     }
 
     /// <summary>Sets oneDNN on or off for CPU ops at run time; returns the new state.</summary>
