@@ -1,0 +1,174 @@
+using LdmLab.Autoencoders;
+using LdmLab.Conditioning;
+using LdmLab.Diffusion;
+using LdmLab.Diffusion.Schedulers;
+using LdmLab.Training;
+using LdmLab.UNet;
+using static TorchSharp.torch;
+
+namespace LdmLab.Cli;
+
+/// <summary>
+/// The workloads `ldmlab bench` times (issue: CPU speed): each is built once, then <see cref="Run"/> is one
+/// measured repetition inside its own dispose scope. Inputs are seeded; weights are the default init.
+/// </summary>
+public abstract class StepCase : IDisposable
+{
+    public abstract void Run();
+    public virtual void Dispose() { }
+
+    static readonly (string name, string description, Func<StepCase> create)[] All =
+    [
+        ("tiny-unet-train", "tiny-unet fixture config, batch 64, 4×8×8 + 7×32 context: forward + MSE + backward",
+            () => new TinyUNetTrain()),
+        ("tiny-vae-train", "tiny-vae fixture config, batch 64, 3×32×32: forward + MSE + backward", () => new TinyVaeTrain()),
+        ("latent-unet-train", "notebooks' class-conditional latent U-Net, batch 64, 4×7×7: loss, backward, clip, AdamW, EMA",
+            () => new LatentUNetTrain()),
+        ("ddim-50", "50 DDIM steps of the latent U-Net, batch 64, CFG 3 (128 rows per call)", () => new Ddim50()),
+        ("vae-decode-64", "notebooks' Fashion-MNIST VAE, decode of 64 latents 4×7×7 → 1×28×28", () => new VaeDecode64()),
+    ];
+
+    public static string[] Names { get; } = All.Select(c => c.name).ToArray();
+
+    public static string Describe(string name) => Find(name).description;
+
+    public static StepCase Create(string name) => Find(name).create();
+
+    static (string name, string description, Func<StepCase> create) Find(string name) =>
+        All.FirstOrDefault(c => c.name == name) is { name: not null } c ? c
+        : throw new CliArgumentException($"unknown bench case '{name}'; cases: {string.Join(", ", Names)}");
+
+    /// <summary>The tiny-unet fixture's config (diffusers v0.27.2: blocks 32-64, cross-attention dim 32, 8 heads).</summary>
+    public static UNetConfig TinyUNetConfig => new()
+    {
+        SampleSize = 8, BlockOutChannels = [32, 64], LayersPerBlock = 1, CrossAttentionDim = 32, AttentionHeadDim = [8],
+        NormNumGroups = 8, DownBlockTypes = ["CrossAttnDownBlock2D", "DownBlock2D"],
+        UpBlockTypes = ["UpBlock2D", "CrossAttnUpBlock2D"],
+    };
+
+    /// <summary>The tiny-vae fixture's config (blocks 32-64, one layer per block, 8 groups, 4 latent channels).</summary>
+    public static AutoencoderKLConfig TinyVaeConfig => new()
+    {
+        InChannels = 3, OutChannels = 3, LatentChannels = 4, BlockOutChannels = [32, 64], LayersPerBlock = 1,
+        NormNumGroups = 8, SampleSize = 32,
+    };
+}
+
+/// <summary>Tiny U-Net, batch 64 on 4×8×8 with a 7×32 context: forward, MSE, backward.</summary>
+sealed class TinyUNetTrain : StepCase
+{
+    readonly UNet2DConditionModel _unet;
+    readonly Tensor _z, _t, _c, _target;
+
+    public TinyUNetTrain()
+    {
+        manual_seed(0);
+        _unet = new UNet2DConditionModel(TinyUNetConfig);
+        _z = randn(64, 4, 8, 8); _t = randint(0, 1000, [64], dtype: ScalarType.Int64); _c = randn(64, 7, 32);
+        _target = randn(64, 4, 8, 8);
+    }
+
+    public override void Run()
+    {
+        using var scope = NewDisposeScope();
+        _unet.zero_grad();
+        nn.functional.mse_loss(_unet.Forward(_z, _t, _c), _target).backward();
+    }
+}
+
+/// <summary>Tiny VAE, batch 64 on 3×32×32: encode → decode of the posterior mean, MSE to the input, backward.</summary>
+sealed class TinyVaeTrain : StepCase
+{
+    readonly AutoencoderKL _vae;
+    readonly Tensor _x;
+
+    public TinyVaeTrain()
+    {
+        manual_seed(0);
+        _vae = new AutoencoderKL(TinyVaeConfig);
+        _x = rand(64, 3, 32, 32) * 2 - 1;
+    }
+
+    public override void Run()
+    {
+        using var scope = NewDisposeScope();
+        _vae.zero_grad();
+        nn.functional.mse_loss(_vae.Forward(_x), _x).backward();
+    }
+}
+
+/// <summary>
+/// The notebooks' latent denoiser training step (FashionLatentRecipe: class-conditional U-Net 32-64 on 4×7×7,
+/// batch 64): ε-objective, backward, gradient clipping, AdamW, EMA — what LatentDiffusionTrainer does per step.
+/// </summary>
+sealed class LatentUNetTrain : StepCase
+{
+    readonly ClassConditionedUNet _model;
+    readonly DiffusionObjective _objective = new(NoiseSchedule.Linear());
+    readonly AdamW _optimizer;
+    readonly Ema _ema;
+    readonly Tensor _z0, _labels;
+
+    public LatentUNetTrain()
+    {
+        manual_seed(0);
+        _model = new ClassConditionedUNet(FashionLatentRecipe.DenoiserConfig, 10);
+        _optimizer = new AdamW(_model.named_parameters().Select(kv => (kv.name, kv.parameter)), 1e-3);
+        _ema = new Ema(_model, 0.999);
+        _z0 = randn(64, 4, 7, 7); _labels = randint(0, 10, [64], dtype: ScalarType.Int64);
+    }
+
+    public override void Run()
+    {
+        using var scope = NewDisposeScope();
+        _optimizer.ZeroGrad();
+        _objective.Loss((zt, t) => _model.Forward(zt, t, _labels), _z0).backward();
+        nn.utils.clip_grad_norm_(_model.parameters(), 1.0);
+        _optimizer.Step();
+        _ema.Update(_model);
+    }
+}
+
+/// <summary>A 50-step DDIM sampling loop of the notebooks' latent denoiser, batch 64 with classifier-free guidance.</summary>
+sealed class Ddim50 : StepCase
+{
+    readonly ClassConditionedUNet _model;
+    readonly Scheduler _scheduler = Scheduler.Create("DDIMScheduler", new System.Text.Json.Nodes.JsonObject());
+    readonly Tensor _labels;
+
+    public Ddim50()
+    {
+        manual_seed(0);
+        _model = new ClassConditionedUNet(FashionLatentRecipe.DenoiserConfig, 10);
+        _model.eval();
+        _labels = randint(0, 10, [64], dtype: ScalarType.Int64);
+    }
+
+    public override void Run()
+    {
+        using var scope = NewDisposeScope();
+        FashionLatentRecipe.SampleLatents(_model, _scheduler, _labels, 50, guidance: 3.0);
+    }
+}
+
+/// <summary>Decoding 64 latents (4×7×7) with the notebooks' Fashion-MNIST KL-VAE (blocks 8-16-32).</summary>
+sealed class VaeDecode64 : StepCase
+{
+    readonly AutoencoderKL _vae;
+    readonly Tensor _z;
+
+    public VaeDecode64()
+    {
+        manual_seed(0);
+        _vae = new AutoencoderKL(FashionLatentRecipe.VaeConfig);
+        _vae.eval();
+        _z = randn(64, 4, 7, 7);
+    }
+
+    public override void Run()
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        _vae.Decode(_z);
+    }
+}
