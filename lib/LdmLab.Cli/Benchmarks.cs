@@ -26,6 +26,7 @@ static class BenchCommand
     public static int Run(string[] args)
     {
         if (args.Contains("--json")) return Json(args.Where(a => a != "--json").ToArray());
+        if (args.Contains("--profile")) return StepProfiler.Run();
         var config = ManualConfig.Create(DefaultConfig.Instance)
             .AddJob(Job.ShortRun.WithToolchain(InProcessEmitToolchain.Instance))
             .WithOptions(ConfigOptions.DisableOptimizationsValidator)

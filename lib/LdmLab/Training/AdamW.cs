@@ -33,7 +33,7 @@ public sealed class AdamW
     public void Step()
     {
         Steps++;
-        double bc1 = 1 - Math.Pow(Beta1, Steps), bc2 = 1 - Math.Pow(Beta2, Steps);
+        double bc1 = 1 - Math.Pow(Beta1, Steps), sqrtBc2 = Math.Sqrt(1 - Math.Pow(Beta2, Steps));
         using var _ = no_grad();
         foreach (var (name, p) in _params)
         {
@@ -41,10 +41,10 @@ public sealed class AdamW
             if (g is null) continue;
             if (!_m.TryGetValue(name, out var m)) _m[name] = m = zeros_like(p).DetachFromDisposeScope();
             if (!_v.TryGetValue(name, out var v)) _v[name] = v = zeros_like(p).DetachFromDisposeScope();
-            m.mul_(Beta1).add_(g, alpha: 1 - Beta1);
-            v.mul_(Beta2).addcmul_(g, g, value: 1 - Beta2);
+            m.lerp_(g, 1 - Beta1);                                   // m ← β₁m + (1−β₁)g, one kernel
+            v.mul_(Beta2).addcmul_(g, g, value: 1 - Beta2);          // v ← β₂v + (1−β₂)g²
             if (WeightDecay > 0) p.mul_(1 - LearningRate * WeightDecay);
-            using var denom = (v / bc2).sqrt_().add_(Eps);
+            using var denom = v.sqrt().div_(sqrtBc2).add_(Eps);      // √v̂ + ε = √v/√(1−β₂ᵗ) + ε
             p.addcdiv_(m, denom, value: -LearningRate / bc1);
         }
     }

@@ -11,6 +11,8 @@ public delegate void AttentionObserver(string layer, Tensor probabilities);
 /// <summary>
 /// Multi-head (cross-)attention, diffusers' Attention with the plain AttnProcessor:
 /// softmax(Q Kᵀ / √d) V with Q = x W_q, K = c W_k, V = c W_v (c = x for self-attention), then to_out.
+/// Runs LibTorch's fused scaled_dot_product_attention unless an <see cref="Observer"/> wants the probabilities
+/// (or upcasting is asked for); both paths compute the same function (tested).
 /// </summary>
 public sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
 {
@@ -44,15 +46,21 @@ public sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
     {
         context ??= x;
         long b = x.shape[0], n = x.shape[1], m = context.shape[1];
-        Tensor Heads(Tensor t, long len) => t.reshape(b, len, _heads, -1).permute(0, 2, 1, 3).reshape(b * _heads, len, -1);
+        Tensor Heads(Tensor t, long len) => t.reshape(b, len, _heads, -1).permute(0, 2, 1, 3);   // [b, h, len, d]
         var q = Heads(to_q.call(x), n);
         var k = Heads(to_k.call(context), m);
         var v = Heads(to_v.call(context), m);
-        if (_upcast) { q = q.to_type(ScalarType.Float32); k = k.to_type(ScalarType.Float32); }
-        var probs = softmax(q.bmm(k.transpose(1, 2)) * _scale, -1).to_type(v.dtype);   // [b·h, n, m]
-        Observer?.Invoke(LayerName, probs);
-        var o = probs.bmm(v).reshape(b, _heads, n, -1).permute(0, 2, 1, 3).reshape(b, n, -1);
-        return to_out[1].call(to_out[0].call(o));
+        Tensor o;                                                                                   // [b, h, n, d]
+        if (Observer is null && !_upcast)
+            o = nn.functional.scaled_dot_product_attention(q, k, v);   // fused kernel, same maths (scale 1/√d)
+        else
+        {
+            if (_upcast) { q = q.to_type(ScalarType.Float32); k = k.to_type(ScalarType.Float32); }
+            var probs = softmax(q.matmul(k.transpose(-1, -2)) * _scale, -1).to_type(v.dtype);   // [b, h, n, m]
+            Observer?.Invoke(LayerName, probs.reshape(b * _heads, n, m));
+            o = probs.matmul(v);
+        }
+        return to_out[1].call(to_out[0].call(o.permute(0, 2, 1, 3).reshape(b, n, -1)));
     }
 }
 
