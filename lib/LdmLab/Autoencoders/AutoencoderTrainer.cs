@@ -143,6 +143,7 @@ public sealed class AutoencoderTrainer
         }
         if (_o.CheckpointDir is { } final) SaveCheckpoint(final);
         _model.eval(); _disc?.eval();
+        Metrics.ProcessMemory.Release();
         return _log;
     }
 

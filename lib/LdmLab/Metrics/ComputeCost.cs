@@ -115,11 +115,25 @@ public static class ProcessMemory
 
     public static bool Supported => OperatingSystem.IsLinux() && File.Exists("/proc/self/clear_refs");
 
+    /// <summary>Resident set size now (VmRSS), in bytes; null where /proc/self/status does not exist.</summary>
+    public static long? ResidentBytes => OperatingSystem.IsLinux() && File.Exists("/proc/self/status") ? StatusKb("VmRSS") * 1024 : null;
+
+    /// <summary>
+    /// Hands freed native memory back to the OS: a full GC (finalizes tensors that escaped a dispose scope), then
+    /// glibc's malloc_trim(0), which returns the free pages of every arena. glibc keeps freed blocks otherwise, so RSS
+    /// after a loop stays at its high-water mark although every tensor was disposed. The loops call it when they end.
+    /// </summary>
+    public static void Release()
+    {
+        GC.Collect(); GC.WaitForPendingFinalizers();
+        if (!OperatingSystem.IsLinux()) return;
+        try { MallocTrim(0); } catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException) { }
+    }
+
     public static long? PeakIncrease(Action work)
     {
         if (!Supported) { work(); return null; }
-        GC.Collect(); GC.WaitForPendingFinalizers();
-        try { MallocTrim(0); } catch (EntryPointNotFoundException) { }
+        Release();
         try { File.WriteAllText("/proc/self/clear_refs", "5"); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { work(); return null; }
         long before = StatusKb("VmRSS");

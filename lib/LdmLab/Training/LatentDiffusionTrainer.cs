@@ -101,6 +101,7 @@ public sealed class LatentDiffusionTrainer
         }
         if (_o.CheckpointDir is { } final && CompletedSteps > resumed) SaveCheckpoint(final);
         _model.eval();
+        Metrics.ProcessMemory.Release();
         return new DiffusionTrainingLog(_losses.ToList(), _lrs.ToList(), resumed, sw.Elapsed);
     }
 
