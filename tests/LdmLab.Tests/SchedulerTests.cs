@@ -254,6 +254,9 @@ public class SamplingScopeTests
     [InlineData("DPMSolverMultistepScheduler", false)]
     [InlineData("PNDMScheduler", true)]
     [InlineData("PNDMScheduler", false)]
+    [InlineData("HeunDiscreteScheduler", false)]
+    [InlineData("LMSDiscreteScheduler", false)]
+    [InlineData("UniPCMultistepScheduler", false)]
     public void Sampling_loop_equals_a_plain_loop(string cls, bool skipPrk)
     {
         TorchRuntime.Setup();

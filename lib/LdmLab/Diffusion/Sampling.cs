@@ -31,10 +31,10 @@ public static class Sampling
         scheduler.SetTimesteps(steps);
         int start = scheduler.StartIndexForStrength(strength);
         if (start >= scheduler.Timesteps.Length) return x0.clone();
-        if (scheduler is EulerScheduler e) e.SetBeginIndex(start);
+        if (scheduler is SigmaScheduler e) e.SetBeginIndex(start);
         var t = scheduler.Timesteps[start];
         Tensor x;
-        if (scheduler is EulerScheduler eu) x = x0 + noise * eu.Sigmas[start];
+        if (scheduler is SigmaScheduler eu) x = x0 + noise * eu.Sigmas[start];
         else x = scheduler.Schedule.AddNoise(x0, noise, full(x0.shape[0], (long)t, dtype: ScalarType.Int64));
         return Run(scheduler, model, x.DetachFromDisposeScope(), start, callback, null);
     }

@@ -33,6 +33,9 @@ public sealed record SchedulerConfig
     public bool EulerAtFinal { get; init; }
     public string FinalSigmasType { get; init; } = "zero";
     public double LambdaMinClipped { get; init; } = double.NegativeInfinity;
+    // UniPC
+    public bool PredictX0 { get; init; } = true;
+    public int[] DisableCorrector { get; init; } = [];
 
     public NoiseSchedule Schedule() =>
         NoiseSchedule.FromName(BetaSchedule, NumTrainTimesteps, BetaStart, BetaEnd, RescaleBetasZeroSnr, TrainedBetas);
@@ -82,7 +85,11 @@ public sealed record SchedulerConfig
             EulerAtFinal = Get("euler_at_final", false),
             FinalSigmasType = Get("final_sigmas_type", "zero"),
             LambdaMinClipped = Get("lambda_min_clipped", double.NegativeInfinity),
+            PredictX0 = Get("predict_x0", true),
+            DisableCorrector = o["disable_corrector"] is JsonArray dc ? dc.Select(x => (int)x!).ToArray() : [],
         };
+        if (o["solver_p"] is JsonNode sp && sp.GetValueKind() != System.Text.Json.JsonValueKind.Null)
+            throw new NotSupportedException("scheduler config: solver_p (an external predictor) is not supported");
         if (Get("thresholding", false)) throw new NotSupportedException("scheduler config: thresholding=true is not supported");
         if (Get("use_lu_lambdas", false)) throw new NotSupportedException("scheduler config: use_lu_lambdas=true is not supported");
         if (Get("use_exponential_sigmas", false) || Get("use_beta_sigmas", false)) throw new NotSupportedException("scheduler config: exponential/beta sigmas are not supported");

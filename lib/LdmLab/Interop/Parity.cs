@@ -101,6 +101,7 @@ public static class SchedulerParity
         var scheduler = Scheduler.Create(cls, spec["config"]!.AsObject());
         int steps = (int)spec["num_inference_steps"]!;
         if (scheduler is DdimScheduler ddim && (spec["eta"] ?? spec["step_kwargs"]?["eta"]) is JsonNode eta) ddim.Eta = (double)eta;
+        if (scheduler is LmsScheduler lms && (spec["order"] ?? spec["step_kwargs"]?["order"]) is JsonNode order) lms.LmsOrder = (int)order;
         scheduler.SetTimesteps(steps);
 
         var refT = r["timesteps"].to_type(ScalarType.Float64);
@@ -110,7 +111,8 @@ public static class SchedulerParity
         Compare(checks, $"{name}/alphas_cumprod", tensor(scheduler.Schedule.AlphasCumprod), r, "alphas_cumprod", 1e-6);
         if (r.ContainsKey("sigmas"))
         {
-            var sig = scheduler switch { EulerScheduler e => e.Sigmas, DpmSolverMultistepScheduler d => d.Sigmas, _ => [] };
+            var sig = scheduler switch { SigmaScheduler e => e.Sigmas, DpmSolverMultistepScheduler d => d.Sigmas,
+                UniPcMultistepScheduler u => u.Sigmas, _ => [] };
             Compare(checks, $"{name}/sigmas", tensor(sig), r, "sigmas", 1e-5 * Math.Max(1, Parity.MaxAbs(r["sigmas"])));
         }
         if (scheduler.Timesteps.Length != r["timesteps"].shape[0])
@@ -133,7 +135,9 @@ public static class SchedulerParity
             double t = scheduler.Timesteps[i];
             var input = scheduler.ScaleModelInput(sample, t);
             var output = FakeModel(input, t);
-            var step = scheduler.Step(output, t, sample, r.TryGetValue("variance_noise", out var vn) ? vn[i] : null);
+            // the noise a stochastic step drew (DDPM: variance_noise, Euler ancestral: step_noise)
+            var noise = r.TryGetValue("variance_noise", out var vn) || r.TryGetValue("step_noise", out vn) ? vn[i] : null;
+            var step = scheduler.Step(output, t, sample, noise);
             Track("model_input", input, i);
             Track("model_output", output, i);
             Track("prev_sample", step.PrevSample, i);

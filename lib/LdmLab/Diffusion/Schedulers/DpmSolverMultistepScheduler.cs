@@ -34,24 +34,7 @@ public sealed class DpmSolverMultistepScheduler : Scheduler
         // λ_min clipping (for the cosine schedule): drop the last timesteps whose λ is below lambda_min_clipped
         var lambdas = Acp.Select(a => (float)(Math.Log(Math.Sqrt(a)) - Math.Log(Math.Sqrt(1 - a)))).Reverse().ToArray();
         int clipped = lambdas.Count(l => l < Config.LambdaMinClipped);   // searchsorted on the ascending flipped λ
-        int last = T - clipped;
-        long[] ts = Config.TimestepSpacing switch
-        {
-            "linspace" => Enumerable.Range(0, n + 1).Select(i => (long)Math.Round(i * (last - 1.0) / n, MidpointRounding.ToEven)).Reverse().Take(n).ToArray(),
-            "leading" => Enumerable.Range(0, n + 1).Select(i => (long)i * (last / (n + 1)) + Config.StepsOffset).Reverse().Take(n).ToArray(),
-            "trailing" => Arange(last, 0, -(double)T / n).Select(v => (long)Math.Round(v, MidpointRounding.ToEven) - 1).ToArray(),
-            var s => throw new NotSupportedException($"timestep_spacing '{s}'"),
-        };
-        var table = SigmaMath.Sigmas(Acp);
-        var logSigmas = table.Select(s => MathF.Log(s)).ToArray();
-        double[] sigmas;
-        if (Config.UseKarrasSigmas)
-        {
-            var flipped = table.Reverse().ToArray();
-            sigmas = SigmaMath.Karras(flipped[^1], flipped[0], n);
-            ts = sigmas.Select(s => (long)Math.Round(SigmaMath.SigmaToT(s, logSigmas), MidpointRounding.ToEven)).ToArray();
-        }
-        else sigmas = ts.Select(t => SigmaMath.Interp(t, table)).ToArray();
+        var (ts, sigmas) = SigmaMath.MultistepTimesteps(Config, Acp, n, T - clipped);
         double sigmaLast = Config.FinalSigmasType switch
         {
             "zero" => 0,
@@ -67,11 +50,7 @@ public sealed class DpmSolverMultistepScheduler : Scheduler
         _stepIndex = null;
     }
 
-    static (double alpha, double sigma) AlphaSigma(double sigma)
-    {
-        double a = 1 / Math.Sqrt(sigma * sigma + 1);
-        return (a, sigma * a);
-    }
+    static (double alpha, double sigma) AlphaSigma(double sigma) => SigmaMath.AlphaSigma(sigma);
 
     Tensor ConvertModelOutput(Tensor modelOutput, Tensor sample, int i)
     {
@@ -93,7 +72,7 @@ public sealed class DpmSolverMultistepScheduler : Scheduler
         };
     }
 
-    static double Lambda(double sigma) { var (a, s) = AlphaSigma(sigma); return Math.Log(a) - Math.Log(s); }
+    static double Lambda(double sigma) => SigmaMath.Lambda(sigma);
 
     public override StepOutput Step(Tensor modelOutput, double timestep, Tensor sample, Tensor? noise = null)
     {

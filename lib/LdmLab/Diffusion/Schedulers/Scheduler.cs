@@ -64,11 +64,7 @@ public abstract class Scheduler
     }
 
     /// <summary>numpy.arange(start, stop, step) for a negative step.</summary>
-    protected static IEnumerable<double> Arange(double start, double stop, double step)
-    {
-        int count = (int)Math.Ceiling((stop - start) / step);
-        for (int i = 0; i < count; i++) yield return start + i * step;
-    }
+    protected static IEnumerable<double> Arange(double start, double stop, double step) => SigmaMath.Arange(start, stop, step);
 
     /// <summary>x̂_0 and ε̂ from the model output, for the configured prediction type.</summary>
     protected (Tensor x0, Tensor eps) Predict(Tensor modelOutput, Tensor sample, double alphaProd)
@@ -85,6 +81,13 @@ public abstract class Scheduler
 
     protected Tensor MaybeClip(Tensor x0) => Config.ClipSample ? x0.clamp(-Config.ClipSampleRange, Config.ClipSampleRange) : x0;
 
+    /// <summary>The diffusers scheduler classes <see cref="Create"/> builds.</summary>
+    public static readonly string[] ClassNames =
+    [
+        "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler",
+        "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "UniPCMultistepScheduler",
+    ];
+
     /// <summary>Builds a scheduler from a diffusers class name and config (as in scheduler_config.json).</summary>
     public static Scheduler Create(string className, JsonObject config) => className switch
     {
@@ -94,6 +97,10 @@ public abstract class Scheduler
         "PNDMScheduler" => new PndmScheduler(SchedulerConfig.FromJson(config)),
         "EulerDiscreteScheduler" => new EulerScheduler(SchedulerConfig.FromJson(config, "linspace")),
         "DPMSolverMultistepScheduler" => new DpmSolverMultistepScheduler(SchedulerConfig.FromJson(config, "linspace")),
-        _ => throw new NotSupportedException($"scheduler class '{className}' is not one of DDIMScheduler, DDPMScheduler, PNDMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler"),
+        "EulerAncestralDiscreteScheduler" => new EulerAncestralScheduler(SchedulerConfig.FromJson(config, "linspace")),
+        "HeunDiscreteScheduler" => new HeunScheduler(SchedulerConfig.FromJson(config, "linspace")),
+        "LMSDiscreteScheduler" => new LmsScheduler(SchedulerConfig.FromJson(config, "linspace")),
+        "UniPCMultistepScheduler" => new UniPcMultistepScheduler(SchedulerConfig.FromJson(config, "linspace")),
+        _ => throw new NotSupportedException($"scheduler class '{className}' is not one of {string.Join(", ", ClassNames)}"),
     };
 }

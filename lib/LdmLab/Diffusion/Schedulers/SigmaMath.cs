@@ -1,7 +1,7 @@
 namespace LdmLab.Diffusion.Schedulers;
 
 /// <summary>σ-space helpers shared by the σ-parameterised schedulers (Euler, DPM-Solver), as diffusers defines them.</summary>
-internal static class SigmaMath
+public static class SigmaMath
 {
     /// <summary>σ_t = √((1 − ᾱ_t)/ᾱ_t), in float32 like diffusers' table.</summary>
     public static float[] Sigmas(float[] acp) => acp.Select(a => (float)Math.Sqrt((1f - a) / a)).ToArray();
@@ -40,5 +40,49 @@ internal static class SigmaMath
         double low = logSigmas[lowIdx], high = logSigmas[highIdx];
         double w = Math.Clamp((low - logSigma) / (low - high), 0, 1);
         return (1 - w) * lowIdx + w * highIdx;
+    }
+
+    /// <summary>
+    /// Integer timesteps and their σ for the multistep solvers (DPM-Solver, UniPC), as diffusers spaces them:
+    /// n + 1 points over [0, last − 1] minus the final one ("linspace", "leading"), or "trailing"; with Karras σ the
+    /// timesteps are σ⁻¹(σ_Karras) rounded. The σ list has no final entry (each scheduler appends its own).
+    /// </summary>
+    public static (long[] timesteps, double[] sigmas) MultistepTimesteps(SchedulerConfig config, float[] acp, int n, int last)
+    {
+        int T = config.NumTrainTimesteps;
+        long[] ts = config.TimestepSpacing switch
+        {
+            "linspace" => Enumerable.Range(0, n + 1).Select(i => (long)Math.Round(i * (last - 1.0) / n, MidpointRounding.ToEven))
+                .Reverse().Take(n).ToArray(),
+            "leading" => Enumerable.Range(0, n + 1).Select(i => (long)i * (last / (n + 1)) + config.StepsOffset).Reverse().Take(n).ToArray(),
+            "trailing" => Arange(last, 0, -(double)T / n).Select(v => (long)Math.Round(v, MidpointRounding.ToEven) - 1).ToArray(),
+            var s => throw new NotSupportedException($"timestep_spacing '{s}'"),
+        };
+        var table = Sigmas(acp);
+        if (!config.UseKarrasSigmas) return (ts, ts.Select(t => Interp(t, table)).ToArray());
+        var logSigmas = table.Select(s => MathF.Log(s)).ToArray();
+        var sigmas = Karras(table[0], table[^1], n);
+        return (sigmas.Select(s => (long)Math.Round(SigmaToT(s, logSigmas), MidpointRounding.ToEven)).ToArray(), sigmas);
+    }
+
+    /// <summary>numpy.arange(start, stop, step) for a negative step.</summary>
+    internal static IEnumerable<double> Arange(double start, double stop, double step)
+    {
+        int count = (int)Math.Ceiling((stop - start) / step);
+        for (int i = 0; i < count; i++) yield return start + i * step;
+    }
+
+    /// <summary>VP coefficients of x_t = α_t x_0 + σ_t ε from the VE σ: α_t = 1/√(σ² + 1), σ_t = σ α_t.</summary>
+    public static (double alpha, double sigma) AlphaSigma(double sigma)
+    {
+        double a = 1 / Math.Sqrt(sigma * sigma + 1);
+        return (a, sigma * a);
+    }
+
+    /// <summary>Half log-SNR λ = log α_t − log σ_t.</summary>
+    public static double Lambda(double sigma)
+    {
+        var (a, s) = AlphaSigma(sigma);
+        return Math.Log(a) - Math.Log(s);
     }
 }

@@ -1,0 +1,107 @@
+using static TorchSharp.torch;
+
+namespace LdmLab.Diffusion.Schedulers;
+
+/// <summary>
+/// The shared part of the σ-parameterised (k-diffusion) schedulers — Euler, Euler ancestral, Heun, LMS — as diffusers
+/// defines it, written once:
+/// 1. float timesteps by spacing, σ(t) by linear interpolation of the training table σ_t = √((1 − ᾱ_t)/ᾱ_t),
+///    optionally Karras-spaced σ (then t = σ⁻¹(σ) by log-σ interpolation), and a final σ = 0;
+/// 2. the model sees x / √(σ² + 1); x_T = noise · σ_max (√(σ_max² + 1) for "leading" spacing);
+/// 3. the step index: found by looking the first timestep up (the second match if it repeats), then counted;
+/// 4. x̂_0 from the model output for ε-, v- or x_0-prediction.
+/// </summary>
+public abstract class SigmaScheduler : Scheduler
+{
+    /// <summary>σ per step, ending in 0 (diffusers' scheduler.sigmas).</summary>
+    public double[] Sigmas { get; protected set; } = [];
+    int? _stepIndex;
+    int? _beginIndex;
+
+    protected SigmaScheduler(SchedulerConfig config) : base(config) { }
+
+    /// <summary>The index of the step the next call to <see cref="Step"/> takes.</summary>
+    protected int StepIndex => _stepIndex ?? throw new InvalidOperationException("no step taken yet");
+
+    public override double InitNoiseSigma
+    {
+        get
+        {
+            double max = Sigmas.Length > 0 ? Sigmas.Max() : SigmaMath.Sigmas(Acp).Max();
+            return Config.TimestepSpacing is "linspace" or "trailing" ? max : Math.Sqrt(max * max + 1);
+        }
+    }
+
+    /// <summary>Step 1: (float timesteps, σ without the final 0) for n steps; Karras σ if configured and allowed.</summary>
+    protected (double[] timesteps, double[] sigmas) SigmaTimesteps(int n, bool karrasSupported = true)
+    {
+        if (n < 1) throw new ArgumentOutOfRangeException(nameof(n), n, "num_inference_steps must be ≥ 1");
+        if (Config.UseKarrasSigmas && !karrasSupported)
+            throw new NotSupportedException($"use_karras_sigmas is not offered by {GetType().Name} (diffusers v0.27.2)");
+        int T = Config.NumTrainTimesteps;
+        double[] ts = Config.TimestepSpacing switch
+        {
+            "linspace" => Enumerable.Range(0, n).Select(i => (double)(float)(n == 1 ? 0 : i * (T - 1.0) / (n - 1))).Reverse().ToArray(),
+            "leading" => Enumerable.Range(0, n).Select(i => (double)(i * (T / n) + Config.StepsOffset)).Reverse().ToArray(),
+            "trailing" => Arange(T, 0, -(double)T / n).Select(v => Math.Round(v, MidpointRounding.ToEven) - 1).ToArray(),
+            var s => throw new NotSupportedException($"timestep_spacing '{s}'"),
+        };
+        var table = SigmaMath.Sigmas(Acp);
+        double[] sigmas = Config.InterpolationType switch
+        {
+            "linear" => ts.Select(t => SigmaMath.Interp(t, table)).ToArray(),
+            "log_linear" => NoiseSchedule.Linspace(Math.Log(table[^1]), Math.Log(table[0]), n + 1).Select(v => Math.Exp(v)).ToArray(),
+            var s => throw new NotSupportedException($"interpolation_type '{s}'"),
+        };
+        if (Config.UseKarrasSigmas)
+        {
+            var logSigmas = table.Select(s => MathF.Log(s)).ToArray();
+            sigmas = SigmaMath.Karras(Config.SigmaMin ?? sigmas[^1], Config.SigmaMax ?? sigmas[0], n);
+            ts = sigmas.Select(s => SigmaMath.SigmaToT(s, logSigmas)).ToArray();
+        }
+        return (ts, sigmas);
+    }
+
+    /// <summary>Clears the step counter (SetTimesteps calls it).</summary>
+    protected void ResetStepIndex() { _stepIndex = null; _beginIndex = null; }
+
+    /// <summary>For img2img: start stepping at this index instead of looking the timestep up.</summary>
+    public void SetBeginIndex(int index) => _beginIndex = index;
+
+    /// <summary>Step 3: the index for a timestep; a repeated timestep (Heun) maps to its second occurrence.</summary>
+    int IndexFor(double timestep)
+    {
+        var matches = Enumerable.Range(0, Timesteps.Length).Where(i => Timesteps[i] == timestep).ToList();
+        if (matches.Count == 0)
+            throw new ArgumentException($"timestep {timestep} is not one of this scheduler's timesteps " +
+                                        "(call SetTimesteps, and pass the values of Timesteps)", nameof(timestep));
+        return matches.Count > 1 ? matches[1] : matches[0];
+    }
+
+    /// <summary>The current step index (initialised from the timestep on first use).</summary>
+    protected int CurrentIndex(double timestep)
+    {
+        if (NumInferenceSteps == 0) throw new InvalidOperationException("call SetTimesteps before ScaleModelInput or Step");
+        return _stepIndex ??= _beginIndex ?? IndexFor(timestep);
+    }
+
+    /// <summary>Advances the step counter (end of every Step).</summary>
+    protected void Advance() => _stepIndex = StepIndex + 1;
+
+    /// <summary>Step 2: c_in(σ) x = x / √(σ² + 1).</summary>
+    public override Tensor ScaleModelInput(Tensor sample, double timestep)
+    {
+        double sigma = Sigmas[CurrentIndex(timestep)];
+        return sample / Math.Sqrt(sigma * sigma + 1);
+    }
+
+    /// <summary>Step 4: x̂_0 = x − σ ε̂ (ε), −σ/√(σ²+1) v̂ + x/(σ²+1) (v), or the output itself (x_0).</summary>
+    protected Tensor PredictX0(Tensor modelOutput, Tensor sample, double sigma, bool samplePredictionSupported = true) =>
+        Config.PredictionType switch
+        {
+            "epsilon" => sample - sigma * modelOutput,
+            "v_prediction" => modelOutput * (-sigma / Math.Sqrt(sigma * sigma + 1)) + sample / (sigma * sigma + 1),
+            "sample" when samplePredictionSupported => modelOutput,
+            var p => throw new NotSupportedException($"prediction_type '{p}' is not supported by {GetType().Name}"),
+        };
+}
