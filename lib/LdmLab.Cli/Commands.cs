@@ -10,7 +10,10 @@ public static class Commands
         usage:
           ldmlab info                      what the runtime bootstrap did, device, versions
           ldmlab parity DIR [DIR...]       compare against reference fixtures (schedulers, models); exit 0 iff all pass
-          ldmlab bench [BenchmarkDotNet args]  benchmarks (in process, short runs), e.g. --filter *Conv*
+          ldmlab bench [BenchmarkDotNet args]  micro-benchmarks (in process, short runs), e.g. --filter *Conv*
+          ldmlab bench --json [--case A,B] [--threads 1,2] [--onednn on,off]
+                                           training/sampling steps (3 warm-ups, median of 10) as JSON
+          ldmlab bench --profile           one latent U-Net training step by phase and layer family
           ldmlab notebooks [options]       execute notebooks in the real .NET Interactive kernel
               --dir DIR                    notebooks folder (default: notebooks)
               --out DIR                    executed notebooks + index.html (default: out)

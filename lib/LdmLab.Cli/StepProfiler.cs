@@ -15,9 +15,35 @@ namespace LdmLab.Cli;
 /// </summary>
 static class StepProfiler
 {
-    public static int Run(int steps = 20, int warmups = 3)
+    /// <summary>
+    /// Profiles three settings in one run: oneDNN off with the explicit softmax attention (the setup before the CPU-speed
+    /// work), oneDNN on with it, and oneDNN on with the fused attention (the default now where the self-check passes).
+    /// An attention observer that ignores its maps forces the explicit path.
+    /// </summary>
+    public static int Run()
     {
-        Runtime.TorchRuntime.Setup();
+        bool chosen = Runtime.TorchRuntime.Setup().MkldnnEnabled ?? false;
+        try
+        {
+            foreach (var (onednn, fused, label) in new[] { (false, false, "oneDNN off, explicit attention (before)"),
+                         (true, false, "oneDNN on, explicit attention"), (true, true, "oneDNN on, fused attention (now)") })
+            {
+                Runtime.TorchRuntime.SetMkldnn(onednn);
+                UNet.Attention.Observer = fused ? null : (_, _) => { };
+                Profile(label);
+                Console.WriteLine();
+            }
+        }
+        finally
+        {
+            UNet.Attention.Observer = null;
+            Runtime.TorchRuntime.SetMkldnn(chosen);
+        }
+        return 0;
+    }
+
+    static void Profile(string label, int steps = 20, int warmups = 3)
+    {
         manual_seed(0);
         var model = new ClassConditionedUNet(FashionLatentRecipe.DenoiserConfig, 10);
         var objective = new DiffusionObjective(NoiseSchedule.Linear());
@@ -78,12 +104,11 @@ static class StepProfiler
             Add("EMA", emaMs);
         }
         double total = Median(phases["total"]);
-        Console.WriteLine($"latent U-Net training step (batch 64, 4×7×7), {steps} steps after {warmups} warm-ups, " +
-                          $"threads {get_num_threads()}, {Runtime.TorchRuntime.Report?.OneDnn}");
+        Console.WriteLine($"{label}: latent U-Net training step (batch 64, 4×7×7), median of {steps} steps after " +
+                          $"{warmups} warm-ups, {get_num_threads()} threads, oneDNN ISA {Runtime.TorchRuntime.Report?.OneDnn?.EffectiveIsa}");
         Console.WriteLine($"{"part",-58} {"median ms",10} {"share",7}");
         foreach (var (k, v) in phases)
             Console.WriteLine($"{k,-58} {Median(v),10:F2} {Median(v) / total,7:P0}");
-        return 0;
     }
 
     static double Median(List<double> v)

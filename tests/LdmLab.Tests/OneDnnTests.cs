@@ -115,3 +115,51 @@ public class OneDnnTests
         Assert.Contains("ISA AVX2", text);
     }
 }
+
+/// <summary>`ldmlab bench --json`: the documented cases, one JSON document, clear errors for bad arguments.</summary>
+public class BenchCommandTests
+{
+    static int Run(out string output, params string[] args) => Run(out output, out _, args);
+
+    static int Run(out string output, out string errors, params string[] args)
+    {
+        var (savedOut, savedErr) = (Console.Out, Console.Error);
+        var (sw, se) = (new StringWriter(), new StringWriter());
+        Console.SetOut(sw);
+        Console.SetError(se);
+        try { return LdmLab.Cli.Commands.Run(args); }
+        finally { Console.SetOut(savedOut); Console.SetError(savedErr); output = sw.ToString(); errors = se.ToString(); }
+    }
+
+    [Fact]
+    public void Json_run_of_one_case_prints_its_median_and_the_setup_decision()
+    {
+        int rc = Run(out var text, "bench", "--json", "--case", "vae-decode-64", "--threads", "1", "--onednn", "on,off");
+        Assert.Equal(0, rc);
+        var doc = System.Text.Json.Nodes.JsonNode.Parse(text)!;
+        Assert.Contains("oneDNN (mkldnn) for CPU", (string)doc["setup_decision"]!);
+        var results = doc["results"]!.AsArray();
+        Assert.Equal(2, results.Count);
+        Assert.All(results, r =>
+        {
+            Assert.Equal("vae-decode-64", (string)r!["case"]!);
+            Assert.Equal(1, (int)r["threads"]!);
+            Assert.Equal(10, (int)r["runs"]!);
+            Assert.True((double)r["median_ms"]! > 0);
+        });
+        Assert.Equal([false, true], results.Select(r => (bool)r!["onednn"]!).Order());
+    }
+
+    [Theory]
+    [InlineData("--case", "no-such-case", "no-such-case")]
+    [InlineData("--threads", "3", "expected 1, 2")]
+    [InlineData("--onednn", "maybe", "expected on, off")]
+    [InlineData("--steps", "5", "unknown argument '--steps'")]
+    public void Bad_arguments_name_the_argument(string name, string value, string expected)
+    {
+        int rc = Run(out _, out var errors, "bench", "--json", name, value);
+        Assert.Equal(2, rc);
+        Assert.Contains(expected, errors);
+        Assert.Contains("ldmlab: ", errors);
+    }
+}
