@@ -36,7 +36,7 @@ public sealed class SpatialSelfAttention : nn.Module<Tensor, Tensor>
         var tokens = group_norm.call(x).reshape(b, c, h * w).transpose(1, 2);       // [B, HW, C]
         var q = to_q.call(tokens); var k = to_k.call(tokens); var v = to_v.call(tokens);
         // float32 inputs: the fused kernel is softmax(q kᵀ/√c) v in float32, as diffusers' upcast_softmax computes it
-        var attended = q.dtype == ScalarType.Float32
+        var attended = q.dtype == ScalarType.Float32 && Layers.FusedAttention
             ? nn.functional.scaled_dot_product_attention(q, k, v)
             : softmax((q.bmm(k.transpose(1, 2)) * _scale).to_type(ScalarType.Float32), -1).to_type(v.dtype).bmm(v);
         var o = to_out[1].call(to_out[0].call(attended));

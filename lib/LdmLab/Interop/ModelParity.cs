@@ -75,6 +75,7 @@ public static class ModelParity
         {
             "UNet2DConditionModel" => new UNet2DConditionModel(UNetConfig.FromJson(m["config"]!.AsObject(), path)),
             "AutoencoderKL" => new Autoencoders.AutoencoderKL(Autoencoders.AutoencoderKLConfig.FromJson(m["config"]!.AsObject(), path)),
+            "CLIPTextModel" => new Conditioning.ClipTextModel(Conditioning.ClipTextConfig.FromJson(m["config"]!.AsObject(), path)),
             _ => throw new ParityFormatException($"{path}: manifests of {cls} are not implemented yet"),
         };
         try

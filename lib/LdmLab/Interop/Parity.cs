@@ -25,6 +25,7 @@ public static class Parity
     {
         if (!Directory.Exists(dir)) throw new ParityFormatException($"{dir}: folder not found");
         if (File.Exists(Path.Combine(dir, "schedulers.json"))) return SchedulerParity.Check(dir);
+        if (File.Exists(Path.Combine(dir, "prompts.json"))) return TextParity.CheckTokenizer(dir);
         var config = Path.Combine(dir, "config.json");
         if (File.Exists(config))
         {
@@ -33,6 +34,7 @@ public static class Parity
             {
                 "UNet2DConditionModel" => ModelParity.CheckUNet(dir),
                 "AutoencoderKL" => ModelParity.CheckVae(dir),
+                null when PyJson.ParseFile(config)?["model_type"]?.ToString() == "clip_text_model" => TextParity.CheckTextModel(dir),
                 _ => throw new ParityFormatException($"{dir}: parity for {cls ?? "this model"} is not implemented yet"),
             };
         }

@@ -7,13 +7,17 @@ namespace LdmLab.Interop;
 /// <summary>Copies weights between modules and safetensors files by diffusers key name, strictly.</summary>
 public static class StateDicts
 {
-    /// <summary>Loads every tensor of the file into the module; missing, unexpected or mis-shaped keys are an error listing them.</summary>
-    public static void Load(nn.Module module, string path)
+    /// <summary>
+    /// Loads every tensor of the file into the module (converted to the module's dtype); missing, unexpected or
+    /// mis-shaped keys are an error listing them. <paramref name="optional"/> names file keys that may be present
+    /// and are ignored (e.g. the position_ids buffer older CLIP checkpoints carry).
+    /// </summary>
+    public static void Load(nn.Module module, string path, IReadOnlyCollection<string>? optional = null)
     {
         var tensors = SafeTensors.Load(path);
         var sd = module.state_dict();
         var missing = sd.Keys.Where(k => !tensors.ContainsKey(k)).ToList();
-        var unexpected = tensors.Keys.Where(k => !sd.ContainsKey(k)).ToList();
+        var unexpected = tensors.Keys.Where(k => !sd.ContainsKey(k) && optional?.Contains(k) != true).ToList();
         var misShaped = sd.Keys.Where(k => tensors.ContainsKey(k) && !sd[k].shape.SequenceEqual(tensors[k].shape))
             .Select(k => $"{k}: file [{string.Join(",", tensors[k].shape)}], model [{string.Join(",", sd[k].shape)}]").ToList();
         if (missing.Count + unexpected.Count + misShaped.Count > 0)

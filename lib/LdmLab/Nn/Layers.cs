@@ -9,6 +9,12 @@ namespace LdmLab.Nn;
 /// </summary>
 public static class Layers
 {
+    /// <summary>
+    /// Whether attention layers use LibTorch's fused scaled_dot_product_attention (default) or the explicit
+    /// softmax(QKᵀ/√d)V; both compute the same function. Switch off only to compare or profile the two paths.
+    /// </summary>
+    public static bool FusedAttention { get; set; } = true;
+
     /// <summary>GroupNorm with γ = 1, β = 0 (TorchSharp 0.107 leaves both uninitialised).</summary>
     public static GroupNorm GroupNorm(long numGroups, long numChannels, double eps = 1e-5, bool affine = true)
     {

@@ -12,7 +12,7 @@ public delegate void AttentionObserver(string layer, Tensor probabilities);
 /// Multi-head (cross-)attention, diffusers' Attention with the plain AttnProcessor:
 /// softmax(Q Kᵀ / √d) V with Q = x W_q, K = c W_k, V = c W_v (c = x for self-attention), then to_out.
 /// Runs LibTorch's fused scaled_dot_product_attention unless an <see cref="Observer"/> wants the probabilities
-/// (or upcasting is asked for); both paths compute the same function (tested).
+/// (or upcasting is asked for, or <see cref="Layers.FusedAttention"/> is off); both paths compute the same function (tested).
 /// </summary>
 public sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
 {
@@ -51,7 +51,7 @@ public sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
         var k = Heads(to_k.call(context), m);
         var v = Heads(to_v.call(context), m);
         Tensor o;                                                                                   // [b, h, n, d]
-        if (Observer is null && !_upcast)
+        if (Observer is null && !_upcast && Layers.FusedAttention)
             o = nn.functional.scaled_dot_product_attention(q, k, v);   // fused kernel, same maths (scale 1/√d)
         else
         {
