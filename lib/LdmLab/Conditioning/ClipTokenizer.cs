@@ -29,6 +29,7 @@ public sealed partial class ClipTokenizer
 {
     public const string StartOfText = "<|startoftext|>", EndOfText = "<|endoftext|>";
     readonly BpeTokenizer _bpe;
+    readonly IReadOnlyList<string> _merges;
     readonly Dictionary<string, int> _vocab;
     readonly Dictionary<int, string> _byId;
     readonly Dictionary<string, int[]> _cache;
@@ -48,6 +49,7 @@ public sealed partial class ClipTokenizer
         if (!vocab.TryGetValue(StartOfText, out var bos) || !vocab.TryGetValue(EndOfText, out var eos))
             throw new InvalidDataException($"{source}: the vocabulary has no {StartOfText} / {EndOfText} entries");
         _vocab = vocab;
+        _merges = merges;
         _byId = vocab.ToDictionary(kv => kv.Value, kv => kv.Key);
         // pieces arrive already split (step 2): the BPE must see each as one word, so its pre-tokenizer keeps it whole
         _bpe = BpeTokenizer.Create(new BpeOptions(vocab)
@@ -109,7 +111,7 @@ public sealed partial class ClipTokenizer
 
     ClipTokenizer(ClipTokenizer other)
     {
-        _bpe = other._bpe; _vocab = other._vocab; _byId = other._byId; _cache = other._cache;
+        _bpe = other._bpe; _merges = other._merges; _vocab = other._vocab; _byId = other._byId; _cache = other._cache;
         BosId = other.BosId; EosId = other.EosId; PadId = other.PadId; MaxLength = other.MaxLength; Warn = other.Warn;
     }
 
@@ -118,6 +120,30 @@ public sealed partial class ClipTokenizer
     {
         PadId = padId ?? PadId, MaxLength = maxLength ?? MaxLength, Warn = warn ?? Warn,
     };
+
+    /// <summary>Writes a Hugging Face CLIPTokenizer folder (vocab.json, merges.txt, tokenizer_config.json,
+    /// special_tokens_map.json) that transformers' CLIPTokenizer.from_pretrained reads; each file atomically.</summary>
+    public void SavePretrained(string dir)
+    {
+        Directory.CreateDirectory(dir);
+        var json = new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+        Data.AtomicFile.WriteAllText(Path.Combine(dir, "vocab.json"),
+            JsonSerializer.Serialize(_vocab.OrderBy(kv => kv.Value).ToDictionary(kv => kv.Key, kv => kv.Value), json));
+        Data.AtomicFile.WriteAllText(Path.Combine(dir, "merges.txt"), "#version: 0.2\n" + string.Join("\n", _merges) + "\n");
+        string pad = _byId[PadId];
+        var special = new System.Text.Json.Nodes.JsonObject
+        {
+            ["bos_token"] = StartOfText, ["eos_token"] = EndOfText, ["unk_token"] = EndOfText, ["pad_token"] = pad,
+        };
+        Data.AtomicFile.WriteAllText(Path.Combine(dir, "special_tokens_map.json"), special.ToJsonString(json));
+        var config = new System.Text.Json.Nodes.JsonObject
+        {
+            ["tokenizer_class"] = "CLIPTokenizer", ["model_max_length"] = MaxLength, ["do_lower_case"] = true,
+            ["bos_token"] = StartOfText, ["eos_token"] = EndOfText, ["unk_token"] = EndOfText, ["pad_token"] = pad,
+            ["errors"] = "replace", ["clean_up_tokenization_spaces"] = true,
+        };
+        Data.AtomicFile.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), config.ToJsonString(json));
+    }
 
     /// <summary>BPE ids of a prompt, without BOS/EOS, truncation or padding.</summary>
     public int[] EncodeIds(string text) => Pieces(text).SelectMany(PieceIds).ToArray();

@@ -26,6 +26,8 @@ public static class Parity
         if (!Directory.Exists(dir)) throw new ParityFormatException($"{dir}: folder not found");
         if (File.Exists(Path.Combine(dir, "schedulers.json"))) return SchedulerParity.Check(dir);
         if (File.Exists(Path.Combine(dir, "prompts.json"))) return TextParity.CheckTokenizer(dir);
+        if (File.Exists(Path.Combine(dir, "info.json")) && PyJson.ParseFile(Path.Combine(dir, "info.json"))?["pipeline"] is not null)
+            return PipelineParity.Check(dir);
         var config = Path.Combine(dir, "config.json");
         if (File.Exists(config))
         {

@@ -1,0 +1,266 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using LdmLab.Autoencoders;
+using LdmLab.Conditioning;
+using LdmLab.Diffusion;
+using LdmLab.Diffusion.Schedulers;
+using LdmLab.Interop;
+using LdmLab.UNet;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace LdmLab.Pipelines;
+
+/// <summary>What the per-step callback sees: step index, timestep, latents after the step, predicted x̂₀ (if any).</summary>
+public sealed record PipelineStep(int Index, double Timestep, Tensor Latents, Tensor? PredictedOriginal);
+
+/// <summary>The images [B, 3, H, W] in [0, 1], the final latents, and the prompt embeddings the U-Net saw.</summary>
+public sealed record PipelineOutput(Tensor Images, Tensor Latents, Tensor PromptEmbeds, Tensor? NegativePromptEmbeds)
+{
+    /// <summary>Image i as an 8-bit RGB picture (save with ImageSharp's SaveAsPng).</summary>
+    public SixLabors.ImageSharp.Image<SixLabors.ImageSharp.PixelFormats.Rgb24> Picture(int i) =>
+        Viz.Images.ToImage(Images[i], lo: 0, hi: 1);
+}
+
+/// <summary>The options of one text-to-image (or image-to-image) call, with diffusers' defaults.</summary>
+public sealed record GenerationOptions
+{
+    public string[] Prompts { get; init; } = [""];
+    /// <summary>One per prompt, or null for "" (the unconditional embedding).</summary>
+    public string[]? NegativePrompts { get; init; }
+    public int Steps { get; init; } = 50;
+    /// <summary>w in ε̂ = ε̂(∅) + w (ε̂(c) − ε̂(∅)); w ≤ 1 skips the unconditional pass (diffusers' rule).</summary>
+    public double GuidanceScale { get; init; } = 7.5;
+    public double Eta { get; init; }
+    /// <summary>Default: the U-Net's sample_size × the VAE's scale factor.</summary>
+    public int? Height { get; init; }
+    public int? Width { get; init; }
+    /// <summary>Seeds a CPU torch.Generator for the initial latents (the same draws as diffusers' CPU generator).</summary>
+    public long? Seed { get; init; }
+    public Generator? Generator { get; init; }
+    /// <summary>x_T, before scaling by the scheduler's init_noise_sigma (as diffusers' latents argument).</summary>
+    public Tensor? Latents { get; init; }
+    public Tensor? PromptEmbeds { get; init; }
+    public Tensor? NegativePromptEmbeds { get; init; }
+    /// <summary>Opt-in A1111 emphasis "(word:1.3)" (see <see cref="PromptWeights"/>).</summary>
+    public bool WeightedPrompts { get; init; }
+    public Action<PipelineStep>? Callback { get; init; }
+}
+
+/// <summary>
+/// diffusers' StableDiffusionPipeline: tokenizer → CLIP text encoder → U-Net denoising in the VAE's latent space with
+/// classifier-free guidance → VAE decoder. Folders in diffusers' layout load and save (model_index.json, unet/, vae/,
+/// text_encoder/, tokenizer/, scheduler/). Every call builds a fresh scheduler from the stored config, so multistep
+/// history never leaks between calls. Models run on the device their weights are on (<see cref="To"/>).
+/// </summary>
+public sealed class StableDiffusionPipeline
+{
+    public ClipTokenizer Tokenizer { get; }
+    public ClipTextModel TextEncoder { get; }
+    public UNet2DConditionModel Unet { get; }
+    public AutoencoderKL Vae { get; }
+    public string SchedulerClass { get; private set; }
+    public JsonObject SchedulerConfig { get; private set; }
+
+    public StableDiffusionPipeline(ClipTokenizer tokenizer, ClipTextModel textEncoder, UNet2DConditionModel unet,
+        AutoencoderKL vae, string schedulerClass, JsonObject schedulerConfig)
+    {
+        if (textEncoder.Config.HiddenSize != unet.Config.CrossAttentionDim)
+            throw new ArgumentException($"the text encoder's hidden size {textEncoder.Config.HiddenSize} is not the U-Net's " +
+                                        $"cross_attention_dim {unet.Config.CrossAttentionDim}");
+        if (vae.Config.LatentChannels != unet.Config.InChannels)
+            throw new ArgumentException($"the VAE has {vae.Config.LatentChannels} latent channels, the U-Net takes {unet.Config.InChannels}");
+        Tokenizer = tokenizer; TextEncoder = textEncoder; Unet = unet; Vae = vae;
+        SchedulerClass = schedulerClass; SchedulerConfig = schedulerConfig;
+        _ = NewScheduler();   // fail now on an unsupported scheduler, not at the first call
+    }
+
+    /// <summary>2^(levels − 1): how much the VAE downsamples.</summary>
+    public int VaeScaleFactor => 1 << (Vae.Config.BlockOutChannels.Length - 1);
+
+    public Device Device => Unet.parameters().First().device;
+
+    /// <summary>Moves every model to a device (e.g. <c>Lab.Device</c>); returns this pipeline.</summary>
+    public StableDiffusionPipeline To(Device device)
+    {
+        TextEncoder.to(device); Unet.to(device); Vae.to(device);
+        return this;
+    }
+
+    /// <summary>Another scheduler from <see cref="Scheduler.ClassNames"/>, keeping the training-schedule settings.</summary>
+    public void SetScheduler(string className, JsonObject? overrides = null)
+    {
+        var config = (JsonObject)SchedulerConfig.DeepClone();
+        foreach (var (k, v) in overrides ?? []) config[k] = v?.DeepClone();
+        _ = Scheduler.Create(className, config);
+        SchedulerClass = className; SchedulerConfig = config;
+    }
+
+    public Scheduler NewScheduler() => Scheduler.Create(SchedulerClass, SchedulerConfig);
+
+    /// <summary>Prompt embeddings [B, 77·chunks, d]: last_hidden_state of the text encoder (as diffusers, clip_skip none).
+    /// With weights, each token's state is scaled and the prompt's mean restored (A1111 "emphasis: original").</summary>
+    public Tensor EncodePrompts(IReadOnlyList<string> prompts, bool weighted = false)
+    {
+        using var _ = no_grad();
+        var rows = new List<Tensor>();
+        foreach (var prompt in prompts)
+        {
+            var chunks = weighted ? Tokenizer.EncodeChunks(prompt, weighted: true) : [Tokenizer.Encode(prompt)];
+            var states = chunks.Select(c =>
+            {
+                var ids = tensor(c.Ids, device: Device).unsqueeze(0);                          // [1, 77]
+                var h = TextEncoder.Forward(ids).LastHiddenState;                              // [1, 77, d]
+                if (!weighted) return h;
+                var w = tensor(c.Weights, device: Device).reshape(1, -1, 1);
+                var meanBefore = h.mean();
+                var scaled = h * w;
+                return scaled * (meanBefore / scaled.mean());
+            });
+            rows.Add(cat(states.ToArray(), 1));
+        }
+        int width = (int)rows.Max(r => r.shape[1]);
+        if (rows.Any(r => r.shape[1] != width))
+            throw new ArgumentException("weighted prompts of different chunk counts cannot be batched: pass them one by one");
+        return cat(rows.ToArray(), 0);
+    }
+
+    /// <summary>Text to image.</summary>
+    public PipelineOutput Generate(GenerationOptions o)
+    {
+        using var _ = no_grad();
+        var (cond, uncond) = Embeddings(o);
+        int b = (int)cond.shape[0];
+        int height = o.Height ?? Unet.Config.SampleSize * VaeScaleFactor, width = o.Width ?? Unet.Config.SampleSize * VaeScaleFactor;
+        if (height % VaeScaleFactor != 0 || width % VaeScaleFactor != 0)
+            throw new ArgumentException($"height and width must be multiples of {VaeScaleFactor} (got {height}×{width})");
+        long[] shape = [b, Unet.Config.InChannels, height / VaeScaleFactor, width / VaeScaleFactor];
+        Tensor noise;
+        if (o.Latents is { } given)
+        {
+            if (!given.shape.SequenceEqual(shape))
+                throw new ArgumentException($"latents must be [{string.Join(", ", shape)}], got [{string.Join(", ", given.shape)}]");
+            noise = given.to(Device);
+        }
+        else noise = Draw(shape, o);
+        var scheduler = NewScheduler();
+        if (scheduler is DdimScheduler ddim) ddim.Eta = o.Eta;
+        var latents = Sampling.Sample(scheduler, Denoiser(cond, uncond, o.GuidanceScale), noise, o.Steps, Callback(o));
+        return new PipelineOutput(Decode(latents), latents, cond, uncond);
+    }
+
+    /// <summary>
+    /// Image to image (diffusers' StableDiffusionImg2ImgPipeline): the image [B, 3, H, W] in [−1, 1] is encoded (a
+    /// posterior sample × scaling_factor), noised to the timestep that <paramref name="strength"/> selects
+    /// (the first int(steps·strength) of the steps are skipped from the end) and denoised from there.
+    /// </summary>
+    public PipelineOutput ImageToImage(Tensor image, double strength, GenerationOptions o)
+    {
+        if (strength is < 0 or > 1) throw new ArgumentOutOfRangeException(nameof(strength), strength, "strength must lie in [0, 1]");
+        using var _ = no_grad();
+        var (cond, uncond) = Embeddings(o);
+        if (image.dim() != 4 || image.shape[1] != Vae.Config.InChannels || image.shape[0] != cond.shape[0])
+            throw new ArgumentException($"image must be [{cond.shape[0]}, {Vae.Config.InChannels}, H, W] in [-1, 1], " +
+                                        $"got [{string.Join(", ", image.shape)}]");
+        var posterior = Vae.Encode(image.to(Device));
+        var gen = Generator(o);
+        var x0 = posterior.Sample(randn(posterior.Mean.shape, generator: gen).to(Device)) * Vae.Config.ScalingFactor;
+        var noise = randn(x0.shape, generator: gen).to(Device);
+        var scheduler = NewScheduler();
+        if (scheduler is DdimScheduler ddim) ddim.Eta = o.Eta;
+        var latents = Sampling.Img2Img(scheduler, Denoiser(cond, uncond, o.GuidanceScale), x0, noise, o.Steps, strength, Callback(o));
+        return new PipelineOutput(Decode(latents), latents, cond, uncond);
+    }
+
+    (Tensor cond, Tensor? uncond) Embeddings(GenerationOptions o)
+    {
+        var cond = o.PromptEmbeds?.to(Device) ?? EncodePrompts(o.Prompts, o.WeightedPrompts);
+        if (o.GuidanceScale <= 1) return (cond, null);
+        if (o.NegativePromptEmbeds is { } given) return (cond, given.to(Device));
+        var negatives = o.NegativePrompts ?? Enumerable.Repeat("", (int)cond.shape[0]).ToArray();
+        if (negatives.Length != cond.shape[0])
+            throw new ArgumentException($"{negatives.Length} negative prompts for {cond.shape[0]} prompts (give one each, or none)");
+        return (cond, EncodePrompts(negatives, o.WeightedPrompts));
+    }
+
+    /// <summary>Classifier-free guidance in one batched U-Net call: [uncond; cond] → ε̂(∅) + w (ε̂(c) − ε̂(∅)).</summary>
+    Denoiser Denoiser(Tensor cond, Tensor? uncond, double scale) => (z, t) =>
+    {
+        if (uncond is null) return Unet.Forward(z, tensor((float)t, device: z.device), cond);
+        var both = Unet.Forward(cat([z, z]), tensor((float)t, device: z.device), cat([uncond, cond]));
+        var parts = both.chunk(2);
+        return parts[0] + scale * (parts[1] - parts[0]);
+    };
+
+    static Action<SamplingStep>? Callback(GenerationOptions o) =>
+        o.Callback is null ? null : s => o.Callback(new PipelineStep(s.Index, s.Timestep, s.PrevSample, s.PredOriginalSample));
+
+    static Generator? Generator(GenerationOptions o) =>
+        o.Generator ?? (o.Seed is long seed ? new Generator((ulong)seed) : null);
+
+    Tensor Draw(long[] shape, GenerationOptions o) => randn(shape, generator: Generator(o)).to(Device);
+
+    /// <summary>Latents → images in [0, 1]: decode(z / scaling_factor), then (x/2 + 0.5) clamped.</summary>
+    public Tensor Decode(Tensor latents)
+    {
+        using var _ = no_grad();
+        var x = Vae.Decode(latents / Vae.Config.ScalingFactor);
+        return (x / 2 + 0.5).clamp(0, 1);
+    }
+
+    static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    /// <summary>Reads a diffusers StableDiffusionPipeline folder; names the file and what was expected on bad input.</summary>
+    public static StableDiffusionPipeline FromPretrained(string dir)
+    {
+        var index = Path.Combine(dir, "model_index.json");
+        if (!File.Exists(index)) throw new FileNotFoundException($"{index}: not a diffusers pipeline folder (no model_index.json)", index);
+        var m = PyJson.ParseFile(index) as JsonObject ?? throw new FormatException($"{index}: not a JSON object");
+        string Component(string name, string expected)
+        {
+            var cls = (m[name] as JsonArray)?[1]?.ToString();
+            if (cls is null) throw new FormatException($"{index}: no '{name}' component");
+            if (expected != "*" && cls != expected)
+                throw new NotSupportedException($"{index}: {name} is a {cls}; LdmLab reads {expected}");
+            var sub = Path.Combine(dir, name);
+            if (!Directory.Exists(sub)) throw new DirectoryNotFoundException($"{sub}: the {name} folder named in {index} is missing");
+            return cls;
+        }
+        Component("unet", "UNet2DConditionModel");
+        Component("vae", "AutoencoderKL");
+        Component("text_encoder", "CLIPTextModel");
+        Component("tokenizer", "*");
+        var schedulerClass = Component("scheduler", "*");
+        var schedulerPath = Path.Combine(dir, "scheduler", "scheduler_config.json");
+        var schedulerConfig = PyJson.ParseFile(schedulerPath) as JsonObject ?? throw new FormatException($"{schedulerPath}: not a JSON object");
+        return new StableDiffusionPipeline(ClipTokenizer.FromFolder(Path.Combine(dir, "tokenizer")),
+            ClipTextModel.FromPretrained(Path.Combine(dir, "text_encoder")),
+            UNet2DConditionModel.FromPretrained(Path.Combine(dir, "unet")), AutoencoderKL.FromPretrained(Path.Combine(dir, "vae")),
+            schedulerClass, schedulerConfig);
+    }
+
+    /// <summary>Writes the folder as diffusers writes it (model_index.json last, so a half-written folder has none).</summary>
+    public void SavePretrained(string dir)
+    {
+        Directory.CreateDirectory(dir);
+        Unet.SavePretrained(Path.Combine(dir, "unet"));
+        Vae.SavePretrained(Path.Combine(dir, "vae"));
+        TextEncoder.SavePretrained(Path.Combine(dir, "text_encoder"));
+        Tokenizer.SavePretrained(Path.Combine(dir, "tokenizer"));
+        Directory.CreateDirectory(Path.Combine(dir, "scheduler"));
+        var scheduler = (JsonObject)SchedulerConfig.DeepClone();
+        scheduler["_class_name"] = SchedulerClass;
+        scheduler["_diffusers_version"] = "0.27.2";
+        Data.AtomicFile.WriteAllText(Path.Combine(dir, "scheduler", "scheduler_config.json"), scheduler.ToJsonString(Indented));
+        var index = new JsonObject
+        {
+            ["_class_name"] = "StableDiffusionPipeline", ["_diffusers_version"] = "0.27.2",
+            ["feature_extractor"] = new JsonArray(null, null), ["image_encoder"] = new JsonArray(null, null),
+            ["requires_safety_checker"] = false, ["safety_checker"] = new JsonArray(null, null),
+            ["scheduler"] = new JsonArray("diffusers", SchedulerClass), ["text_encoder"] = new JsonArray("transformers", "CLIPTextModel"),
+            ["tokenizer"] = new JsonArray("transformers", "CLIPTokenizer"), ["unet"] = new JsonArray("diffusers", "UNet2DConditionModel"),
+            ["vae"] = new JsonArray("diffusers", "AutoencoderKL"),
+        };
+        Data.AtomicFile.WriteAllText(Path.Combine(dir, "model_index.json"), index.ToJsonString(Indented));
+    }
+}
