@@ -158,3 +158,45 @@ public class PipelineTests
         Assert.Contains("UNet2DModel", Assert.Throws<NotSupportedException>(() => StableDiffusionPipeline.FromPretrained(dir)).Message);
     }
 }
+
+/// <summary>SD 2.1 and SDXL architectures built from their configs equal diffusers' state dicts.</summary>
+public class SdFamilyTests
+{
+    [Fact]
+    public void Sd21_and_sdxl_unets_and_the_sdxl_vae_equal_their_manifests()
+    {
+        TorchRuntime.Setup();
+        var checks = Parity.CheckFolder(Path.Combine(AppContext.BaseDirectory, "fixtures", "sd-family-manifest"));
+        Assert.Equal(16, checks.Count);   // 4 manifests × keys, order, shapes, parameter count
+        Assert.All(checks, c => Assert.True(c.Passed, c.ToString()));
+        Assert.Contains(checks, c => c.Name == "sdxl_base_unet_manifest/total_parameters");
+    }
+
+    /// <summary>SDXL's text_time conditioning: a small config runs, and the size/crop ids change the output.</summary>
+    [Fact]
+    public void Text_time_conditioning_takes_pooled_text_and_size_ids()
+    {
+        TorchRuntime.Setup();
+        manual_seed(0);
+        var config = new LdmLab.UNet.UNetConfig
+        {
+            SampleSize = 8, BlockOutChannels = [32, 64], LayersPerBlock = 1, CrossAttentionDim = 16, AttentionHeadDim = [2, 4],
+            NormNumGroups = 8, DownBlockTypes = ["DownBlock2D", "CrossAttnDownBlock2D"], UpBlockTypes = ["CrossAttnUpBlock2D", "UpBlock2D"],
+            TransformerLayersPerBlock = [1, 2], UseLinearProjection = true,
+            AdditionEmbedType = "text_time", AdditionTimeEmbedDim = 8, ProjectionClassEmbeddingsInputDim = 12 + 6 * 8,
+        };
+        var unet = new LdmLab.UNet.UNet2DConditionModel(config);
+        Assert.Contains("add_embedding.linear_1.weight", unet.state_dict().Keys);
+        var (z, c, pooled) = (randn(2, 4, 8, 8), randn(2, 5, 16), randn(2, 12));
+        var ids = tensor(new float[,] { { 64, 64, 0, 0, 64, 64 }, { 64, 64, 0, 0, 64, 64 } });
+        using var _ = no_grad();
+        var a = unet.Forward(z, tensor(10L), c, textEmbeds: pooled, timeIds: ids);
+        var b = unet.Forward(z, tensor(10L), c, textEmbeds: pooled, timeIds: ids + 16);
+        Assert.Equal(z.shape, a.shape);
+        Assert.True(Parity.MaxAbsDiff(a, b) > 1e-4, "the size ids had no effect");
+        Assert.Contains("textEmbeds", Assert.Throws<ArgumentException>(() => unet.Forward(z, tensor(10L), c)).Message);
+        var roundTrip = LdmLab.UNet.UNetConfig.FromJson(config.ToJson());
+        Assert.Equal("text_time", roundTrip.AdditionEmbedType);
+        Assert.Equal(60, roundTrip.ProjectionClassEmbeddingsInputDim);
+    }
+}

@@ -111,10 +111,11 @@ public class UNetTests
     [Fact]
     public void Unsupported_configs_name_the_key()
     {
-        var e = Assert.Throws<NotSupportedException>(() => TinyConfig(o => o["addition_embed_type"] = "text_time"));
+        var e = Assert.Throws<NotSupportedException>(() => TinyConfig(o => o["addition_embed_type"] = "text_image"));
         Assert.Contains("addition_embed_type", e.Message);
         Assert.Throws<NotSupportedException>(() => TinyConfig(o => o["down_block_types"] = new JsonArray("SimpleCrossAttnDownBlock2D", "DownBlock2D")));
         Assert.Throws<ArgumentException>(() => TinyConfig(o => o["norm_num_groups"] = 5));
+        Assert.Contains("addition_time_embed_dim", Assert.Throws<ArgumentException>(() => TinyConfig(o => o["addition_embed_type"] = "text_time")).Message);
     }
 
     [Fact]

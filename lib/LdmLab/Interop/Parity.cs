@@ -47,7 +47,11 @@ public static class Parity
             foreach (var m in manifests)
             {
                 try { checks.AddRange(ModelParity.CheckManifest(m)); }
-                catch (ParityFormatException e) { checks.Add(new ParityCheck(Path.GetFileNameWithoutExtension(m), double.PositiveInfinity, 0, e.Message)); }
+                catch (Exception e) when (e is ParityFormatException or NotSupportedException or ArgumentException or FormatException)
+                {
+                    // one manifest LdmLab cannot build fails alone; the others are still checked
+                    checks.Add(new ParityCheck(Path.GetFileNameWithoutExtension(m), double.PositiveInfinity, 0, e.Message));
+                }
             }
             return checks;
         }

@@ -19,6 +19,7 @@ public sealed class UNet2DConditionModel : nn.Module
     readonly Conv2d conv_in;
     readonly TimestepEmbedding time_embedding;
     readonly Embedding? class_embedding;
+    readonly TimestepEmbedding? add_embedding;   // SDXL's "text_time" conditioning
     readonly ModuleList<DownBlock> down_blocks;
     readonly ModuleList<UpBlock> up_blocks;
     readonly MidBlock mid_block;
@@ -35,6 +36,8 @@ public sealed class UNet2DConditionModel : nn.Module
         conv_in = nn.Conv2d(config.InChannels, ch[0], config.ConvInKernel, padding: (config.ConvInKernel - 1) / 2);
         time_embedding = new TimestepEmbedding(ch[0], config.TimeEmbedDim);
         if (config.NumClassEmbeds is int k) class_embedding = nn.Embedding(k, config.TimeEmbedDim);
+        if (config.AdditionEmbedType == "text_time")
+            add_embedding = new TimestepEmbedding(config.ProjectionClassEmbeddingsInputDim!.Value, config.TimeEmbedDim);
 
         var downs = new List<DownBlock>();
         int output = ch[0];
@@ -72,8 +75,10 @@ public sealed class UNet2DConditionModel : nn.Module
     /// Model output for latents [B,C,H,W], timesteps ([B] or a scalar, int or float) and context [B, L, cross_attention_dim].
     /// <paramref name="record"/> receives the outputs of the top-level modules by name (for parity checks and diagnostics).
     /// </summary>
+    /// <param name="textEmbeds">SDXL (addition_embed_type text_time): the pooled text embedding [B, d_pooled].</param>
+    /// <param name="timeIds">SDXL: [B, 6] original size, crop top-left and target size (h, w each).</param>
     public Tensor Forward(Tensor sample, Tensor timesteps, Tensor? encoderHiddenStates, Tensor? classLabels = null,
-        IDictionary<string, Tensor>? record = null)
+        IDictionary<string, Tensor>? record = null, Tensor? textEmbeds = null, Tensor? timeIds = null)
     {
         long b = sample.shape[0];
         if (timesteps.dim() == 0) timesteps = timesteps.expand(b);
@@ -85,6 +90,15 @@ public sealed class UNet2DConditionModel : nn.Module
         {
             if (classLabels is null) throw new ArgumentException("this U-Net has num_class_embeds: pass class labels", nameof(classLabels));
             emb = emb + class_embedding.call(classLabels.to(sample.device)).to_type(emb.dtype);
+        }
+        if (add_embedding is not null)
+        {
+            if (textEmbeds is null || timeIds is null)
+                throw new ArgumentException("this U-Net has addition_embed_type text_time (SDXL): pass textEmbeds and timeIds");
+            // c_add = MLP([pooled text; sinusoid(each of the 6 ids)]), added to the time embedding
+            var idFeatures = TimestepFeatures.Embed(timeIds.flatten().to(sample.device), Config.AdditionTimeEmbedDim!.Value,
+                Config.FlipSinToCos, Config.FreqShift).reshape(b, -1);                            // [B, 6·256]
+            emb = emb + add_embedding.call(cat([textEmbeds.to(sample.device), idFeatures], -1).to_type(emb.dtype));
         }
         record?.Add("time_embedding", emb);
 

@@ -35,6 +35,10 @@ public sealed record UNetConfig
     public double ResnetOutScaleFactor { get; init; } = 1.0;
     public int ConvInKernel { get; init; } = 3;
     public int ConvOutKernel { get; init; } = 3;
+    /// <summary>null, or "text_time" (SDXL: pooled text embedding + sinusoidal features of the 6 size/crop ids).</summary>
+    public string? AdditionEmbedType { get; init; }
+    public int? AdditionTimeEmbedDim { get; init; }
+    public int? ProjectionClassEmbeddingsInputDim { get; init; }
 
     /// <summary>Stable Diffusion 1.5's U-Net (runwayml/stable-diffusion-v1-5, unet/config.json): the defaults with cross_attention_dim 768.</summary>
     public static UNetConfig StableDiffusion15 => new() { CrossAttentionDim = 768 };
@@ -56,7 +60,7 @@ public sealed record UNetConfig
     // Keys that must keep their default for this implementation (anything else is rejected with its name).
     static readonly Dictionary<string, string> MustBeDefault = new()
     {
-        ["class_embed_type"] = "null", ["addition_embed_type"] = "null", ["encoder_hid_dim"] = "null", ["encoder_hid_dim_type"] = "null",
+        ["class_embed_type"] = "null", ["encoder_hid_dim"] = "null", ["encoder_hid_dim_type"] = "null",
         ["time_cond_proj_dim"] = "null", ["time_embedding_dim"] = "null", ["time_embedding_act_fn"] = "null", ["timestep_post_act"] = "null",
         ["dual_cross_attention"] = "false", ["class_embeddings_concat"] = "false", ["resnet_skip_time_act"] = "false",
         ["time_embedding_type"] = "\"positional\"", ["attention_type"] = "\"default\"", ["cross_attention_norm"] = "null",
@@ -105,6 +109,9 @@ public sealed record UNetConfig
             ResnetOutScaleFactor = (double?)o["resnet_out_scale_factor"] ?? 1.0,
             ConvInKernel = (int?)o["conv_in_kernel"] ?? 3,
             ConvOutKernel = (int?)o["conv_out_kernel"] ?? 3,
+            AdditionEmbedType = (string?)o["addition_embed_type"],
+            AdditionTimeEmbedDim = (int?)o["addition_time_embed_dim"],
+            ProjectionClassEmbeddingsInputDim = (int?)o["projection_class_embeddings_input_dim"],
         };
         c.Validate(source);
         return c;
@@ -130,7 +137,8 @@ public sealed record UNetConfig
         ["num_class_embeds"] = NumClassEmbeds, ["class_embed_type"] = null,
         ["resnet_time_scale_shift"] = ResnetTimeScaleShift, ["resnet_out_scale_factor"] = ResnetOutScaleFactor,
         ["conv_in_kernel"] = ConvInKernel, ["conv_out_kernel"] = ConvOutKernel, ["time_embedding_type"] = "positional",
-        ["dropout"] = 0.0,
+        ["dropout"] = 0.0, ["addition_embed_type"] = AdditionEmbedType, ["addition_time_embed_dim"] = AdditionTimeEmbedDim,
+        ["projection_class_embeddings_input_dim"] = ProjectionClassEmbeddingsInputDim,
     };
 
     public void Validate(string source = "config")
@@ -142,6 +150,10 @@ public sealed record UNetConfig
             if (t is not ("DownBlock2D" or "CrossAttnDownBlock2D")) throw new NotSupportedException($"{source}: down block type '{t}'");
         foreach (var t in UpBlockTypes)
             if (t is not ("UpBlock2D" or "CrossAttnUpBlock2D")) throw new NotSupportedException($"{source}: up block type '{t}'");
+        if (AdditionEmbedType is not (null or "text_time"))
+            throw new NotSupportedException($"{source}: addition_embed_type '{AdditionEmbedType}' (supported: null, text_time)");
+        if (AdditionEmbedType == "text_time" && (AdditionTimeEmbedDim is null || ProjectionClassEmbeddingsInputDim is null))
+            throw new ArgumentException($"{source}: addition_embed_type text_time needs addition_time_embed_dim and projection_class_embeddings_input_dim");
         if (ActFn is not ("silu" or "swish")) throw new NotSupportedException($"{source}: act_fn '{ActFn}'");
         if (ResnetTimeScaleShift is not ("default" or "scale_shift")) throw new NotSupportedException($"{source}: resnet_time_scale_shift '{ResnetTimeScaleShift}'");
         foreach (var ch in BlockOutChannels)
