@@ -15,6 +15,12 @@ public sealed record AutoencoderKLConfig
     public double ScalingFactor { get; init; } = 0.18215;
     public bool MidBlockAddAttention { get; init; } = true;
 
+    /// <summary>Stable Diffusion 1.x's VAE (also SDXL's architecture): 128-256-512-512, two ResNets per level, f = 8.</summary>
+    public static AutoencoderKLConfig StableDiffusion15 => new()
+    {
+        BlockOutChannels = [128, 256, 512, 512], LayersPerBlock = 2, NormNumGroups = 32, SampleSize = 512, ScalingFactor = 0.18215,
+    };
+
     /// <summary>Spatial downsampling factor f = 2^(number of blocks − 1).</summary>
     public int DownsamplingFactor => 1 << (BlockOutChannels.Length - 1);
 

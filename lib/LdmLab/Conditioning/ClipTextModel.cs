@@ -31,6 +31,22 @@ public sealed record ClipTextConfig
         BosTokenId = 0, EosTokenId = 2, PadTokenId = 1,   // the legacy ids SD 1.x's config carries
     };
 
+    /// <summary>SD 2.x's text encoder: OpenCLIP ViT-H/14's text transformer as diffusers ships it (23 of its 24 layers,
+    /// since SD 2 conditions on the penultimate one), GELU, 1024-d.</summary>
+    public static ClipTextConfig OpenClipVitH => new()
+    {
+        HiddenSize = 1024, IntermediateSize = 4096, NumHiddenLayers = 23, NumAttentionHeads = 16, HiddenAct = "gelu",
+        ProjectionDim = 512, BosTokenId = 0, EosTokenId = 2, PadTokenId = 1,
+    };
+
+    /// <summary>SDXL's second text encoder (text_encoder_2): OpenCLIP ViT-bigG/14's text transformer, 32 layers, 1280-d;
+    /// diffusers loads it as CLIPTextModelWithProjection (plus a 1280×1280 text_projection without bias).</summary>
+    public static ClipTextConfig OpenClipBigG => new()
+    {
+        HiddenSize = 1280, IntermediateSize = 5120, NumHiddenLayers = 32, NumAttentionHeads = 20, HiddenAct = "gelu",
+        ProjectionDim = 1280, BosTokenId = 49406, EosTokenId = 49407, PadTokenId = 1,
+    };
+
     public static ClipTextConfig FromJson(JsonObject o, string source = "config.json")
     {
         int Int(string key, int fallback) => o[key] is JsonValue v ? (int)v.GetValue<double>() : fallback;

@@ -43,6 +43,8 @@ public static class OneDnn
     /// <summary>Relative error (max |a − b| / max |b|) above which a float32 result counts as wrong (float32 gives ~1e-7).</summary>
     public const double Tolerance = 1e-4;
 
+    const string CapMarker = "LDMLAB_ONEDNN_CAP_SET_BY_LDMLAB";
+
     /// <summary>The ISA cap Setup applies when the user set none.</summary>
     public const string DefaultIsaCap = "AVX2";
 
@@ -100,7 +102,10 @@ public static class OneDnn
         foreach (var name in new[] { "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA" })
             if (Environment.GetEnvironmentVariable(name) is { Length: > 0 } user)
             {
-                steps.Add($"oneDNN ISA cap {user} (set by the user: {name})");
+                bool inherited = Environment.GetEnvironmentVariable(CapMarker) == user;   // a parent LdmLab set it
+                steps.Add(inherited
+                    ? $"oneDNN ISA cap {user} ({name}, inherited from the LdmLab process that started this one)"
+                    : $"oneDNN ISA cap {user} (set by the user: {name})");
                 return user.ToUpperInvariant();
             }
         if (OperatingSystem.IsWindows()) return null;
@@ -110,6 +115,7 @@ public static class OneDnn
         }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { return null; }
         Environment.SetEnvironmentVariable("ONEDNN_MAX_CPU_ISA", DefaultIsaCap);   // child processes inherit it
+        Environment.SetEnvironmentVariable(CapMarker, DefaultIsaCap);            // … and know it was not the user's
         steps.Add($"oneDNN ISA cap {DefaultIsaCap} (ONEDNN_MAX_CPU_ISA; its AVX-512 kernels were wrong on one CPU)");
         return DefaultIsaCap;
     }
