@@ -52,7 +52,16 @@ public sealed record AutoencoderKLConfig
         return c;
     }
 
-    public JsonObject ToJson() => new()
+    /// <summary>config.json as diffusers v0.27.2 writes it; mid_block_add_attention (a later diffusers field) only when
+    /// false, since v0.27.2 ignores it and would build the attention anyway.</summary>
+    public JsonObject ToJson()
+    {
+        var o = Fields();
+        if (MidBlockAddAttention) o.Remove("mid_block_add_attention");
+        return o;
+    }
+
+    JsonObject Fields() => new()
     {
         ["_class_name"] = "AutoencoderKL",
         ["_diffusers_version"] = "0.27.2",

@@ -9,13 +9,12 @@ namespace LdmLab.Conditioning;
 /// The text normalisation CLIP's tokenizers apply before BPE (transformers' CLIPTokenizer and OpenAI's
 /// SimpleTokenizer both call ftfy.fix_text, then collapse whitespace and lower-case). This is the part of ftfy 6.1.1's
 /// default pipeline that changes prompts, written out: HTML entities unescaped unless the text contains '&lt;'
-/// (ftfy's "auto"), mojibake re-decoded (UTF-8 read as Windows-1252), Latin ligatures split, full-width characters
-/// narrowed, curly quotes straightened, control characters removed, NFC.
+/// (ftfy's "auto"), mojibake re-decoded (UTF-8 read as Windows-1252), Latin ligatures and digraphs split, full- and
+/// half-width forms normalised, curly quotes straightened, control characters removed, NFC. Checked against ftfy
+/// 6.1.1 through the tokenizer fixtures.
 /// </summary>
 public static partial class TextCleaner
 {
-    static TextCleaner() => Encoding.RegisterProvider(CodePagesEncodingProvider.Instance);
-
     /// <summary>ftfy.fix_text's effect on prompts, then whitespace runs → one space, trimmed, lower-cased.</summary>
     public static string Clean(string text)
     {
@@ -35,10 +34,10 @@ public static partial class TextCleaner
             int c = rune.Value;
             switch (c)
             {
-                case >= 0xFB00 and <= 0xFB06:                            // ﬀ ﬁ ﬂ ﬃ ﬄ ﬅ ﬆ
-                    sb.Append(rune.ToString().Normalize(NormalizationForm.FormKC)); break;
-                case >= 0xFF01 and <= 0xFF5E: sb.Append((char)(c - 0xFEE0)); break;   // full-width ASCII
+                case var l when Ligatures.TryGetValue(l, out var plain): sb.Append(plain); break;
                 case 0x3000: sb.Append(' '); break;                                     // ideographic space
+                case >= 0xFF01 and <= 0xFFEF:                                           // full- and half-width forms
+                    sb.Append(rune.ToString().Normalize(NormalizationForm.FormKC)); break;
                 case 0x02BC or (>= 0x2018 and <= 0x201B): sb.Append('\''); break;       // ‘ ’ ‚ ‛ ʼ
                 case >= 0x201C and <= 0x201F: sb.Append('"'); break;                    // “ ” „ ‟
                 case '\r': sb.Append('\n'); break;
@@ -51,52 +50,85 @@ public static partial class TextCleaner
         return sb.ToString().Normalize(NormalizationForm.FormC);
     }
 
+    /// <summary>ftfy's fix_latin_ligatures table: Dutch and Afrikaans ligatures, Serbo-Croatian digraphs, Latin
+    /// typographic ligatures (ﬅ becomes ſt, not NFKC's st).</summary>
+    static readonly Dictionary<int, string> Ligatures = new()
+    {
+        ['Ĳ'] = "IJ", ['ĳ'] = "ij", ['ŉ'] = "ʼn", ['Ǳ'] = "DZ", ['ǲ'] = "Dz", ['ǳ'] = "dz", ['Ǆ'] = "DŽ", ['ǅ'] = "Dž",
+        ['ǆ'] = "dž", ['Ǉ'] = "LJ", ['ǈ'] = "Lj", ['ǉ'] = "lj", ['Ǌ'] = "NJ", ['ǋ'] = "Nj", ['ǌ'] = "nj", ['ﬀ'] = "ff",
+        ['ﬁ'] = "fi", ['ﬂ'] = "fl", ['ﬃ'] = "ffi", ['ﬄ'] = "ffl", ['ﬅ'] = "ſt", ['ﬆ'] = "st",
+    };
+
     static bool IsRemovedControl(int c) =>
         (c < 0x20 && c is not ('\t' or '\n' or '\f')) || c == 0x7F || (c >= 0x80 && c <= 0x9F)
         || c is 0xFEFF or (>= 0xFFF9 and <= 0xFFFC) or (>= 0x206A and <= 0x206F);
 
     /// <summary>
-    /// UTF-8 text that was decoded as Windows-1252 ("cafÃ©") comes back ("café"): every maximal run of characters
-    /// that Windows-1252 can encode is re-encoded, and replaced when its bytes are valid UTF-8 with non-ASCII content.
-    /// Correct text never decodes that way (a lone é is 0xE9, not valid UTF-8), so it is left alone.
+    /// UTF-8 text that was decoded as Windows-1252 ("cafÃ©", "donâ€™t") comes back ("café", "don’t"): every complete
+    /// UTF-8 sequence spelled in Windows-1252 characters (a lead byte C2–F4 followed by the right number of
+    /// continuation bytes 80–BF) is replaced by the character it encodes. Bytes Windows-1252 leaves undefined (81, 8D,
+    /// 8F, 90, 9D) are read as the C1 characters Latin-1 gives them, as ftfy's "sloppy" codec does. An incomplete
+    /// sequence ("â€" whose last byte was lost) stays as it is; correct text has no such sequences (a lone é is E9,
+    /// not followed by two continuation bytes).
     /// </summary>
     static string FixMojibake(string text)
     {
-        var cp1252 = Encoding.GetEncoding(1252, EncoderFallback.ExceptionFallback, DecoderFallback.ExceptionFallback);
-        var utf8 = new UTF8Encoding(false, throwOnInvalidBytes: true);
         var sb = new StringBuilder(text.Length);
         int i = 0;
         while (i < text.Length)
         {
-            int j = i;
-            while (j < text.Length && Encodable(cp1252, text[j])) j++;
-            if (j > i)
+            int lead = SloppyByte(text[i]);
+            int length = lead switch { >= 0xC2 and <= 0xDF => 2, >= 0xE0 and <= 0xEF => 3, >= 0xF0 and <= 0xF4 => 4, _ => 0 };
+            if (length > 0 && i + length <= text.Length)
             {
-                var run = text[i..j];
-                sb.Append(run.Any(ch => ch > 0x7F) && TryRedecode(run, cp1252, utf8) is { } fixedRun ? fixedRun : run);
-                i = j;
+                var bytes = new byte[length];
+                bytes[0] = (byte)lead;
+                bool ok = true;
+                for (int k = 1; k < length && ok; k++)
+                {
+                    int b = SloppyByte(text[i + k]);
+                    ok = b is >= 0x80 and <= 0xBF;
+                    bytes[k] = (byte)b;
+                }
+                if (ok && TryUtf8(bytes) is { } decoded)
+                {
+                    sb.Append(decoded);
+                    i += length;
+                    continue;
+                }
             }
-            else sb.Append(text[i++]);
+            sb.Append(text[i++]);
         }
         return sb.ToString();
     }
 
-    static bool Encodable(Encoding cp1252, char c)
-    {
-        if (c < 0x80) return true;
-        if (char.IsSurrogate(c)) return false;
-        try { cp1252.GetByteCount([c]); return true; }
-        catch (EncoderFallbackException) { return false; }
-    }
+    static readonly Encoding Cp1252 = Windows1252();
 
-    static string? TryRedecode(string run, Encoding cp1252, Encoding utf8)
+    static Encoding Windows1252()
     {
+        Encoding.RegisterProvider(CodePagesEncodingProvider.Instance);   // .NET ships only UTF and Latin-1 by default
+        return Encoding.GetEncoding(1252, EncoderFallback.ExceptionFallback, DecoderFallback.ExceptionFallback);
+    }
+    static readonly UTF8Encoding StrictUtf8 = new(false, throwOnInvalidBytes: true);
+
+    /// <summary>The byte a character has in sloppy Windows-1252 (−1 if none).</summary>
+    static int SloppyByte(char c)
+    {
+        if (c < 0x80) return c;
+        if (c is '\u0081' or '\u008D' or '\u008F' or '\u0090' or '\u009D') return c;
+        if (char.IsSurrogate(c)) return -1;
         try
         {
-            var redecoded = utf8.GetString(cp1252.GetBytes(run));
-            return redecoded != run ? redecoded : null;
+            var b = Cp1252.GetBytes([c]);
+            return b.Length == 1 ? b[0] : -1;
         }
-        catch (Exception e) when (e is DecoderFallbackException or EncoderFallbackException or ArgumentException) { return null; }
+        catch (EncoderFallbackException) { return -1; }
+    }
+
+    static string? TryUtf8(byte[] bytes)
+    {
+        try { return StrictUtf8.GetString(bytes); }
+        catch (DecoderFallbackException) { return null; }
     }
 
     [GeneratedRegex(@"\s+")]

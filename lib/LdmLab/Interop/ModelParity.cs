@@ -21,8 +21,8 @@ public static class ModelParity
         var record = new Dictionary<string, Tensor>();
         var classLabels = r.GetValueOrDefault("class_labels");
         var sample = model.Forward(r["latents"], r["timesteps"], r["encoder_hidden_states"], classLabels, record);
-        Add(checks, $"{name}/sample", sample, r, "sample");
-        foreach (var (k, v) in record) Add(checks, $"{name}/intermediate.{k}", v, r, "intermediate." + k);
+        Parity.Compare(checks, $"{name}/sample", sample, r, "sample", Tolerance);
+        foreach (var (k, v) in record) Parity.Compare(checks, $"{name}/intermediate.{k}", v, r, "intermediate." + k, Tolerance);
         foreach (var key in r.Keys.Where(k => k.StartsWith("intermediate.") && !record.ContainsKey(k["intermediate.".Length..])))
             checks.Add(new ParityCheck($"{name}/{key}", double.PositiveInfinity, Tolerance, "not produced by LdmLab"));
         if (r.TryGetValue("sample_scalar_t500", out var scalarRef))
@@ -42,24 +42,17 @@ public static class ModelParity
         using var _ = no_grad();
         var record = new Dictionary<string, Tensor>();
         var q = vae.Encode(r["x"], record);
-        Add(checks, $"{name}/posterior_mean", q.Mean, r, "posterior_mean");
-        Add(checks, $"{name}/posterior_logvar", q.LogVar, r, "posterior_logvar");
-        Add(checks, $"{name}/posterior_std", q.Std, r, "posterior_std");
-        if (r.TryGetValue("posterior_sample_noise", out var noise)) Add(checks, $"{name}/posterior_sample", q.Sample(noise), r, "posterior_sample");
+        Parity.Compare(checks, $"{name}/posterior_mean", q.Mean, r, "posterior_mean", Tolerance);
+        Parity.Compare(checks, $"{name}/posterior_logvar", q.LogVar, r, "posterior_logvar", Tolerance);
+        Parity.Compare(checks, $"{name}/posterior_std", q.Std, r, "posterior_std", Tolerance);
+        if (r.TryGetValue("posterior_sample_noise", out var noise)) Parity.Compare(checks, $"{name}/posterior_sample", q.Sample(noise), r, "posterior_sample", Tolerance);
         var decoded = vae.Decode(q.Mean, record);
-        Add(checks, $"{name}/decode_of_mean", decoded, r, "decode_of_mean");
-        Add(checks, $"{name}/forward_sample_posterior_false", vae.Forward(r["x"]), r, "forward_sample_posterior_false");
-        foreach (var (k, v) in record) Add(checks, $"{name}/intermediate.{k}", v, r, "intermediate." + k);
+        Parity.Compare(checks, $"{name}/decode_of_mean", decoded, r, "decode_of_mean", Tolerance);
+        Parity.Compare(checks, $"{name}/forward_sample_posterior_false", vae.Forward(r["x"]), r, "forward_sample_posterior_false", Tolerance);
+        foreach (var (k, v) in record) Parity.Compare(checks, $"{name}/intermediate.{k}", v, r, "intermediate." + k, Tolerance);
         foreach (var key in r.Keys.Where(k => k.StartsWith("intermediate.") && !record.ContainsKey(k["intermediate.".Length..])))
             checks.Add(new ParityCheck($"{name}/{key}", double.PositiveInfinity, Tolerance, "not produced by LdmLab"));
         return checks;
-    }
-
-    static void Add(List<ParityCheck> checks, string name, Tensor ours, Dictionary<string, Tensor> r, string key)
-    {
-        if (!r.TryGetValue(key, out var reference)) return;
-        checks.Add(new ParityCheck(name, Parity.MaxAbsDiff(ours, reference), Tolerance,
-            ours.shape.SequenceEqual(reference.shape) ? null : $"shape [{string.Join(",", ours.shape)}] vs [{string.Join(",", reference.shape)}]"));
     }
 
     /// <summary>

@@ -68,6 +68,18 @@ public static class Parity
         return double.IsNaN(v) ? double.PositiveInfinity : v;
     }
 
+    /// <summary>
+    /// Adds the check of <paramref name="ours"/> against <paramref name="reference"/>[<paramref name="key"/>] (skipped
+    /// when the fixture does not record that tensor); a shape mismatch fails and is named.
+    /// </summary>
+    public static void Compare(List<ParityCheck> checks, string name, Tensor ours, IReadOnlyDictionary<string, Tensor> reference,
+        string key, double tolerance)
+    {
+        if (!reference.TryGetValue(key, out var b)) return;
+        checks.Add(new ParityCheck(name, MaxAbsDiff(ours, b), tolerance,
+            ours.shape.SequenceEqual(b.shape) ? null : $"shape [{string.Join(",", ours.shape)}] vs [{string.Join(",", b.shape)}]"));
+    }
+
     public static double MaxAbs(Tensor a) => a.numel() == 0 ? 0 : a.to_type(ScalarType.Float64).abs().max().item<double>();
 }
 
@@ -89,8 +101,8 @@ public static class SchedulerParity
             {
                 var s = NoiseSchedule.FromName(name, (int?)cfg?["num_train_timesteps"] ?? 1000,
                     (double?)cfg?["beta_start"] ?? 1e-4, (double?)cfg?["beta_end"] ?? 0.02);
-                Compare(checks, $"beta_schedules/{name}.betas", tensor(s.Betas), tensors, $"{name}.betas", 1e-7);
-                Compare(checks, $"beta_schedules/{name}.alphas_cumprod", tensor(s.AlphasCumprod), tensors, $"{name}.alphas_cumprod", 1e-6);
+                Parity.Compare(checks, $"beta_schedules/{name}.betas", tensor(s.Betas), tensors, $"{name}.betas", 1e-7);
+                Parity.Compare(checks, $"beta_schedules/{name}.alphas_cumprod", tensor(s.AlphasCumprod), tensors, $"{name}.alphas_cumprod", 1e-6);
             }
         }
         foreach (var (name, node) in json["trajectories"]?.AsObject() ?? [])
@@ -113,15 +125,15 @@ public static class SchedulerParity
         scheduler.SetTimesteps(steps);
 
         var refT = r["timesteps"].to_type(ScalarType.Float64);
-        Compare(checks, $"{name}/timesteps", tensor(scheduler.Timesteps), r, "timesteps", refT.dtype == ScalarType.Float64 && r["timesteps"].dtype == ScalarType.Int64 ? 0 : 1e-3);
+        Parity.Compare(checks, $"{name}/timesteps", tensor(scheduler.Timesteps), r, "timesteps", refT.dtype == ScalarType.Float64 && r["timesteps"].dtype == ScalarType.Int64 ? 0 : 1e-3);
         if (spec["init_noise_sigma"] is JsonNode ins)
             checks.Add(new ParityCheck($"{name}/init_noise_sigma", Math.Abs(scheduler.InitNoiseSigma - (double)ins), 1e-5 * Math.Max(1, (double)ins)));
-        Compare(checks, $"{name}/alphas_cumprod", tensor(scheduler.Schedule.AlphasCumprod), r, "alphas_cumprod", 1e-6);
+        Parity.Compare(checks, $"{name}/alphas_cumprod", tensor(scheduler.Schedule.AlphasCumprod), r, "alphas_cumprod", 1e-6);
         if (r.ContainsKey("sigmas"))
         {
             var sig = scheduler switch { SigmaScheduler e => e.Sigmas, DpmSolverMultistepScheduler d => d.Sigmas,
                 UniPcMultistepScheduler u => u.Sigmas, _ => [] };
-            Compare(checks, $"{name}/sigmas", tensor(sig), r, "sigmas", 1e-5 * Math.Max(1, Parity.MaxAbs(r["sigmas"])));
+            Parity.Compare(checks, $"{name}/sigmas", tensor(sig), r, "sigmas", 1e-5 * Math.Max(1, Parity.MaxAbs(r["sigmas"])));
         }
         if (scheduler.Timesteps.Length != r["timesteps"].shape[0])
         {
@@ -130,7 +142,7 @@ public static class SchedulerParity
         }
 
         var sample = r["noise"] * (float)scheduler.InitNoiseSigma;
-        Compare(checks, $"{name}/sample_init", sample, r, "sample_init", 1e-5 * Math.Max(1, Parity.MaxAbs(r["sample_init"])));
+        Parity.Compare(checks, $"{name}/sample_init", sample, r, "sample_init", 1e-5 * Math.Max(1, Parity.MaxAbs(r["sample_init"])));
         var diffs = new Dictionary<string, double>();
         void Track(string key, Tensor ours, int i)
         {
@@ -160,12 +172,5 @@ public static class SchedulerParity
         if (r.ContainsKey("pred_original_sample") && !diffs.ContainsKey("pred_original_sample"))
             checks.Add(new ParityCheck($"{name}/pred_original_sample", double.PositiveInfinity, 0, "this scheduler returned none"));
         return checks;
-    }
-
-    static void Compare(List<ParityCheck> checks, string name, Tensor ours, Dictionary<string, Tensor> reference, string key, double tol)
-    {
-        if (!reference.TryGetValue(key, out var b)) return;
-        checks.Add(new ParityCheck(name, Parity.MaxAbsDiff(ours, b), tol,
-            ours.shape.SequenceEqual(b.shape) ? null : $"shape [{string.Join(",", ours.shape)}] vs [{string.Join(",", b.shape)}]"));
     }
 }

@@ -50,8 +50,8 @@ public static class PipelineParity
         Ids("negative_input_ids", negative);
         var embeds = pipe.EncodePrompts([prompt]);
         var negativeEmbeds = pipe.EncodePrompts([negative]);
-        Add(checks, $"{name}/prompt_embeds", embeds, r, "prompt_embeds", ModelParity.Tolerance);
-        Add(checks, $"{name}/negative_prompt_embeds", negativeEmbeds, r, "negative_prompt_embeds", ModelParity.Tolerance);
+        Parity.Compare(checks, $"{name}/prompt_embeds", embeds, r, "prompt_embeds", ModelParity.Tolerance);
+        Parity.Compare(checks, $"{name}/negative_prompt_embeds", negativeEmbeds, r, "negative_prompt_embeds", ModelParity.Tolerance);
 
         var perStep = new List<Tensor>();
         var output = pipe.Generate(new GenerationOptions
@@ -68,23 +68,16 @@ public static class PipelineParity
         if (r.TryGetValue("latents_per_step", out var refSteps))
             checks.Add(new ParityCheck($"{name}/latents_per_step", Parity.MaxAbsDiff(stack(perStep), refSteps),
                 LatentTolerance, $"{perStep.Count} steps"));
-        Add(checks, $"{name}/latents_final", output.Latents, r, "latents_final", LatentTolerance);
+        Parity.Compare(checks, $"{name}/latents_final", output.Latents, r, "latents_final", LatentTolerance);
         using (no_grad())
         {
-            Add(checks, $"{name}/vae_decode", vae.Decode(output.Latents / vae.Config.ScalingFactor), r, "vae_decode", LatentTolerance);
+            Parity.Compare(checks, $"{name}/vae_decode", vae.Decode(output.Latents / vae.Config.ScalingFactor), r, "vae_decode", LatentTolerance);
             if (r.TryGetValue("latents_final", out var refFinal))
-                Add(checks, $"{name}/vae_decode_of_reference_latents", vae.Decode(refFinal / vae.Config.ScalingFactor), r, "vae_decode",
+                Parity.Compare(checks, $"{name}/vae_decode_of_reference_latents", vae.Decode(refFinal / vae.Config.ScalingFactor), r, "vae_decode",
                     ModelParity.Tolerance);
         }
-        Add(checks, $"{name}/image", output.Images, r, "image", ImageTolerance);
+        Parity.Compare(checks, $"{name}/image", output.Images, r, "image", ImageTolerance);
         foreach (var t in perStep) t.Dispose();
         return checks;
-    }
-
-    static void Add(List<ParityCheck> checks, string name, Tensor ours, Dictionary<string, Tensor> r, string key, double tol)
-    {
-        if (!r.TryGetValue(key, out var reference)) return;
-        checks.Add(new ParityCheck(name, Parity.MaxAbsDiff(ours, reference), tol,
-            ours.shape.SequenceEqual(reference.shape) ? null : $"shape [{string.Join(",", ours.shape)}] vs [{string.Join(",", reference.shape)}]"));
     }
 }

@@ -77,22 +77,15 @@ public static class TextParity
         {
             string suffix = idsKey["input_ids".Length..];
             var output = model.Forward(r[idsKey], outputHiddenStates: true);
-            Add(checks, $"{name}/last_hidden_state{suffix}", output.LastHiddenState, r, "last_hidden_state" + suffix);
-            Add(checks, $"{name}/pooler_output{suffix}", output.PooledOutput, r, "pooler_output" + suffix);
+            Parity.Compare(checks, $"{name}/last_hidden_state{suffix}", output.LastHiddenState, r, "last_hidden_state" + suffix, ModelParity.Tolerance);
+            Parity.Compare(checks, $"{name}/pooler_output{suffix}", output.PooledOutput, r, "pooler_output" + suffix, ModelParity.Tolerance);
             for (int i = 0; i < output.HiddenStates!.Count; i++)
-                Add(checks, $"{name}/hidden_states{suffix}.{i}", output.HiddenStates[i], r, $"hidden_states{suffix}.{i}");
+                Parity.Compare(checks, $"{name}/hidden_states{suffix}.{i}", output.HiddenStates[i], r, $"hidden_states{suffix}.{i}", ModelParity.Tolerance);
             foreach (var key in r.Keys.Where(k => k.StartsWith($"hidden_states{suffix}.") &&
                          int.TryParse(k[$"hidden_states{suffix}.".Length..], out var layer) && layer >= output.HiddenStates.Count))
                 checks.Add(new ParityCheck($"{name}/{key}", double.PositiveInfinity, ModelParity.Tolerance, "not produced by LdmLab"));
         }
         if (checks.Count == 0) throw new ParityFormatException($"{dir}: tensors.safetensors holds no input_ids*");
         return checks;
-    }
-
-    static void Add(List<ParityCheck> checks, string name, Tensor ours, Dictionary<string, Tensor> r, string key)
-    {
-        if (!r.TryGetValue(key, out var reference)) return;
-        checks.Add(new ParityCheck(name, Parity.MaxAbsDiff(ours, reference), ModelParity.Tolerance,
-            ours.shape.SequenceEqual(reference.shape) ? null : $"shape [{string.Join(",", ours.shape)}] vs [{string.Join(",", reference.shape)}]"));
     }
 }
