@@ -221,7 +221,8 @@ public sealed class ClipTextModel : nn.Module
     public ClipTextOutput Forward(Tensor inputIds, bool outputHiddenStates = false)
     {
         if (inputIds.dim() != 2 || inputIds.dtype != ScalarType.Int64)
-            throw new ArgumentException($"input ids must be [batch, tokens] int64, got [{string.Join(",", inputIds.shape)}] {inputIds.dtype}", nameof(inputIds));
+            throw new ArgumentException(
+                $"input ids must be [batch, tokens] int64, got [{string.Join(",", inputIds.shape)}] {inputIds.dtype}", nameof(inputIds));
         if (inputIds.shape[1] > Config.MaxPositionEmbeddings)
             throw new ArgumentException($"{inputIds.shape[1]} tokens exceed max_position_embeddings {Config.MaxPositionEmbeddings} " +
                                         "(truncate, or encode long prompts in chunks: ClipTokenizer.EncodeChunks)", nameof(inputIds));

@@ -45,7 +45,8 @@ public static class ModelParity
         Parity.Compare(checks, $"{name}/posterior_mean", q.Mean, r, "posterior_mean", Tolerance);
         Parity.Compare(checks, $"{name}/posterior_logvar", q.LogVar, r, "posterior_logvar", Tolerance);
         Parity.Compare(checks, $"{name}/posterior_std", q.Std, r, "posterior_std", Tolerance);
-        if (r.TryGetValue("posterior_sample_noise", out var noise)) Parity.Compare(checks, $"{name}/posterior_sample", q.Sample(noise), r, "posterior_sample", Tolerance);
+        if (r.TryGetValue("posterior_sample_noise", out var noise))
+            Parity.Compare(checks, $"{name}/posterior_sample", q.Sample(noise), r, "posterior_sample", Tolerance);
         var decoded = vae.Decode(q.Mean, record);
         Parity.Compare(checks, $"{name}/decode_of_mean", decoded, r, "decode_of_mean", Tolerance);
         Parity.Compare(checks, $"{name}/forward_sample_posterior_false", vae.Forward(r["x"]), r, "forward_sample_posterior_false", Tolerance);

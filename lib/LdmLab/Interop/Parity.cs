@@ -125,7 +125,8 @@ public static class SchedulerParity
         scheduler.SetTimesteps(steps);
 
         var refT = r["timesteps"].to_type(ScalarType.Float64);
-        Parity.Compare(checks, $"{name}/timesteps", tensor(scheduler.Timesteps), r, "timesteps", refT.dtype == ScalarType.Float64 && r["timesteps"].dtype == ScalarType.Int64 ? 0 : 1e-3);
+        bool integerTimesteps = refT.dtype == ScalarType.Float64 && r["timesteps"].dtype == ScalarType.Int64;
+        Parity.Compare(checks, $"{name}/timesteps", tensor(scheduler.Timesteps), r, "timesteps", integerTimesteps ? 0 : 1e-3);
         if (spec["init_noise_sigma"] is JsonNode ins)
             checks.Add(new ParityCheck($"{name}/init_noise_sigma", Math.Abs(scheduler.InitNoiseSigma - (double)ins), 1e-5 * Math.Max(1, (double)ins)));
         Parity.Compare(checks, $"{name}/alphas_cumprod", tensor(scheduler.Schedule.AlphasCumprod), r, "alphas_cumprod", 1e-6);

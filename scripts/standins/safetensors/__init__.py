@@ -1,0 +1,2 @@
+# stand-in for the safetensors package (its Rust core is not installable here): plain-Python file I/O
+from . import torch
