@@ -31,11 +31,17 @@ public static class Sampling
         scheduler.SetTimesteps(steps);
         int start = scheduler.StartIndexForStrength(strength);
         if (start >= scheduler.Timesteps.Length) return x0.clone();
-        if (scheduler is SigmaScheduler e) e.SetBeginIndex(start);
-        var t = scheduler.Timesteps[start];
         Tensor x;
-        if (scheduler is SigmaScheduler eu) x = x0 + noise * eu.Sigmas[start];
-        else x = scheduler.Schedule.AddNoise(x0, noise, full(x0.shape[0], (long)t, dtype: ScalarType.Int64));
+        if (scheduler is SigmaScheduler sigma)
+        {
+            sigma.SetBeginIndex(start);
+            x = x0 + noise * sigma.Sigmas[start];                       // σ-space: x = x_0 + σ ε
+        }
+        else
+        {
+            var t = full(x0.shape[0], (long)scheduler.Timesteps[start], dtype: ScalarType.Int64);
+            x = scheduler.Schedule.AddNoise(x0, noise, t);                 // x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε
+        }
         return Run(scheduler, model, x.DetachFromDisposeScope(), start, callback, null);
     }
 

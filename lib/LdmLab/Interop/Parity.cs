@@ -31,12 +31,13 @@ public static class Parity
         var config = Path.Combine(dir, "config.json");
         if (File.Exists(config))
         {
-            var cls = (string?)PyJson.ParseFile(config)?["_class_name"];
+            var json = PyJson.ParseFile(config);
+            var cls = (string?)json?["_class_name"];
             return cls switch
             {
                 "UNet2DConditionModel" => ModelParity.CheckUNet(dir),
                 "AutoencoderKL" => ModelParity.CheckVae(dir),
-                null when PyJson.ParseFile(config)?["model_type"]?.ToString() == "clip_text_model" => TextParity.CheckTextModel(dir),
+                null when json?["model_type"]?.ToString() == "clip_text_model" => TextParity.CheckTextModel(dir),
                 _ => throw new ParityFormatException($"{dir}: parity for {cls ?? "this model"} is not implemented yet"),
             };
         }

@@ -142,7 +142,11 @@ public sealed class StableDiffusionPipeline
                 throw new ArgumentException($"latents must be [{string.Join(", ", shape)}], got [{string.Join(", ", given.shape)}]");
             noise = given.to(Device);
         }
-        else noise = Draw(shape, o);
+        else
+        {
+            using var seeded = SeededGenerator(o);
+            noise = randn(shape, generator: o.Generator ?? seeded).to(Device);
+        }
         var scheduler = NewScheduler();
         if (scheduler is DdimScheduler ddim) ddim.Eta = o.Eta;
         var latents = Sampling.Sample(scheduler, Denoiser(cond, uncond, o.GuidanceScale), noise, o.Steps, Callback(o));
@@ -163,7 +167,8 @@ public sealed class StableDiffusionPipeline
             throw new ArgumentException($"image must be [{cond.shape[0]}, {Vae.Config.InChannels}, H, W] in [-1, 1], " +
                                         $"got [{string.Join(", ", image.shape)}]");
         var posterior = Vae.Encode(image.to(Device));
-        var gen = Generator(o);
+        using var seeded = SeededGenerator(o);
+        var gen = o.Generator ?? seeded;
         var x0 = posterior.Sample(randn(posterior.Mean.shape, generator: gen).to(Device)) * Vae.Config.ScalingFactor;
         var noise = randn(x0.shape, generator: gen).to(Device);
         var scheduler = NewScheduler();
@@ -195,10 +200,9 @@ public sealed class StableDiffusionPipeline
     static Action<SamplingStep>? Callback(GenerationOptions o) =>
         o.Callback is null ? null : s => o.Callback(new PipelineStep(s.Index, s.Timestep, s.PrevSample, s.PredOriginalSample));
 
-    static Generator? Generator(GenerationOptions o) =>
-        o.Generator ?? (o.Seed is long seed ? new Generator((ulong)seed) : null);
-
-    Tensor Draw(long[] shape, GenerationOptions o) => randn(shape, generator: Generator(o)).to(Device);
+    /// <summary>A CPU generator for <see cref="GenerationOptions.Seed"/> when no generator was passed (the caller disposes it).</summary>
+    static Generator? SeededGenerator(GenerationOptions o) =>
+        o.Generator is null && o.Seed is long seed ? new Generator((ulong)seed) : null;
 
     /// <summary>Latents → images in [0, 1]: decode(z / scaling_factor), then (x/2 + 0.5) clamped.</summary>
     public Tensor Decode(Tensor latents)

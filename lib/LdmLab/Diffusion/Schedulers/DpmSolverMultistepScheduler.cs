@@ -77,7 +77,7 @@ public sealed class DpmSolverMultistepScheduler : Scheduler
     public override StepOutput Step(Tensor modelOutput, double timestep, Tensor sample, Tensor? noise = null)
     {
         if (NumInferenceSteps == 0) throw new InvalidOperationException("call SetTimesteps before Step");
-        int i = _stepIndex ??= IndexFor(timestep);
+        int i = _stepIndex ??= IndexOfTimestep(timestep, lastIfMissing: true);
         int n = Timesteps.Length;
         bool lowerOrderFinal = i == n - 1 && (Config.EulerAtFinal || (Config.LowerOrderFinal && n < 15) || Config.FinalSigmasType == "zero");
         bool lowerOrderSecond = i == n - 2 && Config.LowerOrderFinal && n < 15;
@@ -95,12 +95,6 @@ public sealed class DpmSolverMultistepScheduler : Scheduler
         if (_lowerOrderNums < Config.SolverOrder) _lowerOrderNums++;
         _stepIndex = i + 1;
         return new StepOutput(prev, Config.AlgorithmType == "dpmsolver++" ? m : null);
-    }
-
-    int IndexFor(double timestep)
-    {
-        var matches = Enumerable.Range(0, Timesteps.Length).Where(k => Timesteps[k] == timestep).ToList();
-        return matches.Count == 0 ? Timesteps.Length - 1 : matches.Count > 1 ? matches[1] : matches[0];
     }
 
     Tensor FirstOrder(Tensor m, Tensor x, int i)

@@ -13,10 +13,7 @@ public sealed class EulerAncestralScheduler(SchedulerConfig config) : SigmaSched
     public override void SetTimesteps(int n)
     {
         var (ts, sigmas) = SigmaTimesteps(n, karrasSupported: false);
-        NumInferenceSteps = n;
-        Sigmas = sigmas.Select(s => (double)(float)s).Append(0.0).ToArray();
-        Timesteps = ts.Select(t => (double)(float)t).ToArray();
-        ResetStepIndex();
+        UseSchedule(n, ts, sigmas);
     }
 
     /// <param name="noise">z of this step (drawn from torch's RNG when null); the fixtures record it as step_noise.</param>

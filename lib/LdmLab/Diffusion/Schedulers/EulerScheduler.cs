@@ -17,12 +17,9 @@ public sealed class EulerScheduler : SigmaScheduler
     public override void SetTimesteps(int n)
     {
         var (ts, sigmas) = SigmaTimesteps(n);
-        NumInferenceSteps = n;
         if (Config.TimestepType == "continuous" && Config.PredictionType == "v_prediction")
             ts = sigmas.Select(s => 0.25 * Math.Log(s)).ToArray();
-        Sigmas = sigmas.Select(s => (double)(float)s).Append(0.0).ToArray();
-        Timesteps = ts.Select(t => (double)(float)t).ToArray();
-        ResetStepIndex();
+        UseSchedule(n, ts, sigmas);
     }
 
     public override StepOutput Step(Tensor modelOutput, double timestep, Tensor sample, Tensor? noise = null) =>

@@ -22,14 +22,12 @@ public sealed class HeunScheduler(SchedulerConfig config) : SigmaScheduler(confi
     public override void SetTimesteps(int n)
     {
         var (ts, sigmas) = SigmaTimesteps(n);
-        NumInferenceSteps = n;
-        var s = sigmas.Select(v => (double)(float)v).Append(0.0).ToArray();
+        UseSchedule(n, ts, sigmas);
         // [σ_0, σ_1, σ_1, …, σ_{n−1}, σ_{n−1}, 0] and [t_0, t_1, t_1, …, t_{n−1}, t_{n−1}]
+        var s = Sigmas;
         Sigmas = s.Take(1).Concat(s[1..^1].SelectMany(v => new[] { v, v })).Append(s[^1]).ToArray();
-        var t = ts.Select(v => (double)(float)v).ToArray();
-        Timesteps = t.Take(1).Concat(t[1..].SelectMany(v => new[] { v, v })).ToArray();
+        Timesteps = Timesteps.Take(1).Concat(Timesteps[1..].SelectMany(v => new[] { v, v })).ToArray();
         ClearState();
-        ResetStepIndex();
     }
 
     void ClearState()

@@ -19,12 +19,9 @@ public sealed class LmsScheduler(SchedulerConfig config) : SigmaScheduler(config
     public override void SetTimesteps(int n)
     {
         var (ts, sigmas) = SigmaTimesteps(n);
-        NumInferenceSteps = n;
-        Sigmas = sigmas.Select(s => (double)(float)s).Append(0.0).ToArray();
-        Timesteps = ts.Select(t => (double)(float)t).ToArray();
+        UseSchedule(n, ts, sigmas);
         foreach (var d in _derivatives) d.Dispose();
         _derivatives.Clear();
-        ResetStepIndex();
     }
 
     static readonly double[] GaussNodes = [-0.8611363115940526, -0.3399810435848563, 0.3399810435848563, 0.8611363115940526];

@@ -63,6 +63,21 @@ public abstract class Scheduler
         };
     }
 
+    /// <summary>
+    /// The index of a timestep in <see cref="Timesteps"/>, as diffusers' index_for_timestep: a repeated timestep (Heun,
+    /// img2img restarts) maps to its second occurrence; one that is not in the list is an error naming it, or, for the
+    /// multistep solvers that diffusers lets fall back, the last index (<paramref name="lastIfMissing"/>).
+    /// </summary>
+    protected int IndexOfTimestep(double timestep, bool lastIfMissing = false)
+    {
+        var matches = Enumerable.Range(0, Timesteps.Length).Where(i => Timesteps[i] == timestep).Take(2).ToList();
+        if (matches.Count == 0)
+            return lastIfMissing ? Timesteps.Length - 1
+                : throw new ArgumentException($"timestep {timestep} is not one of this scheduler's timesteps " +
+                                              "(call SetTimesteps, and pass the values of Timesteps)", nameof(timestep));
+        return matches[^1];
+    }
+
     /// <summary>numpy.arange(start, stop, step) for a negative step.</summary>
     protected static IEnumerable<double> Arange(double start, double stop, double step) => SigmaMath.Arange(start, stop, step);
 

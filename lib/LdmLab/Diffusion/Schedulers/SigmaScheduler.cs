@@ -62,27 +62,27 @@ public abstract class SigmaScheduler : Scheduler
         return (ts, sigmas);
     }
 
-    /// <summary>Clears the step counter (SetTimesteps calls it).</summary>
-    protected void ResetStepIndex() { _stepIndex = null; _beginIndex = null; }
+    /// <summary>
+    /// Installs a schedule: timesteps and σ in float32 (as diffusers' tensors), the final σ = 0 appended, the step
+    /// counter cleared. Every σ-scheduler's SetTimesteps ends here.
+    /// </summary>
+    protected void UseSchedule(int n, double[] timesteps, double[] sigmas)
+    {
+        NumInferenceSteps = n;
+        Sigmas = sigmas.Select(s => (double)(float)s).Append(0.0).ToArray();
+        Timesteps = timesteps.Select(t => (double)(float)t).ToArray();
+        _stepIndex = null;
+        _beginIndex = null;
+    }
 
     /// <summary>For img2img: start stepping at this index instead of looking the timestep up.</summary>
     public void SetBeginIndex(int index) => _beginIndex = index;
-
-    /// <summary>Step 3: the index for a timestep; a repeated timestep (Heun) maps to its second occurrence.</summary>
-    int IndexFor(double timestep)
-    {
-        var matches = Enumerable.Range(0, Timesteps.Length).Where(i => Timesteps[i] == timestep).ToList();
-        if (matches.Count == 0)
-            throw new ArgumentException($"timestep {timestep} is not one of this scheduler's timesteps " +
-                                        "(call SetTimesteps, and pass the values of Timesteps)", nameof(timestep));
-        return matches.Count > 1 ? matches[1] : matches[0];
-    }
 
     /// <summary>The current step index (initialised from the timestep on first use).</summary>
     protected int CurrentIndex(double timestep)
     {
         if (NumInferenceSteps == 0) throw new InvalidOperationException("call SetTimesteps before ScaleModelInput or Step");
-        return _stepIndex ??= _beginIndex ?? IndexFor(timestep);
+        return _stepIndex ??= _beginIndex ?? IndexOfTimestep(timestep);   // step 3
     }
 
     /// <summary>Advances the step counter (end of every Step).</summary>

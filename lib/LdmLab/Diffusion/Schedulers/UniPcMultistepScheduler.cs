@@ -69,7 +69,7 @@ public sealed class UniPcMultistepScheduler : Scheduler
     public override StepOutput Step(Tensor modelOutput, double timestep, Tensor sample, Tensor? noise = null)
     {
         if (NumInferenceSteps == 0) throw new InvalidOperationException("call SetTimesteps before Step");
-        int i = _stepIndex ??= IndexFor(timestep);
+        int i = _stepIndex ??= IndexOfTimestep(timestep, lastIfMissing: true);
         var m = Convert(modelOutput, sample, i);
         // 1. corrector (UniC) for the previous predictor step, with this step's model output
         if (i > 0 && !Config.DisableCorrector.Contains(i - 1) && _lastSample is not null)
@@ -176,12 +176,5 @@ public sealed class UniPcMultistepScheduler : Scheduler
             x[c] /= m[c, c];
         }
         return x;
-    }
-
-    /// <summary>diffusers: a timestep not in the list maps to the last index; a repeated one to its second match.</summary>
-    int IndexFor(double timestep)
-    {
-        var matches = Enumerable.Range(0, Timesteps.Length).Where(k => Timesteps[k] == timestep).ToList();
-        return matches.Count == 0 ? Timesteps.Length - 1 : matches.Count > 1 ? matches[1] : matches[0];
     }
 }
