@@ -4,7 +4,7 @@ settings the published folder does not cover: other spacings, Karras σ, v-predi
 predict_x0=False and disabled correctors. The reference is diffusers itself, imported from a source checkout:
 
     PYTHONPATH=<diffusers v0.27.2>/src:<dir with a huggingface_hub stand-in> /usr/bin/python3 \\
-        scripts/make_scheduler_fixtures.py OUT_DIR
+        scripts/make_scheduler_fixtures.py OUT_DIR [settings|class-defaults]
 
 (Debian's python3-torch 1.13, python3-scipy, python3-tqdm, python3-pil, python3-regex, python3-filelock,
 python3-importlib-metadata; huggingface_hub is imported by diffusers at module level but never used by a
@@ -42,6 +42,25 @@ RUNS = {
 }
 BASE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 
+# Every class with nothing but its own defaults (DDIM and DDPM clip x̂_0 by default, DDIM leaves ε̂ unclipped unless
+# use_clipped_model_output), plus the two step options and zero-SNR rescaling where diffusers patches ᾱ_T.
+CLASS_DEFAULTS = {
+    "ddim_defaults_10": ("DDIMScheduler", {}, 10, {}),
+    "ddim_defaults_clipped_output_10": ("DDIMScheduler", {}, 10, {"use_clipped_model_output": True}),
+    "ddim_defaults_eta_10": ("DDIMScheduler", {}, 10, {"eta": 0.7}),
+    "ddpm_defaults_10": ("DDPMScheduler", {}, 10, {}),
+    "pndm_defaults_10": ("PNDMScheduler", {}, 10, {}),
+    "euler_defaults_10": ("EulerDiscreteScheduler", {}, 10, {}),
+    "euler_ancestral_defaults_10": ("EulerAncestralDiscreteScheduler", {}, 10, {}),
+    "euler_ancestral_zero_snr_10": ("EulerAncestralDiscreteScheduler",
+                                    {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}, 10, {}),
+    "heun_defaults_10": ("HeunDiscreteScheduler", {}, 10, {}),
+    "lms_defaults_10": ("LMSDiscreteScheduler", {}, 10, {}),
+    "dpmsolver_defaults_10": ("DPMSolverMultistepScheduler", {}, 10, {}),
+    "unipc_defaults_10": ("UniPCMultistepScheduler", {}, 10, {}),
+}
+SETS = {"settings": (RUNS, BASE), "class-defaults": (CLASS_DEFAULTS, {})}
+
 
 def save(path, tensors):
     header, blobs, offset = {}, [], 0
@@ -58,21 +77,22 @@ def save(path, tensors):
         f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
-def run(cls_name, overrides, steps, step_kwargs):
+def run(cls_name, overrides, steps, step_kwargs, base):
     cls = getattr(diffusers, cls_name)
-    s = cls(**{**BASE, **overrides})
+    s = cls(**{**base, **overrides})
     s.set_timesteps(steps)
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     sample = noise * s.init_noise_sigma
     out = {"noise": noise, "sample_init": sample.clone(), "alphas_cumprod": s.alphas_cumprod.float()}
     gen = torch.Generator().manual_seed(77)
     rec = {"model_input": [], "model_output": [], "prev_sample": [], "pred_original_sample": [], "step_noise": []}
-    ancestral = cls_name == "EulerAncestralDiscreteScheduler"
+    # the steps that draw noise get a generator; the noise each draws is recorded as step_noise
+    stochastic = cls_name in ("EulerAncestralDiscreteScheduler", "DDPMScheduler") or step_kwargs.get("eta", 0) > 0
     for t in s.timesteps:
         x = s.scale_model_input(sample, t)
         eps = 0.1 * x + torch.tensor(0.05 * math.sin(float(t) / 100), dtype=torch.float32)
         kwargs = dict(step_kwargs)
-        if ancestral:
+        if stochastic:
             state = gen.get_state()
             rec["step_noise"].append(torch.randn(sample.shape, generator=gen))
             gen.set_state(state)
@@ -86,23 +106,25 @@ def run(cls_name, overrides, steps, step_kwargs):
         if v and all(e is not None for e in v):
             out[k] = torch.stack(v)
     out["timesteps"] = s.timesteps.clone() if s.timesteps.dtype == torch.int64 else s.timesteps.float()
-    out["sigmas"] = s.sigmas.float()
+    if hasattr(s, "sigmas"):
+        out["sigmas"] = s.sigmas.float()
     spec = {"class": cls_name, "config": dict(s.config), "num_inference_steps": steps,
             "init_noise_sigma": float(s.init_noise_sigma), "noise_seed": 0}
     spec["config"] = {k: v for k, v in spec["config"].items() if not k.startswith("_")}
     if step_kwargs:
         spec["step_kwargs"] = step_kwargs
-    if ancestral:
+    if stochastic:
         spec["generator_seed"] = 77
     return spec, out
 
 
 def main():
     out_dir = sys.argv[1]
+    runs, base = SETS[sys.argv[2] if len(sys.argv) > 2 else "settings"]
     os.makedirs(out_dir, exist_ok=True)
     trajectories = {}
-    for name, (cls, overrides, steps, kwargs) in RUNS.items():
-        spec, tensors = run(cls, overrides, steps, kwargs)
+    for name, (cls, overrides, steps, kwargs) in runs.items():
+        spec, tensors = run(cls, overrides, steps, kwargs, base)
         save(os.path.join(out_dir, name + ".safetensors"), tensors)
         trajectories[name] = spec
     meta = {"versions": {"torch": torch.__version__, "numpy": np.__version__, "diffusers": diffusers.__version__},

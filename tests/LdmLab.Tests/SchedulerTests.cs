@@ -196,10 +196,9 @@ public class SchedulerSettingsTests
         }
         s.SetTimesteps(25);
         var x = randn(1, 4, 8, 8).to_type(ScalarType.Float64) * s.InitNoiseSigma;
-        var prev = x;
         foreach (var t in s.Timesteps)
         {
-            var output = Perfect(s.ScaleModelInput(x, t), t, cls == "EulerDiscreteScheduler" ? x : x);
+            var output = Perfect(s.ScaleModelInput(x, t), t, x);
             x = s.Step(output, t, x).PrevSample;
         }
         double err = Parity.MaxAbsDiff(x, x0);
@@ -269,5 +268,135 @@ public class SamplingScopeTests
         var y = noise * s.InitNoiseSigma;
         foreach (var t in s.Timesteps) y = s.Step(SchedulerParity.FakeModel(s.ScaleModelInput(y, t), t), t, y).PrevSample;
         Assert.True(Parity.MaxAbsDiff(viaLoop, y) < 1e-6);
+    }
+}
+
+/// <summary>
+/// Every scheduler class built from an empty config (its class defaults) against diffusers' own class defaults
+/// (fixtures/schedulers-class-defaults, made by scripts/make_scheduler_fixtures.py), and parity's per-entry reports.
+/// </summary>
+public class SchedulerClassDefaultsTests
+{
+    static string Dir => Path.Combine(AppContext.BaseDirectory, "fixtures", "schedulers-class-defaults");
+
+    /// <summary>A copy of the folder whose configs hold only what each run set (the rest must come from the class).</summary>
+    static string WithOnlyOverrides()
+    {
+        var dir = Directory.CreateTempSubdirectory("ldmlab-defaults-").FullName;
+        foreach (var f in Directory.GetFiles(Dir)) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        var json = PyJson.ParseFile(Path.Combine(dir, "schedulers.json"))!;
+        foreach (var (name, spec) in json["trajectories"]!.AsObject())
+            spec!["config"] = name == "euler_ancestral_zero_snr_10"
+                ? new JsonObject { ["rescale_betas_zero_snr"] = true, ["timestep_spacing"] = "trailing" }
+                : new JsonObject();
+        File.WriteAllText(Path.Combine(dir, "schedulers.json"), json.ToJsonString());
+        return dir;
+    }
+
+    [Fact]
+    public void Every_class_from_an_empty_config_matches_diffusers_class_defaults()
+    {
+        TorchRuntime.Setup();
+        var dir = WithOnlyOverrides();
+        try
+        {
+            var checks = Parity.CheckFolder(dir);
+            Assert.All(checks, c => Assert.True(c.Passed, c.ToString()));
+            foreach (var cls in new[] { "ddim_defaults_10", "ddim_defaults_clipped_output_10", "ddim_defaults_eta_10",
+                         "ddpm_defaults_10", "pndm_defaults_10", "euler_defaults_10", "euler_ancestral_defaults_10",
+                         "euler_ancestral_zero_snr_10", "heun_defaults_10", "lms_defaults_10", "dpmsolver_defaults_10",
+                         "unipc_defaults_10" })
+                Assert.Contains(checks, c => c.Name == $"{cls}/prev_sample");
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Fact]
+    public void Ddim_clips_x0_but_keeps_the_models_epsilon_unless_told()
+    {
+        TorchRuntime.Setup();
+        var plain = SafeTensors.Load(Path.Combine(Dir, "ddim_defaults_10.safetensors"));
+        var clipped = SafeTensors.Load(Path.Combine(Dir, "ddim_defaults_clipped_output_10.safetensors"));
+        // the fixture discriminates: x̂_0 leaves [−1, 1] and the two options end far apart
+        Assert.True(Parity.MaxAbs(plain["pred_original_sample"]) <= 1.0 + 1e-6);
+        Assert.True(Parity.MaxAbsDiff(plain["prev_sample"], clipped["prev_sample"]) > 1.0);
+
+        var s = (DdimScheduler)Scheduler.Create("DDIMScheduler", new JsonObject());
+        Assert.True(s.Config.ClipSample);
+        Assert.False(s.UseClippedModelOutput);
+        s.SetTimesteps(10);
+        double t = s.Timesteps[0];
+        var x = plain["sample_init"];
+        var output = SchedulerParity.FakeModel(x, t);
+        var ours = s.Step(output, t, x).PrevSample;
+        Assert.True(Parity.MaxAbsDiff(ours, plain["prev_sample"][0]) < 1e-5);
+        s.UseClippedModelOutput = true;
+        Assert.True(Parity.MaxAbsDiff(s.Step(output, t, x).PrevSample, clipped["prev_sample"][0]) < 1e-5);
+    }
+
+    [Fact]
+    public void Zero_snr_is_ignored_where_diffusers_has_no_such_option_and_patched_where_it_does()
+    {
+        var on = new JsonObject { ["rescale_betas_zero_snr"] = true };
+        foreach (var cls in new[] { "HeunDiscreteScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "UniPCMultistepScheduler" })
+            Assert.Equal(Scheduler.Create(cls, new JsonObject()).Schedule.AlphasCumprod, Scheduler.Create(cls, on).Schedule.AlphasCumprod);
+        foreach (var cls in new[] { "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler" })
+            Assert.Equal(MathF.Pow(2, -24), Scheduler.Create(cls, on).Schedule.AlphasCumprod[^1]);
+        Assert.Equal(0f, Scheduler.Create("DDIMScheduler", on).Schedule.AlphasCumprod[^1]);
+    }
+
+    [Fact]
+    public void One_spacing_rule_for_every_scheduler()
+    {
+        Assert.Equal([900, 800, 700, 600, 500, 400, 300, 200, 100, 0],
+            TimestepSpacing.DescendingIntegers("leading", 1000, 10, 0));
+        Assert.Equal([999, 899, 799, 699, 599, 499, 399, 299, 199, 99],
+            TimestepSpacing.DescendingIntegers("trailing", 1000, 10, 0));
+        Assert.Equal([999, 888, 777, 666, 555, 444, 333, 222, 111, 0],
+            TimestepSpacing.DescendingIntegers("linspace", 1000, 10, 0));
+        var e = Assert.Throws<NotSupportedException>(() => TimestepSpacing.Descending("uniform", 1000, 10, 0));
+        Assert.Contains("linspace, leading, trailing", e.Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => TimestepSpacing.Descending("leading", 1000, 1001, 0));
+        // the integer schedulers and PNDM use the same rule (PNDM ascending before its own reordering)
+        foreach (var cls in new[] { "DDIMScheduler", "DDPMScheduler" })
+        {
+            var s = Scheduler.Create(cls, new JsonObject { ["timestep_spacing"] = "trailing" });
+            s.SetTimesteps(10);
+            Assert.Equal(TimestepSpacing.DescendingIntegers("trailing", 1000, 10, 0).Select(v => (double)v), s.Timesteps);
+        }
+    }
+
+    [Fact]
+    public void A_folder_with_entries_parity_cannot_build_reports_each_and_checks_the_rest()
+    {
+        TorchRuntime.Setup();
+        var dir = Directory.CreateTempSubdirectory("ldmlab-badentries-").FullName;
+        try
+        {
+            var src = Path.Combine(AppContext.BaseDirectory, "fixtures", "schedulers");
+            foreach (var f in Directory.GetFiles(src)) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+            var json = PyJson.ParseFile(Path.Combine(dir, "schedulers.json"))!;
+            var trajectories = json["trajectories"]!.AsObject();
+            trajectories["made_up"] = new JsonObject { ["class"] = "MadeUpScheduler", ["config"] = new JsonObject(),
+                ["num_inference_steps"] = 5 };
+            trajectories["no_file"] = trajectories["ddim_50"]!.DeepClone();
+            trajectories["bad_field"] = trajectories["ddim_50"]!.DeepClone();
+            trajectories["bad_field"]!["config"]!["thresholding"] = true;
+            File.Copy(Path.Combine(dir, "ddim_50.safetensors"), Path.Combine(dir, "bad_field.safetensors"));
+            File.Copy(Path.Combine(dir, "ddim_50.safetensors"), Path.Combine(dir, "made_up.safetensors"));
+            json["beta_schedules"]!["exotic_schedule"] = new JsonObject();
+            File.WriteAllText(Path.Combine(dir, "schedulers.json"), json.ToJsonString());
+
+            var checks = Parity.CheckFolder(dir);
+            ParityCheck Only(string name) => Assert.Single(checks, c => c.Name == name);
+            Assert.Contains("MadeUpScheduler", Only("made_up").Note);
+            Assert.Contains("no_file.safetensors", Only("no_file").Note);
+            Assert.Contains("thresholding", Only("bad_field").Note);
+            Assert.Contains("exotic_schedule", Only("beta_schedules/exotic_schedule").Note);
+            Assert.Equal(4, checks.Count(c => !c.Passed));
+            Assert.Contains(checks, c => c.Name == "pndm_50/prev_sample" && c.Passed);
+            Assert.Contains(checks, c => c.Name == "beta_schedules/linear.betas" && c.Passed);
+        }
+        finally { Directory.Delete(dir, true); }
     }
 }

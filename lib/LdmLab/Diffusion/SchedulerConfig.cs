@@ -40,9 +40,14 @@ public sealed record SchedulerConfig
     public NoiseSchedule Schedule() =>
         NoiseSchedule.FromName(BetaSchedule, NumTrainTimesteps, BetaStart, BetaEnd, RescaleBetasZeroSnr, TrainedBetas);
 
-    /// <summary>Reads a diffusers scheduler_config.json object; unknown keys are ignored, unsupported values rejected.</summary>
-    public static SchedulerConfig FromJson(JsonObject o, string defaultSpacing = "leading", bool defaultClipSample = false)
+    /// <summary>
+    /// Reads a diffusers scheduler_config.json object; a missing key takes the value of <paramref name="classDefaults"/>
+    /// (the scheduler class's own defaults, which differ between classes), unknown keys are ignored, unsupported values
+    /// rejected.
+    /// </summary>
+    public static SchedulerConfig FromJson(JsonObject o, SchedulerConfig? classDefaults = null)
     {
+        var d = classDefaults ?? new SchedulerConfig();
         T Get<T>(string key, T fallback)
         {
             var n = o[key];
@@ -59,34 +64,34 @@ public sealed record SchedulerConfig
         double? GetOpt(string key) => o[key] is null ? null : Get(key, 0.0);
         var c = new SchedulerConfig
         {
-            NumTrainTimesteps = Get("num_train_timesteps", 1000),
-            BetaStart = Get("beta_start", 0.0001),
-            BetaEnd = Get("beta_end", 0.02),
-            BetaSchedule = Get("beta_schedule", "linear"),
-            TrainedBetas = o["trained_betas"] is JsonArray tb ? tb.Select(x => (float)x!.GetValue<double>()).ToArray() : null,
-            PredictionType = Get("prediction_type", "epsilon"),
-            TimestepSpacing = Get("timestep_spacing", defaultSpacing),
-            StepsOffset = Get("steps_offset", 0),
-            RescaleBetasZeroSnr = Get("rescale_betas_zero_snr", false),
-            ClipSample = Get("clip_sample", defaultClipSample),
-            ClipSampleRange = Get("clip_sample_range", 1.0),
-            SetAlphaToOne = Get("set_alpha_to_one", true),
-            VarianceType = Get<string?>("variance_type", null) ?? "fixed_small",
-            SkipPrkSteps = Get("skip_prk_steps", false),
-            InterpolationType = Get("interpolation_type", "linear"),
-            UseKarrasSigmas = Get("use_karras_sigmas", false),
-            SigmaMin = GetOpt("sigma_min"),
-            SigmaMax = GetOpt("sigma_max"),
-            TimestepType = Get("timestep_type", "discrete"),
-            SolverOrder = Get("solver_order", 2),
-            AlgorithmType = Get("algorithm_type", "dpmsolver++"),
-            SolverType = Get("solver_type", "midpoint"),
-            LowerOrderFinal = Get("lower_order_final", true),
-            EulerAtFinal = Get("euler_at_final", false),
-            FinalSigmasType = Get("final_sigmas_type", "zero"),
-            LambdaMinClipped = Get("lambda_min_clipped", double.NegativeInfinity),
-            PredictX0 = Get("predict_x0", true),
-            DisableCorrector = o["disable_corrector"] is JsonArray dc ? dc.Select(x => (int)x!).ToArray() : [],
+            NumTrainTimesteps = Get("num_train_timesteps", d.NumTrainTimesteps),
+            BetaStart = Get("beta_start", d.BetaStart),
+            BetaEnd = Get("beta_end", d.BetaEnd),
+            BetaSchedule = Get("beta_schedule", d.BetaSchedule),
+            TrainedBetas = o["trained_betas"] is JsonArray tb ? tb.Select(x => (float)x!.GetValue<double>()).ToArray() : d.TrainedBetas,
+            PredictionType = Get("prediction_type", d.PredictionType),
+            TimestepSpacing = Get("timestep_spacing", d.TimestepSpacing),
+            StepsOffset = Get("steps_offset", d.StepsOffset),
+            RescaleBetasZeroSnr = Get("rescale_betas_zero_snr", d.RescaleBetasZeroSnr),
+            ClipSample = Get("clip_sample", d.ClipSample),
+            ClipSampleRange = Get("clip_sample_range", d.ClipSampleRange),
+            SetAlphaToOne = Get("set_alpha_to_one", d.SetAlphaToOne),
+            VarianceType = Get<string?>("variance_type", null) ?? d.VarianceType,
+            SkipPrkSteps = Get("skip_prk_steps", d.SkipPrkSteps),
+            InterpolationType = Get("interpolation_type", d.InterpolationType),
+            UseKarrasSigmas = Get("use_karras_sigmas", d.UseKarrasSigmas),
+            SigmaMin = GetOpt("sigma_min") ?? d.SigmaMin,
+            SigmaMax = GetOpt("sigma_max") ?? d.SigmaMax,
+            TimestepType = Get("timestep_type", d.TimestepType),
+            SolverOrder = Get("solver_order", d.SolverOrder),
+            AlgorithmType = Get("algorithm_type", d.AlgorithmType),
+            SolverType = Get("solver_type", d.SolverType),
+            LowerOrderFinal = Get("lower_order_final", d.LowerOrderFinal),
+            EulerAtFinal = Get("euler_at_final", d.EulerAtFinal),
+            FinalSigmasType = Get("final_sigmas_type", d.FinalSigmasType),
+            LambdaMinClipped = Get("lambda_min_clipped", d.LambdaMinClipped),
+            PredictX0 = Get("predict_x0", d.PredictX0),
+            DisableCorrector = o["disable_corrector"] is JsonArray dc ? dc.Select(x => (int)x!).ToArray() : d.DisableCorrector,
         };
         if (o["solver_p"] is JsonNode sp && sp.GetValueKind() != System.Text.Json.JsonValueKind.Null)
             throw new NotSupportedException("scheduler config: solver_p (an external predictor) is not supported");

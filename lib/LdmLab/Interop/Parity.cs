@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using LdmLab.Data;
 using LdmLab.Diffusion;
 using LdmLab.Diffusion.Schedulers;
 using static TorchSharp.torch;
@@ -46,17 +47,24 @@ public static class Parity
         {
             var checks = new List<ParityCheck>();
             foreach (var m in manifests)
-            {
-                try { checks.AddRange(ModelParity.CheckManifest(m)); }
-                catch (Exception e) when (e is ParityFormatException or NotSupportedException or ArgumentException or FormatException)
-                {
-                    // one manifest LdmLab cannot build fails alone; the others are still checked
-                    checks.Add(new ParityCheck(Path.GetFileNameWithoutExtension(m), double.PositiveInfinity, 0, e.Message));
-                }
-            }
+                Entry(checks, Path.GetFileNameWithoutExtension(m), () => ModelParity.CheckManifest(m));
             return checks;
         }
         throw new ParityFormatException($"{dir}: no schedulers.json, config.json or *_manifest.json: not a fixture folder");
+    }
+
+    /// <summary>
+    /// Adds one entry's checks. An entry LdmLab cannot build or read (an unknown scheduler class or β-schedule name, an
+    /// unsupported config field, a missing or unreadable tensor) fails alone, with its reason; the others are still checked.
+    /// </summary>
+    public static void Entry(List<ParityCheck> checks, string name, Func<IEnumerable<ParityCheck>> check)
+    {
+        try { checks.AddRange(check()); }
+        catch (Exception e) when (e is ParityFormatException or NotSupportedException or ArgumentException or FormatException
+                                      or KeyNotFoundException or DatasetException or InvalidOperationException)
+        {
+            checks.Add(new ParityCheck(name, double.PositiveInfinity, 0, e.Message));
+        }
     }
 
     /// <summary>max |a − b| over all elements (shapes must match), computed in float64.</summary>
@@ -99,19 +107,27 @@ public static class SchedulerParity
         {
             var tensors = SafeTensors.Load(betasFile);
             foreach (var (name, cfg) in schedules)
-            {
-                var s = NoiseSchedule.FromName(name, (int?)cfg?["num_train_timesteps"] ?? 1000,
-                    (double?)cfg?["beta_start"] ?? 1e-4, (double?)cfg?["beta_end"] ?? 0.02);
-                Parity.Compare(checks, $"beta_schedules/{name}.betas", tensor(s.Betas), tensors, $"{name}.betas", 1e-7);
-                Parity.Compare(checks, $"beta_schedules/{name}.alphas_cumprod", tensor(s.AlphasCumprod), tensors, $"{name}.alphas_cumprod", 1e-6);
-            }
+                Parity.Entry(checks, $"beta_schedules/{name}", () => CheckBetaSchedule(name, cfg, tensors));
         }
         foreach (var (name, node) in json["trajectories"]?.AsObject() ?? [])
         {
             var file = Path.Combine(dir, name + ".safetensors");
-            if (!File.Exists(file)) throw new ParityFormatException($"{file}: trajectory file named in schedulers.json is missing");
-            checks.AddRange(CheckTrajectory(name, node!.AsObject(), SafeTensors.Load(file)));
+            Parity.Entry(checks, name, () => File.Exists(file)
+                ? CheckTrajectory(name, node as JsonObject ?? throw new ParityFormatException($"{name}: not an object"),
+                    SafeTensors.Load(file))
+                : throw new ParityFormatException($"{file}: trajectory file named in schedulers.json is missing"));
         }
+        return checks;
+    }
+
+    static List<ParityCheck> CheckBetaSchedule(string name, JsonNode? cfg, Dictionary<string, Tensor> tensors)
+    {
+        var checks = new List<ParityCheck>();
+        var s = NoiseSchedule.FromName(name, (int?)cfg?["num_train_timesteps"] ?? 1000,
+            (double?)cfg?["beta_start"] ?? 1e-4, (double?)cfg?["beta_end"] ?? 0.02);
+        Parity.Compare(checks, $"beta_schedules/{name}.betas", tensor(s.Betas), tensors, $"{name}.betas", 1e-7);
+        Parity.Compare(checks, $"beta_schedules/{name}.alphas_cumprod", tensor(s.AlphasCumprod), tensors,
+            $"{name}.alphas_cumprod", 1e-6);
         return checks;
     }
 
@@ -122,6 +138,8 @@ public static class SchedulerParity
         var scheduler = Scheduler.Create(cls, spec["config"]!.AsObject());
         int steps = (int)spec["num_inference_steps"]!;
         if (scheduler is DdimScheduler ddim && (spec["eta"] ?? spec["step_kwargs"]?["eta"]) is JsonNode eta) ddim.Eta = (double)eta;
+        if (scheduler is DdimScheduler clipped && spec["step_kwargs"]?["use_clipped_model_output"] is JsonNode useClipped)
+            clipped.UseClippedModelOutput = (bool)useClipped;
         if (scheduler is LmsScheduler lms && (spec["order"] ?? spec["step_kwargs"]?["order"]) is JsonNode order) lms.LmsOrder = (int)order;
         scheduler.SetTimesteps(steps);
 

@@ -10,6 +10,12 @@ namespace LdmLab.Diffusion.Schedulers;
 public sealed class DdimScheduler(SchedulerConfig config) : Scheduler(config)
 {
     public double Eta { get; set; }
+
+    /// <summary>
+    /// diffusers' use_clipped_model_output (default false): recompute ε̂ from the clipped x̂_0,
+    /// ε̂ = (x_t − √ᾱ_t x̂_0)/√(1 − ᾱ_t). Without it a clipped x̂_0 is paired with the model's own ε̂.
+    /// </summary>
+    public bool UseClippedModelOutput { get; set; }
     double FinalAlphaCumprod => Config.SetAlphaToOne ? 1.0 : Acp[0];
 
     public override void SetTimesteps(int numInferenceSteps)
@@ -24,8 +30,8 @@ public sealed class DdimScheduler(SchedulerConfig config) : Scheduler(config)
         int t = (int)timestep, prev = t - Config.NumTrainTimesteps / NumInferenceSteps;
         double at = Acp[t], aPrev = prev >= 0 ? Acp[prev] : FinalAlphaCumprod;
         var (x0, eps) = Predict(modelOutput, sample, at);
-        x0 = MaybeClip(x0);
-        if (Config.ClipSample) eps = (sample - Math.Sqrt(at) * x0) / Math.Sqrt(1 - at);
+        x0 = MaybeClip(x0);                                                       // 1. x̂_0 (clipped if configured)
+        if (UseClippedModelOutput) eps = Predictions.Noise("sample", x0, sample, Math.Sqrt(at), Math.Sqrt(1 - at));
         double variance = (1 - aPrev) / (1 - at) * (1 - at / aPrev);
         double std = Eta * Math.Sqrt(variance);
         var prevSample = Math.Sqrt(aPrev) * x0 + Math.Sqrt(1 - aPrev - std * std) * eps;

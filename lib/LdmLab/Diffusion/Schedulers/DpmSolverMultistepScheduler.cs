@@ -15,7 +15,7 @@ public sealed class DpmSolverMultistepScheduler : Scheduler
     int _lowerOrderNums;
     int? _stepIndex;
 
-    public DpmSolverMultistepScheduler(SchedulerConfig config) : base(config)
+    public DpmSolverMultistepScheduler(SchedulerConfig config) : base(config, finiteFirstSigma: true)
     {
         if (config.AlgorithmType is not ("dpmsolver++" or "dpmsolver"))
             throw new NotSupportedException($"algorithm_type '{config.AlgorithmType}' (supported: dpmsolver++, dpmsolver)");
@@ -23,7 +23,6 @@ public sealed class DpmSolverMultistepScheduler : Scheduler
         if (config.SolverOrder is < 1 or > 3) throw new NotSupportedException($"solver_order {config.SolverOrder}");
         if (config.AlgorithmType == "dpmsolver" && config.FinalSigmasType == "zero")
             throw new ArgumentException("final_sigmas_type 'zero' needs algorithm_type dpmsolver++");
-        if (config.RescaleBetasZeroSnr) Acp[^1] = MathF.Pow(2, -24);
         _modelOutputs = new Tensor?[config.SolverOrder];
     }
 
@@ -55,21 +54,10 @@ public sealed class DpmSolverMultistepScheduler : Scheduler
     Tensor ConvertModelOutput(Tensor modelOutput, Tensor sample, int i)
     {
         var (a, s) = AlphaSigma(Sigmas[i]);
-        if (Config.AlgorithmType == "dpmsolver++")
-            return Config.PredictionType switch
-            {
-                "epsilon" => (sample - s * modelOutput) / a,
-                "sample" => modelOutput,
-                "v_prediction" => a * sample - s * modelOutput,
-                var p => throw new NotSupportedException($"prediction_type '{p}'"),
-            };
-        return Config.PredictionType switch
-        {
-            "epsilon" => modelOutput,
-            "sample" => (sample - a * modelOutput) / s,
-            "v_prediction" => a * modelOutput + s * sample,
-            var p => throw new NotSupportedException($"prediction_type '{p}'"),
-        };
+        // DPM-Solver++ works on x̂_0, DPM-Solver on ε̂
+        return Config.AlgorithmType == "dpmsolver++"
+            ? Predictions.Data(Config.PredictionType, modelOutput, sample, a, s)
+            : Predictions.Noise(Config.PredictionType, modelOutput, sample, a, s);
     }
 
     static double Lambda(double sigma) => SigmaMath.Lambda(sigma);

@@ -8,7 +8,7 @@ namespace LdmLab.Diffusion.Schedulers;
 ///   σ_up = √(σ_next² (σ² − σ_next²) / σ²),  σ_down = √(σ_next² − σ_up²),
 ///   d = (x − x̂_0)/σ,  x_next = x + d (σ_down − σ) + σ_up z,  z ~ N(0, I).
 /// </summary>
-public sealed class EulerAncestralScheduler(SchedulerConfig config) : SigmaScheduler(config)
+public sealed class EulerAncestralScheduler(SchedulerConfig config) : SigmaScheduler(config, finiteFirstSigma: true)
 {
     public override void SetTimesteps(int n)
     {

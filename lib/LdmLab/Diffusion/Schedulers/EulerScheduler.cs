@@ -9,10 +9,7 @@ namespace LdmLab.Diffusion.Schedulers;
 /// </summary>
 public sealed class EulerScheduler : SigmaScheduler
 {
-    public EulerScheduler(SchedulerConfig config) : base(config)
-    {
-        if (config.RescaleBetasZeroSnr) Acp[^1] = MathF.Pow(2, -24);   // so that the first σ is finite
-    }
+    public EulerScheduler(SchedulerConfig config) : base(config, finiteFirstSigma: true) { }
 
     public override void SetTimesteps(int n)
     {

@@ -44,7 +44,7 @@ public sealed class HeunScheduler(SchedulerConfig config) : SigmaScheduler(confi
         double sigmaNext = first ? Sigmas[i + 1] : Sigmas[i];
         // 1. x̂_0 at the point the model was evaluated (σ for the predictor, σ_next for the corrector)
         var x0 = PredictX0(modelOutput, sample, first ? sigma : sigmaNext);
-        if (Config.ClipSample) x0 = x0.clamp(-Config.ClipSampleRange, Config.ClipSampleRange);
+        x0 = MaybeClip(x0);
         Tensor prev;
         if (first)
         {

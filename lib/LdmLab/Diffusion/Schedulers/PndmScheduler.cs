@@ -21,13 +21,7 @@ public sealed class PndmScheduler(SchedulerConfig config) : Scheduler(config)
     {
         NumInferenceSteps = numInferenceSteps;
         int T = Config.NumTrainTimesteps;
-        long[] ts = Config.TimestepSpacing switch
-        {
-            "linspace" => Enumerable.Range(0, numInferenceSteps).Select(i => (long)Math.Round(numInferenceSteps == 1 ? 0 : i * (T - 1.0) / (numInferenceSteps - 1), MidpointRounding.ToEven)).ToArray(),
-            "leading" => Enumerable.Range(0, numInferenceSteps).Select(i => (long)i * (T / numInferenceSteps) + Config.StepsOffset).ToArray(),
-            "trailing" => Arange(T, 0, -(double)T / numInferenceSteps).Select(v => (long)Math.Round(v, MidpointRounding.ToEven) - 1).Reverse().ToArray(),
-            var s => throw new NotSupportedException($"timestep_spacing '{s}'"),
-        };  // ascending
+        long[] ts = SpacedTimesteps(numInferenceSteps).Reverse().ToArray();   // ascending
         double[] plms;
         if (Config.SkipPrkSteps)
         {
@@ -116,8 +110,8 @@ public sealed class PndmScheduler(SchedulerConfig config) : Scheduler(config)
     {
         double at = Acp[t], aPrev = prevT >= 0 ? Acp[prevT] : FinalAlphaCumprod;
         double bt = 1 - at, bPrev = 1 - aPrev;
-        if (Config.PredictionType == "v_prediction") modelOutput = Math.Sqrt(at) * modelOutput + Math.Sqrt(bt) * sample;
-        else if (Config.PredictionType != "epsilon") throw new NotSupportedException($"PNDM: prediction_type '{Config.PredictionType}'");
+        if (Config.PredictionType == "sample") throw new NotSupportedException("PNDM: prediction_type 'sample'");
+        modelOutput = Predictions.Noise(Config.PredictionType, modelOutput, sample, Math.Sqrt(at), Math.Sqrt(bt));
         double sampleCoeff = Math.Sqrt(aPrev / at);
         double denom = at * Math.Sqrt(bPrev) + Math.Sqrt(at * bt * aPrev);
         return sampleCoeff * sample - (aPrev - at) * modelOutput / denom;

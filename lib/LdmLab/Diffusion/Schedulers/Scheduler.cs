@@ -28,10 +28,15 @@ public abstract class Scheduler
     /// <summary>How many model calls one logical step takes (for img2img start indices).</summary>
     public virtual int Order => 1;
 
-    protected Scheduler(SchedulerConfig config)
+    /// <param name="finiteFirstSigma">
+    /// With rescale_betas_zero_snr the last ᾱ is 0 and σ_T = √((1 − ᾱ)/ᾱ) infinite; the σ-space schedulers
+    /// (diffusers' Euler, Euler ancestral, DPM-Solver) then set ᾱ_T = 2⁻²⁴, the others keep it.
+    /// </param>
+    protected Scheduler(SchedulerConfig config, bool finiteFirstSigma = false)
     {
         Config = config;
         Schedule = config.Schedule();
+        if (finiteFirstSigma && config.RescaleBetasZeroSnr) Schedule.AlphasCumprod[^1] = MathF.Pow(2, -24);
     }
 
     public abstract void SetTimesteps(int numInferenceSteps);
@@ -48,20 +53,9 @@ public abstract class Scheduler
         return Math.Max(NumInferenceSteps - initTimestep, 0) * Order;
     }
 
-    /// <summary>Integer timesteps by diffusers' spacing rules (Table 2 of Lin et al. 2023).</summary>
-    protected long[] SpacedTimesteps(int n)
-    {
-        if (n < 1 || n > Config.NumTrainTimesteps)
-            throw new ArgumentOutOfRangeException(nameof(n), n, $"num_inference_steps must be in 1..{Config.NumTrainTimesteps}");
-        int T = Config.NumTrainTimesteps;
-        return Config.TimestepSpacing switch
-        {
-            "linspace" => Enumerable.Range(0, n).Select(i => (long)Math.Round(n == 1 ? 0 : i * (T - 1.0) / (n - 1), MidpointRounding.ToEven)).Reverse().ToArray(),
-            "leading" => Enumerable.Range(0, n).Select(i => (long)i * (T / n) + Config.StepsOffset).Reverse().ToArray(),
-            "trailing" => Arange(T, 0, -(double)T / n).Select(v => (long)Math.Round(v, MidpointRounding.ToEven) - 1).ToArray(),
-            var s => throw new NotSupportedException($"timestep_spacing '{s}'"),
-        };
-    }
+    /// <summary>Integer timesteps, descending, by the configured spacing (<see cref="TimestepSpacing"/>).</summary>
+    protected long[] SpacedTimesteps(int n) =>
+        TimestepSpacing.DescendingIntegers(Config.TimestepSpacing, Config.NumTrainTimesteps, n, Config.StepsOffset);
 
     /// <summary>
     /// The index of a timestep in <see cref="Timesteps"/>, as diffusers' index_for_timestep: a repeated timestep (Heun,
@@ -78,20 +72,12 @@ public abstract class Scheduler
         return matches[^1];
     }
 
-    /// <summary>numpy.arange(start, stop, step) for a negative step.</summary>
-    protected static IEnumerable<double> Arange(double start, double stop, double step) => SigmaMath.Arange(start, stop, step);
-
-    /// <summary>x̂_0 and ε̂ from the model output, for the configured prediction type.</summary>
+    /// <summary>x̂_0 and ε̂ from the model output, for the configured prediction type (<see cref="Predictions"/>).</summary>
     protected (Tensor x0, Tensor eps) Predict(Tensor modelOutput, Tensor sample, double alphaProd)
     {
-        double a = Math.Sqrt(alphaProd), b = Math.Sqrt(1 - alphaProd);
-        return Config.PredictionType switch
-        {
-            "epsilon" => ((sample - b * modelOutput) / a, modelOutput),
-            "sample" => (modelOutput, (sample - a * modelOutput) / b),
-            "v_prediction" => (a * sample - b * modelOutput, a * modelOutput + b * sample),
-            var p => throw new NotSupportedException($"prediction_type '{p}'"),
-        };
+        double alpha = Math.Sqrt(alphaProd), sigma = Math.Sqrt(1 - alphaProd);
+        return (Predictions.Data(Config.PredictionType, modelOutput, sample, alpha, sigma),
+                Predictions.Noise(Config.PredictionType, modelOutput, sample, alpha, sigma));
     }
 
     protected Tensor MaybeClip(Tensor x0) => Config.ClipSample ? x0.clamp(-Config.ClipSampleRange, Config.ClipSampleRange) : x0;
@@ -103,19 +89,43 @@ public abstract class Scheduler
         "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "UniPCMultistepScheduler",
     ];
 
-    /// <summary>Builds a scheduler from a diffusers class name and config (as in scheduler_config.json).</summary>
-    public static Scheduler Create(string className, JsonObject config) => className switch
+    /// <summary>
+    /// diffusers' class defaults (v0.27.2 signatures), where they differ from <see cref="SchedulerConfig"/>'s: DDIM and
+    /// DDPM clip x̂_0; PNDM keeps ᾱ_prev = ᾱ_0 at the end; the σ-space and multistep solvers space by "linspace"; Heun
+    /// starts from SD's β range with a linear schedule; UniPC's solver is bh2.
+    /// </summary>
+    public static SchedulerConfig ClassDefaults(string className) => className switch
     {
-        // diffusers' class defaults: DDIM and DDPM clip x̂_0 unless told otherwise; Euler and DPM-Solver use linspace spacing
-        "DDIMScheduler" => new DdimScheduler(SchedulerConfig.FromJson(config, defaultClipSample: true)),
-        "DDPMScheduler" => new DdpmScheduler(SchedulerConfig.FromJson(config, defaultClipSample: true)),
-        "PNDMScheduler" => new PndmScheduler(SchedulerConfig.FromJson(config)),
-        "EulerDiscreteScheduler" => new EulerScheduler(SchedulerConfig.FromJson(config, "linspace")),
-        "DPMSolverMultistepScheduler" => new DpmSolverMultistepScheduler(SchedulerConfig.FromJson(config, "linspace")),
-        "EulerAncestralDiscreteScheduler" => new EulerAncestralScheduler(SchedulerConfig.FromJson(config, "linspace")),
-        "HeunDiscreteScheduler" => new HeunScheduler(SchedulerConfig.FromJson(config, "linspace")),
-        "LMSDiscreteScheduler" => new LmsScheduler(SchedulerConfig.FromJson(config, "linspace")),
-        "UniPCMultistepScheduler" => new UniPcMultistepScheduler(SchedulerConfig.FromJson(config, "linspace")),
-        _ => throw new NotSupportedException($"scheduler class '{className}' is not one of {string.Join(", ", ClassNames)}"),
+        "DDIMScheduler" or "DDPMScheduler" => new() { ClipSample = true },
+        "PNDMScheduler" => new() { SetAlphaToOne = false },
+        "EulerDiscreteScheduler" or "EulerAncestralDiscreteScheduler" or "LMSDiscreteScheduler"
+            or "DPMSolverMultistepScheduler" => new() { TimestepSpacing = "linspace" },
+        "HeunDiscreteScheduler" => new() { TimestepSpacing = "linspace", BetaStart = 0.00085, BetaEnd = 0.012 },
+        "UniPCMultistepScheduler" => new() { TimestepSpacing = "linspace", SolverType = "bh2" },
+        _ => throw UnknownClass(className),
     };
+
+    static NotSupportedException UnknownClass(string className) =>
+        new($"scheduler class '{className}' is not one of {string.Join(", ", ClassNames)}");
+
+    /// <summary>Builds a scheduler from a diffusers class name and config (as in scheduler_config.json).</summary>
+    public static Scheduler Create(string className, JsonObject config)
+    {
+        var c = SchedulerConfig.FromJson(config, ClassDefaults(className));
+        // PNDM, Heun, LMS and UniPC have no rescale_betas_zero_snr in diffusers v0.27.2: the key is ignored there
+        var withoutZeroSnr = c with { RescaleBetasZeroSnr = false };
+        return className switch
+        {
+            "DDIMScheduler" => new DdimScheduler(c),
+            "DDPMScheduler" => new DdpmScheduler(c),
+            "PNDMScheduler" => new PndmScheduler(withoutZeroSnr),
+            "EulerDiscreteScheduler" => new EulerScheduler(c),
+            "DPMSolverMultistepScheduler" => new DpmSolverMultistepScheduler(c),
+            "EulerAncestralDiscreteScheduler" => new EulerAncestralScheduler(c),
+            "HeunDiscreteScheduler" => new HeunScheduler(withoutZeroSnr),
+            "LMSDiscreteScheduler" => new LmsScheduler(withoutZeroSnr),
+            "UniPCMultistepScheduler" => new UniPcMultistepScheduler(withoutZeroSnr),
+            _ => throw UnknownClass(className),
+        };
+    }
 }

@@ -50,14 +50,10 @@ public static class SigmaMath
     public static (long[] timesteps, double[] sigmas) MultistepTimesteps(SchedulerConfig config, float[] acp, int n, int last)
     {
         int T = config.NumTrainTimesteps;
-        long[] ts = config.TimestepSpacing switch
-        {
-            "linspace" => Enumerable.Range(0, n + 1).Select(i => (long)Math.Round(i * (last - 1.0) / n, MidpointRounding.ToEven))
-                .Reverse().Take(n).ToArray(),
-            "leading" => Enumerable.Range(0, n + 1).Select(i => (long)i * (last / (n + 1)) + config.StepsOffset).Reverse().Take(n).ToArray(),
-            "trailing" => Arange(last, 0, -(double)T / n).Select(v => (long)Math.Round(v, MidpointRounding.ToEven) - 1).ToArray(),
-            var s => throw new NotSupportedException($"timestep_spacing '{s}'"),
-        };
+        // n + 1 points over [0, last) with the final one dropped, except "trailing", which steps T/n down from last
+        long[] ts = config.TimestepSpacing == "trailing"
+            ? TimestepSpacing.DescendingIntegers("trailing", T, n, config.StepsOffset, trailingFrom: last)
+            : TimestepSpacing.DescendingIntegers(config.TimestepSpacing, last, n + 1, config.StepsOffset)[..n];
         var table = Sigmas(acp);
         if (!config.UseKarrasSigmas) return (ts, ts.Select(t => Interp(t, table)).ToArray());
         var logSigmas = table.Select(s => MathF.Log(s)).ToArray();

@@ -18,7 +18,7 @@ public abstract class SigmaScheduler : Scheduler
     int? _stepIndex;
     int? _beginIndex;
 
-    protected SigmaScheduler(SchedulerConfig config) : base(config) { }
+    protected SigmaScheduler(SchedulerConfig config, bool finiteFirstSigma = false) : base(config, finiteFirstSigma) { }
 
     /// <summary>The index of the step the next call to <see cref="Step"/> takes.</summary>
     protected int StepIndex => _stepIndex ?? throw new InvalidOperationException("no step taken yet");
@@ -39,13 +39,9 @@ public abstract class SigmaScheduler : Scheduler
         if (Config.UseKarrasSigmas && !karrasSupported)
             throw new NotSupportedException($"use_karras_sigmas is not offered by {GetType().Name} (diffusers v0.27.2)");
         int T = Config.NumTrainTimesteps;
-        double[] ts = Config.TimestepSpacing switch
-        {
-            "linspace" => Enumerable.Range(0, n).Select(i => (double)(float)(n == 1 ? 0 : i * (T - 1.0) / (n - 1))).Reverse().ToArray(),
-            "leading" => Enumerable.Range(0, n).Select(i => (double)(i * (T / n) + Config.StepsOffset)).Reverse().ToArray(),
-            "trailing" => Arange(T, 0, -(double)T / n).Select(v => Math.Round(v, MidpointRounding.ToEven) - 1).ToArray(),
-            var s => throw new NotSupportedException($"timestep_spacing '{s}'"),
-        };
+        // diffusers builds these in float32 (np.linspace(…, dtype=np.float32) for "linspace")
+        double[] ts = TimestepSpacing.Descending(Config.TimestepSpacing, T, n, Config.StepsOffset)
+            .Select(t => (double)(float)t).ToArray();
         var table = SigmaMath.Sigmas(Acp);
         double[] sigmas = Config.InterpolationType switch
         {
@@ -95,13 +91,9 @@ public abstract class SigmaScheduler : Scheduler
         return sample / Math.Sqrt(sigma * sigma + 1);
     }
 
-    /// <summary>Step 4: x̂_0 = x − σ ε̂ (ε), −σ/√(σ²+1) v̂ + x/(σ²+1) (v), or the output itself (x_0).</summary>
+    /// <summary>Step 4: x̂_0 in σ-space (<see cref="Predictions.DataFromSigmaSpace"/>).</summary>
     protected Tensor PredictX0(Tensor modelOutput, Tensor sample, double sigma, bool samplePredictionSupported = true) =>
-        Config.PredictionType switch
-        {
-            "epsilon" => sample - sigma * modelOutput,
-            "v_prediction" => modelOutput * (-sigma / Math.Sqrt(sigma * sigma + 1)) + sample / (sigma * sigma + 1),
-            "sample" when samplePredictionSupported => modelOutput,
-            var p => throw new NotSupportedException($"prediction_type '{p}' is not supported by {GetType().Name}"),
-        };
+        Config.PredictionType == "sample" && !samplePredictionSupported
+            ? throw new NotSupportedException($"prediction_type 'sample' is not supported by {GetType().Name}")
+            : Predictions.DataFromSigmaSpace(Config.PredictionType, modelOutput, sample, sigma);
 }

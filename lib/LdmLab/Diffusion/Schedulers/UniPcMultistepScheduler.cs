@@ -54,16 +54,9 @@ public sealed class UniPcMultistepScheduler : Scheduler
     Tensor Convert(Tensor modelOutput, Tensor sample, int i)
     {
         var (a, s) = SigmaMath.AlphaSigma(Sigmas[i]);
-        return (Config.PredictX0, Config.PredictionType) switch
-        {
-            (true, "epsilon") => (sample - s * modelOutput) / a,
-            (true, "sample") => modelOutput,
-            (true, "v_prediction") => a * sample - s * modelOutput,
-            (false, "epsilon") => modelOutput,
-            (false, "sample") => (sample - a * modelOutput) / s,
-            (false, "v_prediction") => a * modelOutput + s * sample,
-            var (_, p) => throw new NotSupportedException($"prediction_type '{p}'"),
-        };
+        return Config.PredictX0
+            ? Predictions.Data(Config.PredictionType, modelOutput, sample, a, s)
+            : Predictions.Noise(Config.PredictionType, modelOutput, sample, a, s);
     }
 
     public override StepOutput Step(Tensor modelOutput, double timestep, Tensor sample, Tensor? noise = null)
