@@ -20,6 +20,8 @@ public static class Commands
               --only NAME[,NAME]           run only these notebooks (file names)
               --profile quick|full|gpu     LDMLAB_PROFILE for the kernels (default: quick)
               --timeout SECONDS            per-cell timeout (default: 900)
+          ldmlab checkpoint-soak DIR       diagnostics: save a 16 MB training checkpoint into DIR over and over until
+                                           killed, printing each saved step (the crash-safety test kills it mid-save)
         """;
 
     public static int Run(string[] args)
@@ -33,11 +35,31 @@ public static class Commands
                 "notebooks" => NotebooksCommand.Run(args[1..]),
                 "parity" => ParityCommand.Run(args[1..]),
                 "bench" => BenchCommand.Run(args[1..]),
+                "checkpoint-soak" => CheckpointSoak(args[1..]),
                 _ => Fail($"unknown command '{args[0]}'\n\n{Usage}"),
             };
         }
         catch (CliArgumentException e) { return Fail(e.Message); }
         catch (TorchRuntimeException e) { return Fail(e.Message); }
+    }
+
+    /// <summary>Saves step 1, 2, 3, … of one checkpoint file until killed; each tensor holds its step, so a reader can
+    /// tell a whole checkpoint from a mix of two.</summary>
+    static int CheckpointSoak(string[] args)
+    {
+        if (args.Length != 1) throw new CliArgumentException("usage: ldmlab checkpoint-soak DIR");
+        TorchRuntime.Setup();
+        var path = Path.Combine(args[0], "soak-checkpoint.safetensors");
+        Directory.CreateDirectory(args[0]);
+        for (int step = 1; ; step++)
+        {
+            using var scope = TorchSharp.torch.NewDisposeScope();
+            var tensors = Enumerable.Range(0, 4).ToDictionary(i => $"model.layer{i}.weight",
+                i => TorchSharp.torch.full(1024, 1024, (float)step));                          // 4 × 4 MB
+            Training.Checkpoint.Save(path, "ldmlab-soak-1", step, int.MaxValue, tensors);
+            Console.Out.WriteLine(step);
+            Console.Out.Flush();
+        }
     }
 
     static int Info()

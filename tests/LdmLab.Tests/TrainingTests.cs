@@ -1,3 +1,4 @@
+using LdmLab.Data;
 using LdmLab.Conditioning;
 using LdmLab.Diffusion;
 using LdmLab.Interop;
@@ -164,5 +165,105 @@ public class TrainingTests
         var x = Sampling.Sample(scheduler, (zin, t) => model.Guided(zin, tensor((long)t), y, 3.0), randn(2, 4, 8, 8), 20);
         Assert.True(x.isfinite().all().item<bool>());
         Assert.True(x[0].mean().item<float>() < x[1].mean().item<float>(), "class 0 (−1 fields) should come out darker than class 1");
+    }
+}
+
+/// <summary>Checkpoints: atomic under a hard kill, checked on load, every error naming the file.</summary>
+public class CheckpointTests
+{
+    /// <summary>
+    /// A child process saves a 16 MB checkpoint over and over; it is killed (SIGKILL) at random moments, repeatedly.
+    /// After each kill the file on disk is a whole checkpoint of one step, at least the last step the child reported.
+    /// Without the temp-file-and-rename save, a kill mid-write leaves a truncated file that fails to load.
+    /// </summary>
+    [Fact]
+    public void A_process_killed_while_saving_always_leaves_the_last_good_checkpoint()
+    {
+        TorchRuntime.Setup();
+        var cli = Path.Combine(TestPaths.RepoRoot, "lib", "LdmLab.Cli", "bin", "Release", "net10.0", "LdmLab.Cli.dll");
+        Assert.True(File.Exists(cli), $"{cli} is not built (./lab build)");
+        var dir = TestPaths.TempDir("kill-during-save");
+        var path = Path.Combine(dir, "soak-checkpoint.safetensors");
+        var rng = new Random(11);
+        int kills = 0, lastSeen = 0;
+        for (int round = 0; round < 12; round++)
+        {
+            var psi = new System.Diagnostics.ProcessStartInfo("dotnet", [cli, "checkpoint-soak", dir])
+            { RedirectStandardOutput = true, RedirectStandardError = true };
+            using var p = System.Diagnostics.Process.Start(psi)!;
+            p.ErrorDataReceived += (_, _) => { };
+            p.BeginErrorReadLine();
+            int reported = 0;
+            // wait for a few saves, then kill at a random moment, most likely inside a save (it writes 16 MB)
+            var target = rng.Next(2, 6);
+            string? line;
+            while (reported < target && (line = p.StandardOutput.ReadLine()) is not null) reported = int.Parse(line);
+            Assert.True(reported >= target, "the soak process stopped by itself");
+            Thread.Sleep(rng.Next(0, 40));
+            p.Kill();
+            p.WaitForExit();
+            kills++;
+            using var c = LdmLab.Training.Checkpoint.Load(path, "ldmlab-soak-1", int.MaxValue);
+            Assert.True(c.Step >= reported, $"round {round}: the file holds step {c.Step}, the child had reported {reported}");
+            Assert.True(c.Step >= lastSeen);
+            foreach (var (name, t) in c.Tensors)
+                Assert.True(t.eq(c.Step).all().item<bool>(), $"round {round}: {name} is not all {c.Step}: a mix of two saves");
+            lastSeen = c.Step;
+            File.Delete(path);   // each round starts from step 1 again
+            lastSeen = 0;
+        }
+        Assert.Equal(12, kills);
+        Directory.Delete(dir, true);
+    }
+
+    static Dictionary<string, Tensor> Small() => new() { ["model.w"] = ones(2, 3), ["log"] = zeros(4) };
+
+    [Fact]
+    public void Loading_checks_format_step_keys_and_shapes_and_names_the_file()
+    {
+        TorchRuntime.Setup();
+        var dir = TestPaths.TempDir("checkpoint-checks");
+        var path = Path.Combine(dir, "c.safetensors");
+        LdmLab.Training.Checkpoint.Save(path, "fmt-1", 4, 10, Small());
+        Assert.Equal(4, LdmLab.Training.Checkpoint.StepOf(path));
+        var wrongFormat = Assert.Throws<DatasetException>(() => LdmLab.Training.Checkpoint.Load(path, "fmt-2", 10));
+        Assert.Contains(path, wrongFormat.Message);
+        Assert.Contains("fmt-2", wrongFormat.Message);
+        var beyond = Assert.Throws<DatasetException>(() => LdmLab.Training.Checkpoint.Load(path, "fmt-1", 3));
+        Assert.Contains("step 4, beyond this run's 3 steps", beyond.Message);
+        using var c = LdmLab.Training.Checkpoint.Load(path, "fmt-1", 10);
+        Assert.Contains(path, Assert.Throws<DatasetException>(() => c.Require("log.missing")).Message);
+        Assert.Contains("expected [5]", Assert.Throws<DatasetException>(() => c.Require("log", [5])).Message);
+        var model = nn.Linear(3, 3);   // weight [3, 3], bias [3]: nothing under "model." fits
+        var misfit = Assert.Throws<DatasetException>(() => c.LoadInto(model, "model."));
+        Assert.Contains("missing (2): model.weight, model.bias", misfit.Message);
+        Assert.Contains("unexpected (1): model.w", misfit.Message);
+        Directory.Delete(dir, true);
+    }
+
+    [Fact]
+    public void Ema_and_optimizer_state_must_fit_the_model()
+    {
+        TorchRuntime.Setup();
+        var model = nn.Linear(3, 2);
+        var ema = new Ema(model, 0.9);
+        var state = ema.StateTensors();
+        var missing = new Dictionary<string, Tensor>(state);
+        missing.Remove("ema.bias");
+        var e = Assert.Throws<DatasetException>(() => ema.LoadStateTensors(missing, "ckpt.safetensors"));
+        Assert.Contains("ckpt.safetensors", e.Message);
+        Assert.Contains("missing (1): ema.bias", e.Message);
+        var misShaped = new Dictionary<string, Tensor>(state) { ["ema.weight"] = zeros(5) };
+        Assert.Contains("wrong shape", Assert.Throws<DatasetException>(() => ema.LoadStateTensors(misShaped)).Message);
+
+        var adam = new AdamW(model.named_parameters().Select(kv => (kv.name, kv.parameter)), 1e-3);
+        var noSteps = new Dictionary<string, Tensor> { ["adam.m.weight"] = zeros(2, 3) };
+        Assert.Contains("missing (1): adam.steps", Assert.Throws<DatasetException>(() => adam.LoadStateTensors(noSteps)).Message);
+        var stranger = new Dictionary<string, Tensor> { ["adam.steps"] = tensor(3L), ["adam.v.other"] = zeros(1) };
+        Assert.Contains("unexpected (1): adam.v.other",
+            Assert.Throws<DatasetException>(() => adam.LoadStateTensors(stranger)).Message);
+        // a parameter that has had no gradient yet has no moments: that is a valid state
+        adam.LoadStateTensors(new Dictionary<string, Tensor> { ["adam.steps"] = tensor(3L) });
+        Assert.Equal(3, adam.Steps);
     }
 }

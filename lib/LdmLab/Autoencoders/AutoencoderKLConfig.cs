@@ -41,6 +41,10 @@ public sealed record AutoencoderKLConfig
             MidBlockAddAttention = (bool?)o["mid_block_add_attention"] ?? true,
         };
         int n = c.BlockOutChannels.Length;
+        Interop.ConfigFile.RequirePositive(source, ("number of blocks", n), ("in_channels", c.InChannels),
+            ("out_channels", c.OutChannels), ("latent_channels", c.LatentChannels), ("layers_per_block", c.LayersPerBlock),
+            ("norm_num_groups", c.NormNumGroups), ("sample_size", c.SampleSize));
+        Interop.ConfigFile.RequirePositive(source, c.BlockOutChannels.Select(ch => ("block_out_channels", (long)ch)).ToArray());
         if (down is not null && (down.Length != n || down.Any(d => d != "DownEncoderBlock2D")))
             throw new NotSupportedException($"{source}: down_block_types must be {n} × DownEncoderBlock2D");
         if (up is not null && (up.Length != n || up.Any(d => d != "UpDecoderBlock2D")))

@@ -57,7 +57,6 @@ public sealed class AutoencoderTrainer
     readonly AdamW _optG;
     readonly AdamW? _optD;
     readonly List<AutoencoderStep> _log = new();
-    readonly Random _rng;
 
     public int CompletedSteps { get; private set; }
     public IReadOnlyList<AutoencoderStep> Log => _log;
@@ -75,10 +74,9 @@ public sealed class AutoencoderTrainer
             _disc = new PatchGan(channels, loss.DiscriminatorWidth, loss.DiscriminatorLayers, loss.SpectralNorm);
             _optD = new AdamW(_disc.named_parameters().Select(kv => ("disc." + kv.name, kv.parameter)), options.DiscriminatorLearningRate, beta1: 0.5, beta2: 0.9);
         }
-        _rng = new Random((int)options.Seed);
     }
 
-    (Tensor recon, Tensor reg, double usage, double perplexity) Run(Tensor x, Generator gen)
+    (Tensor recon, Tensor reg, double usage, double perplexity) Run(Tensor x, Generator gen, int step)
     {
         if (_model is AutoencoderKL vae)
         {
@@ -89,23 +87,26 @@ public sealed class AutoencoderTrainer
         var vq = (VQModel)_model;
         var h = vq.Encode(x);
         var qo = vq.Quantize(h);
-        if (_o.DeadCodePatience > 0 && CompletedSteps % 50 == 0) vq.Quantizer.RestartDeadCodes(h, _o.DeadCodePatience, _rng);
+        // dead-code restarts draw from (seed, step) too, so that a resumed run restarts the same codes
+        if (_o.DeadCodePatience > 0 && (step - 1) % 50 == 0)
+            vq.Quantizer.RestartDeadCodes(h, _o.DeadCodePatience, new Random((int)((_o.Seed * 1_000_003 + step) & int.MaxValue)));
         return (vq.Decode(qo.Quantized), qo.CodebookLoss + qo.CommitmentLoss, qo.Usage, qo.Perplexity);
     }
 
     Tensor LastLayerWeight() => _model.named_parameters().Last(kv => kv.name == "decoder.conv_out.weight").parameter;
+
+    LoopSettings Loop => new(_o.Steps, _o.LearningRate, _o.WarmupSteps, _o.ClipGradNorm, _o.CheckpointEvery, _o.CheckpointDir, _o.Seed);
 
     public IReadOnlyList<AutoencoderStep> Train(Tensor images, Viz.Progress? progress = null)
     {
         if (_o.CheckpointDir is { } dir && File.Exists(Path.Combine(dir, CheckpointFile))) LoadCheckpoint(dir);
         var device = _model.parameters().First().device;
         _model.train(); _disc?.train();
-        for (int step = CompletedSteps + 1; step <= _o.Steps; step++)
+        CompletedSteps = TrainingLoop.Run(Loop, CompletedSteps, (step, gen) =>
         {
-            using var scope = NewDisposeScope();
-            using var gen = new Generator((ulong)(_o.Seed * 1_000_003 + step));
-            var x = images.index_select(0, randint(0, images.shape[0], [_o.BatchSize], dtype: ScalarType.Int64, generator: gen)).to(device);
-            var (xr, reg, usage, perplexity) = Run(x, gen);
+            var idx = randint(0, images.shape[0], [_o.BatchSize], dtype: ScalarType.Int64, generator: gen);
+            var x = images.index_select(0, idx).to(device);                                          // [B, C, H, W]
+            var (xr, reg, usage, perplexity) = Run(x, gen, step);
             var rec = _loss.Pixel == ReconstructionLoss.L1 ? (xr - x).abs().mean() : (xr - x).pow(2).mean();
             Tensor perc = _perceptual is not null && _loss.PerceptualWeight > 0 ? _perceptual.PerceptualDistance(x, xr).mean() : zeros(1).squeeze();
             var nll = rec + _loss.PerceptualWeight * perc;
@@ -118,13 +119,10 @@ public sealed class AutoencoderTrainer
                 adaptive = AdversarialLoss.AdaptiveWeight(nll, gLoss, LastLayerWeight(), _loss.DiscriminatorWeight);
             }
             var total = nll + reg + factor * adaptive * gLoss;
-            double tv = total.item<float>();
-            if (!double.IsFinite(tv)) throw new NonFiniteLossException(step, tv);
+            TrainingLoop.CheckedValue(total, step);
             _optG.ZeroGrad();
             total.backward();
-            if (_o.ClipGradNorm > 0) nn.utils.clip_grad_norm_(_model.parameters(), _o.ClipGradNorm);
-            _optG.LearningRate = LrSchedule.WarmupConstant(step, _o.WarmupSteps, _o.LearningRate);
-            _optG.Step();
+            TrainingLoop.Optimize(_optG, _model.parameters(), Loop, step);
 
             double dv = 0;
             if (_disc is not null && _optD is not null && factor > 0)
@@ -139,14 +137,15 @@ public sealed class AutoencoderTrainer
             CompletedSteps = step;
             _log.Add(new AutoencoderStep(step, rec.item<float>(), perc.item<float>(), reg.item<float>(), gLoss.item<float>(), dv, adaptive, usage, perplexity));
             progress?.Report(step, new Dictionary<string, double> { ["rec"] = _log.Skip(Math.Max(0, _log.Count - 50)).Average(s => s.Reconstruction) });
-            if (_o.CheckpointDir is { } d && _o.CheckpointEvery > 0 && step % _o.CheckpointEvery == 0) SaveCheckpoint(d);
-        }
-        if (_o.CheckpointDir is { } final) SaveCheckpoint(final);
+        }, SaveCheckpoint);
         _model.eval(); _disc?.eval();
-        Metrics.ProcessMemory.Release();
         return _log;
     }
 
+    const string Format = "ldmlab-autoencoder-1";
+    const int LogColumns = 9;
+
+    /// <summary>Model, discriminator, both optimizers and the step log in one safetensors file, written atomically.</summary>
     public void SaveCheckpoint(string dir)
     {
         var t = new Dictionary<string, Tensor>();
@@ -154,31 +153,26 @@ public sealed class AutoencoderTrainer
         if (_disc is not null) foreach (var (k, v) in _disc.state_dict()) t["disc." + k] = v;
         foreach (var (k, v) in _optG.StateTensors()) t["g." + k] = v;
         if (_optD is not null) foreach (var (k, v) in _optD.StateTensors()) t["d." + k] = v;
-        t["log"] = tensor(_log.SelectMany(s => new[] { s.Step, s.Reconstruction, s.Perceptual, s.Regulariser, s.Generator, s.Discriminator, s.AdaptiveWeight, s.CodebookUsage, s.Perplexity }).ToArray(), [_log.Count, 9]);
-        SafeTensors.Save(Path.Combine(dir, CheckpointFile), t, new Dictionary<string, string> { ["step"] = CompletedSteps.ToString(), ["format"] = "ldmlab-autoencoder-1" });
+        t["log"] = tensor(_log.SelectMany(s => new[] { s.Step, s.Reconstruction, s.Perceptual, s.Regulariser, s.Generator,
+            s.Discriminator, s.AdaptiveWeight, s.CodebookUsage, s.Perplexity }).ToArray(), [_log.Count, LogColumns]);
+        Checkpoint.Save(Path.Combine(dir, CheckpointFile), Format, CompletedSteps, _o.Steps, t);
     }
 
+    /// <summary>Restores a run from its checkpoint; every error names the file (format, step, keys, shapes).</summary>
     public void LoadCheckpoint(string dir)
     {
-        var path = Path.Combine(dir, CheckpointFile);
-        var (_, meta) = SafeTensors.ReadHeader(path);
-        if (!meta.TryGetValue("format", out var f) || f != "ldmlab-autoencoder-1") throw new Data.DatasetException(path, "not an LdmLab autoencoder checkpoint");
-        var t = SafeTensors.Load(path);
-        using (no_grad())
-        {
-            foreach (var (k, v) in _model.state_dict()) v.copy_(t["model." + k]);
-            if (_disc is not null) foreach (var (k, v) in _disc.state_dict()) v.copy_(t["disc." + k]);
-        }
-        _optG.LoadStateTensors(t.Where(kv => kv.Key.StartsWith("g.")).ToDictionary(kv => kv.Key[2..], kv => kv.Value));
-        _optD?.LoadStateTensors(t.Where(kv => kv.Key.StartsWith("d.")).ToDictionary(kv => kv.Key[2..], kv => kv.Value));
-        var rows = t["log"];
+        using var c = Checkpoint.Load(Path.Combine(dir, CheckpointFile), Format, _o.Steps);
+        c.LoadInto(_model, "model.");
+        if (_disc is not null) c.LoadInto(_disc, "disc.");
+        _optG.LoadStateTensors(c.Section("g."), c.Path);
+        if (_optD is not null) _optD.LoadStateTensors(c.Section("d."), c.Path);
+        var data = c.Require("log", [c.Step, LogColumns]).data<double>().ToArray();
         _log.Clear();
-        var data = rows.data<double>().ToArray();
-        for (int i = 0; i < rows.shape[0]; i++)
+        for (int i = 0; i < c.Step; i++)
         {
-            var r = data.AsSpan(i * 9, 9);
+            var r = data.AsSpan(i * LogColumns, LogColumns);
             _log.Add(new AutoencoderStep((int)r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]));
         }
-        CompletedSteps = int.Parse(meta["step"]);
+        CompletedSteps = c.Step;
     }
 }

@@ -61,6 +61,9 @@ public sealed record ClipTextConfig
         };
         if (c.HiddenAct is not ("quick_gelu" or "gelu"))
             throw new NotSupportedException($"{source}: hidden_act '{c.HiddenAct}' (supported: quick_gelu, gelu)");
+        Interop.ConfigFile.RequirePositive(source, ("vocab_size", c.VocabSize), ("hidden_size", c.HiddenSize),
+            ("intermediate_size", c.IntermediateSize), ("num_hidden_layers", c.NumHiddenLayers),
+            ("num_attention_heads", c.NumAttentionHeads), ("max_position_embeddings", c.MaxPositionEmbeddings));
         if (c.HiddenSize % c.NumAttentionHeads != 0)
             throw new ArgumentException($"{source}: hidden_size {c.HiddenSize} is not divisible by num_attention_heads {c.NumAttentionHeads}");
         if (o["model_type"] is JsonValue mt && (string?)mt is { } type && type != "clip_text_model")
@@ -250,8 +253,7 @@ public sealed class ClipTextModel : nn.Module
     {
         var configPath = Path.Combine(dir, "config.json");
         if (!File.Exists(configPath)) throw new FileNotFoundException($"{configPath}: a CLIPTextModel folder needs config.json", configPath);
-        var json = PyJson.ParseFile(configPath) as JsonObject ?? throw new FormatException($"{configPath}: not a JSON object");
-        var model = new ClipTextModel(ClipTextConfig.FromJson(json, configPath));
+        var model = new ClipTextModel(ConfigFile.Read(configPath, json => ClipTextConfig.FromJson(json, configPath)));
         StateDicts.Load(model, Path.Combine(dir, WeightsName), optional: ["text_model.embeddings.position_ids"]);
         model.eval();
         return model;

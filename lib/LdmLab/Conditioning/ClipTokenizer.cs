@@ -100,12 +100,13 @@ public sealed partial class ClipTokenizer
         var tokenizer = new ClipTokenizer(vocab, merges, vocabPath);
         int pad = tokenizer.PadId, max = tokenizer.MaxLength;
         var config = Path.Combine(dir, "tokenizer_config.json");
-        if (File.Exists(config) && Interop.PyJson.ParseFile(config) is System.Text.Json.Nodes.JsonObject c)
-        {
-            if (c["model_max_length"] is { } m && (double)m is > 2 and < 100_000) max = (int)(double)m;
-            var padToken = c["pad_token"] is System.Text.Json.Nodes.JsonObject po ? (string?)po["content"] : (string?)c["pad_token"];
-            if (padToken is not null && vocab.TryGetValue(padToken, out var p)) pad = p;
-        }
+        if (File.Exists(config))
+            (pad, max) = Interop.ConfigFile.Read(config, c =>
+            {
+                int m = c["model_max_length"] is { } ml && (double)ml is > 2 and < 100_000 ? (int)(double)ml : max;
+                var padToken = c["pad_token"] is System.Text.Json.Nodes.JsonObject po ? (string?)po["content"] : (string?)c["pad_token"];
+                return (padToken is not null && vocab.TryGetValue(padToken, out var p) ? p : pad, m);
+            });
         return tokenizer.With(pad, max);
     }
 

@@ -19,9 +19,32 @@ public static partial class TextCleaner
     public static string Clean(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
+        RequireValidUnicode(text, nameof(text));
         var fixedText = FixText(text);
         return Whitespace().Replace(fixedText, " ").Trim().ToLowerInvariant();
     }
+
+    /// <summary>
+    /// A .NET string can hold a lone UTF-16 surrogate, which is no Unicode character: CLIP's byte-level BPE cannot
+    /// encode it (Python raises UnicodeEncodeError), so neither does this tokenizer — the error says where it is.
+    /// </summary>
+    public static void RequireValidUnicode(string text, string argument)
+    {
+        for (int i = 0; i < text.Length; i++)
+        {
+            if (char.IsHighSurrogate(text[i]) && i + 1 < text.Length && char.IsLowSurrogate(text[i + 1])) { i++; continue; }
+            if (char.IsSurrogate(text[i]))
+                throw new ArgumentException($"the prompt has a lone UTF-16 surrogate U+{(int)text[i]:X4} at index {i}: not " +
+                                            "Unicode text (remove it, or decode the text's bytes as UTF-8 again)", argument);
+        }
+    }
+
+    /// <summary>
+    /// Unicode normalisation as Python's unicodedata does it. .NET refuses the noncharacter U+FFFE ("invalid code
+    /// points") where Python leaves it as it is; it never composes, so the text around it is normalised piece by piece.
+    /// </summary>
+    static string Normalized(string text, NormalizationForm form) =>
+        text.Contains('\uFFFE') ? string.Join('\uFFFE', text.Split('\uFFFE').Select(p => p.Normalize(form))) : text.Normalize(form);
 
     /// <summary>The ftfy steps alone (no whitespace collapsing, no lower-casing).</summary>
     public static string FixText(string text)
@@ -37,7 +60,7 @@ public static partial class TextCleaner
                 case var l when Ligatures.TryGetValue(l, out var plain): sb.Append(plain); break;
                 case 0x3000: sb.Append(' '); break;                                     // ideographic space
                 case >= 0xFF01 and <= 0xFFEF:                                           // full- and half-width forms
-                    sb.Append(rune.ToString().Normalize(NormalizationForm.FormKC)); break;
+                    sb.Append(Normalized(rune.ToString(), NormalizationForm.FormKC)); break;
                 case 0x02BC or (>= 0x2018 and <= 0x201B): sb.Append('\''); break;       // ‘ ’ ‚ ‛ ʼ
                 case >= 0x201C and <= 0x201F: sb.Append('"'); break;                    // “ ” „ ‟
                 case '\r': sb.Append('\n'); break;
@@ -47,7 +70,7 @@ public static partial class TextCleaner
                     sb.Append(rune.ToString()); break;
             }
         }
-        return sb.ToString().Normalize(NormalizationForm.FormC);
+        return Normalized(sb.ToString(), NormalizationForm.FormC);
     }
 
     /// <summary>ftfy's fix_latin_ligatures table: Dutch and Afrikaans ligatures, Serbo-Croatian digraphs, Latin

@@ -51,16 +51,23 @@ public static class Idx
         return new IdxArray(shape, raw.AsSpan(header).ToArray());
     }
 
+    /// <summary>The most an IDX file may hold uncompressed (Fashion-MNIST's largest is 47 MB): bounds a gzip bomb.</summary>
+    public const long MaxBytes = 256L << 20;
+
     static byte[] ReadMaybeGzip(string path)
     {
+        if (new FileInfo(path).Length > MaxBytes) throw new DatasetException(path, $"larger than {MaxBytes >> 20} MiB: not an IDX file");
         var bytes = File.ReadAllBytes(path);
-        if (bytes.Length >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b)
+        if (bytes.Length < 2 || bytes[0] != 0x1f || bytes[1] != 0x8b) return bytes;
+        using var gz = new GZipStream(new MemoryStream(bytes), CompressionMode.Decompress);
+        using var ms = new MemoryStream();
+        var buffer = new byte[1 << 16];
+        for (int n; (n = gz.Read(buffer)) > 0;)
         {
-            using var gz = new GZipStream(new MemoryStream(bytes), CompressionMode.Decompress);
-            using var ms = new MemoryStream();
-            gz.CopyTo(ms);
-            return ms.ToArray();
+            if (ms.Length + n > MaxBytes)
+                throw new DatasetException(path, $"decompresses to more than {MaxBytes >> 20} MiB: not an IDX file");
+            ms.Write(buffer, 0, n);
         }
-        return bytes;
+        return ms.ToArray();
     }
 }

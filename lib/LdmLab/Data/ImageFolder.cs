@@ -31,6 +31,9 @@ public sealed class ImageFolder
         ShortSide = shortSide;
     }
 
+    /// <summary>The largest image decoded (width × height): bounds the memory a corrupt or hostile header can claim.</summary>
+    public const long MaxPixels = 64_000_000;
+
     /// <summary>The photo scaled to the short side (cached); a file that is not an image gives a DatasetException.</summary>
     public Image<Rgb24> Photo(int index)
     {
@@ -38,11 +41,24 @@ public sealed class ImageFolder
         if (_cache.TryGetValue(path, out var img)) return img;
         try
         {
+            // the header alone first: a file that claims a huge canvas is refused before any pixel buffer exists
+            var info = Image.Identify(path) ?? throw new UnknownImageFormatException("unknown image format");
+            if (info.Width < 1 || info.Height < 1) throw new DatasetException(path, $"{info.Width}×{info.Height} pixels: an empty image");
+            if ((long)info.Width * info.Height > MaxPixels)
+                throw new DatasetException(path, $"{info.Width}×{info.Height} pixels is more than the {MaxPixels / 1_000_000} megapixels " +
+                                                 "LdmLab decodes");
             img = Image.Load<Rgb24>(path);
         }
-        catch (Exception e) when (e is UnknownImageFormatException or InvalidImageContentException or NotSupportedException)
+        catch (Exception e) when (e is ImageFormatException or NotSupportedException
+                                      or SixLabors.ImageSharp.Memory.InvalidMemoryOperationException)
         {
             throw new DatasetException(path, "not a readable image: " + e.Message, e);
+        }
+        catch (Exception e) when (e is NullReferenceException or ArgumentException or IndexOutOfRangeException
+                                      or InvalidOperationException or OverflowException or ArithmeticException)
+        {
+            // ImageSharp 2.1's decoders answer some corrupt files with these instead of an image-format error
+            throw new DatasetException(path, $"not a readable image (the decoder failed: {e.GetType().Name}: {e.Message})", e);
         }
         double s = (double)ShortSide / Math.Min(img.Width, img.Height);
         img.Mutate(c => c.Resize(Math.Max(1, (int)Math.Round(img.Width * s)), Math.Max(1, (int)Math.Round(img.Height * s))));

@@ -14,8 +14,7 @@ public static class DiffusersFolder
         where TModel : torch.nn.Module
     {
         var configPath = Path.Combine(dir, "config.json");
-        var json = PyJson.ParseFile(configPath) as JsonObject ?? throw new FormatException($"{configPath}: not a JSON object");
-        var model = create(parseConfig(json, configPath));
+        var model = create(ConfigFile.Read(configPath, json => parseConfig(json, configPath)));
         StateDicts.Load(model, Path.Combine(dir, WeightsName));
         return model;
     }

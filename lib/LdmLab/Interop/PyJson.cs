@@ -29,7 +29,8 @@ public static class PyJson
             sb.Append(token switch { "-Infinity" => "\"-inf\"", "Infinity" => "\"inf\"", _ => "\"nan\"" });
             i += token.Length - 1;
         }
-        try { return JsonNode.Parse(sb.ToString()); }
+        // a repeated key is an error (Python keeps the last one silently; a config that says two things is not trusted)
+        try { return JsonNode.Parse(sb.ToString(), documentOptions: new() { AllowDuplicateProperties = false }); }
         catch (System.Text.Json.JsonException e) { throw new FormatException($"{nameForErrors}: not valid JSON: {e.Message}", e); }
     }
 

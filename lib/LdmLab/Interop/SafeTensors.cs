@@ -95,6 +95,23 @@ public static class SafeTensors
         });
     }
 
+    static Entry ParseEntry(string path, string name, JsonNode? node, long dataLen)
+    {
+        var dtype = (string?)node?["dtype"] ?? throw new DatasetException(path, $"{name}: header entry has no dtype");
+        if (!DTypes.TryGetValue(dtype, out var dt)) throw new DatasetException(path, $"{name}: unsupported dtype {dtype}");
+        var shape = (node["shape"] ?? throw new DatasetException(path, $"{name}: header entry has no shape"))
+            .AsArray().Select(x => (long)x!).ToArray();
+        var offs = (node["data_offsets"] ?? throw new DatasetException(path, $"{name}: header entry has no data_offsets"))
+            .AsArray().Select(x => (long)x!).ToArray();
+        if (shape.Any(d => d < 0)) throw new DatasetException(path, $"{name}: negative dimension in shape [{string.Join(",", shape)}]");
+        long count = shape.Aggregate(1L, (a, b) => checked(a * b));
+        if (offs.Length != 2 || offs[0] < 0 || offs[1] < offs[0] || offs[1] > dataLen)
+            throw new DatasetException(path, $"{name}: data_offsets [{string.Join(",", offs)}] outside the {dataLen}-byte data section (truncated file?)");
+        if (offs[1] - offs[0] != checked(count * dt.size))
+            throw new DatasetException(path, $"{name}: {offs[1] - offs[0]} bytes for shape [{string.Join(",", shape)}] of {dtype}");
+        return new Entry(name, dtype, shape, offs[0], offs[1]);
+    }
+
     static FileStream OpenOrThrow(string path) =>
         File.Exists(path) ? File.OpenRead(path) : throw new DatasetException(path, "safetensors file not found");
 
@@ -108,37 +125,38 @@ public static class SafeTensors
             throw new DatasetException(path, $"not a safetensors file (header length {n} for a {fs.Length}-byte file)");
         var json = new byte[n];
         fs.ReadExactly(json);
-        JsonObject root;
-        try { root = JsonNode.Parse(json)?.AsObject() ?? throw new JsonException("empty header"); }
-        catch (Exception e) when (e is JsonException or InvalidOperationException) { throw new DatasetException(path, "corrupt safetensors header: " + e.Message, e); }
-
         long dataStart = 8 + (long)n, dataLen = fs.Length - dataStart;
         var entries = new List<Entry>();
         var meta = new Dictionary<string, string>();
-        foreach (var (name, node) in root)
+        string? current = null;
+        try
         {
-            if (name == "__metadata__")
+            // strict UTF-8 (a bad byte is an error, not a replacement character); JsonObject materialises lazily,
+            // so every access below may still find a malformed header
+            var text = new UTF8Encoding(false, throwOnInvalidBytes: true).GetString(json);
+            var root = JsonNode.Parse(text, documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false })
+                ?.AsObject() ?? throw new JsonException("empty header");
+            foreach (var (name, node) in root)
             {
-                foreach (var (k, v) in node!.AsObject()) meta[k] = v?.ToString() ?? "";
-                continue;
+                current = name;
+                if (name == "__metadata__")
+                {
+                    foreach (var (k, v) in node!.AsObject()) meta[k] = v?.ToString() ?? "";
+                    continue;
+                }
+                entries.Add(ParseEntry(path, name, node, dataLen));
             }
-            try
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or ArgumentException or FormatException
+                                      or OverflowException or NullReferenceException or InvalidCastException)
+        {
+            string what = e switch
             {
-                var dtype = (string)node!["dtype"]!;
-                if (!DTypes.TryGetValue(dtype, out var dt)) throw new DatasetException(path, $"{name}: unsupported dtype {dtype}");
-                var shape = node["shape"]!.AsArray().Select(x => (long)x!).ToArray();
-                var offs = node["data_offsets"]!.AsArray().Select(x => (long)x!).ToArray();
-                long count = shape.Aggregate(1L, (a, b) => a * b);
-                if (offs.Length != 2 || offs[0] < 0 || offs[1] < offs[0] || offs[1] > dataLen)
-                    throw new DatasetException(path, $"{name}: data_offsets [{string.Join(",", offs)}] outside the {dataLen}-byte data section (truncated file?)");
-                if (offs[1] - offs[0] != count * dt.size)
-                    throw new DatasetException(path, $"{name}: {offs[1] - offs[0]} bytes for shape [{string.Join(",", shape)}] of {dtype}");
-                entries.Add(new Entry(name, dtype, shape, offs[0], offs[1]));
-            }
-            catch (Exception e) when (e is NullReferenceException or InvalidOperationException or FormatException)
-            {
-                throw new DatasetException(path, $"{name}: malformed header entry", e);
-            }
+                DecoderFallbackException => "header is not valid UTF-8",
+                _ when e.Message.Contains("same key") || e.Message.Contains("uplicate") => "duplicate tensor name in header",
+                _ => "corrupt safetensors header",
+            };
+            throw new DatasetException(path, $"{what}{(current is null ? "" : $" (at entry '{current}')")}: {e.Message}", e);
         }
         return (entries.OrderBy(e => e.Begin).ToList(), meta, dataStart);
     }

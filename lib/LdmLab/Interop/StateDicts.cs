@@ -15,21 +15,22 @@ public static class StateDicts
     public static void Load(nn.Module module, string path, IReadOnlyCollection<string>? optional = null)
     {
         var tensors = SafeTensors.Load(path);
-        var sd = module.state_dict();
-        var missing = sd.Keys.Where(k => !tensors.ContainsKey(k)).ToList();
-        var unexpected = tensors.Keys.Where(k => !sd.ContainsKey(k) && optional?.Contains(k) != true).ToList();
-        var misShaped = sd.Keys.Where(k => tensors.ContainsKey(k) && !sd[k].shape.SequenceEqual(tensors[k].shape))
-            .Select(k => $"{k}: file [{string.Join(",", tensors[k].shape)}], model [{string.Join(",", sd[k].shape)}]").ToList();
-        if (missing.Count + unexpected.Count + misShaped.Count > 0)
-            throw new DatasetException(path, "weights do not fit the model:" +
-                (missing.Count > 0 ? $"\n  missing ({missing.Count}): {string.Join(", ", missing.Take(10))}" : "") +
-                (unexpected.Count > 0 ? $"\n  unexpected ({unexpected.Count}): {string.Join(", ", unexpected.Take(10))}" : "") +
-                (misShaped.Count > 0 ? $"\n  wrong shape: {string.Join("; ", misShaped.Take(10))}" : ""));
-        using var _ = no_grad();
-        foreach (var (k, t) in sd)
+        try
         {
-            t.copy_(tensors[k].to_type(t.dtype));
-            tensors[k].Dispose();
+            var sd = module.state_dict();
+            var missing = sd.Keys.Where(k => !tensors.ContainsKey(k)).ToList();
+            var unexpected = tensors.Keys.Where(k => !sd.ContainsKey(k) && optional?.Contains(k) != true).ToList();
+            var misShaped = sd.Keys.Where(k => tensors.ContainsKey(k) && !sd[k].shape.SequenceEqual(tensors[k].shape))
+                .Select(k => $"{k}: file [{string.Join(",", tensors[k].shape)}], model [{string.Join(",", sd[k].shape)}]").ToList();
+            if (missing.Count + unexpected.Count + misShaped.Count > 0)
+                throw new DatasetException(path, "weights do not fit the model:" + Training.KeyReport.Lines(missing, unexpected, misShaped));
+            using var _ = no_grad();
+            foreach (var (k, t) in sd) t.copy_(tensors[k].to_type(t.dtype));
+        }
+        finally
+        {
+            // what was read is freed on every path, an error included
+            foreach (var t in tensors.Values) t.Dispose();
         }
     }
 

@@ -219,7 +219,7 @@ public sealed class StableDiffusionPipeline
     {
         var index = Path.Combine(dir, "model_index.json");
         if (!File.Exists(index)) throw new FileNotFoundException($"{index}: not a diffusers pipeline folder (no model_index.json)", index);
-        var m = PyJson.ParseFile(index) as JsonObject ?? throw new FormatException($"{index}: not a JSON object");
+        var m = ConfigFile.Read(index, json => json);
         string Component(string name, string expected)
         {
             var cls = (m[name] as JsonArray)?[1]?.ToString();
@@ -236,7 +236,8 @@ public sealed class StableDiffusionPipeline
         Component("tokenizer", "*");
         var schedulerClass = Component("scheduler", "*");
         var schedulerPath = Path.Combine(dir, "scheduler", "scheduler_config.json");
-        var schedulerConfig = PyJson.ParseFile(schedulerPath) as JsonObject ?? throw new FormatException($"{schedulerPath}: not a JSON object");
+        // built once here so that a config LdmLab cannot use is reported against its file
+        var schedulerConfig = ConfigFile.Read(schedulerPath, json => { Scheduler.Create(schedulerClass, json); return json; });
         return new StableDiffusionPipeline(ClipTokenizer.FromFolder(Path.Combine(dir, "tokenizer")),
             ClipTextModel.FromPretrained(Path.Combine(dir, "text_encoder")),
             UNet2DConditionModel.FromPretrained(Path.Combine(dir, "unet")), AutoencoderKL.FromPretrained(Path.Combine(dir, "vae")),

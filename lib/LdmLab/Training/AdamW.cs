@@ -59,14 +59,28 @@ public sealed class AdamW
         return d;
     }
 
-    public void LoadStateTensors(IReadOnlyDictionary<string, Tensor> d)
+    /// <summary>
+    /// Restores the step count and moments. Moments exist only for parameters that have had a gradient, so a parameter
+    /// without them is fine; a moment for no parameter, a mis-shaped one or a missing step count is an error naming it.
+    /// </summary>
+    /// <param name="source">the file the tensors came from, for error messages.</param>
+    public void LoadStateTensors(IReadOnlyDictionary<string, Tensor> d, string source = "optimizer state")
     {
-        Steps = d.TryGetValue("adam.steps", out var s) ? s.item<long>() : 0;
-        var names = _params.Select(x => x.name).ToHashSet();
-        foreach (var (k, t) in d)
-        {
-            if (k.StartsWith("adam.m.") && names.Contains(k[7..])) _m[k[7..]] = t.clone().DetachFromDisposeScope();
-            else if (k.StartsWith("adam.v.") && names.Contains(k[7..])) _v[k[7..]] = t.clone().DetachFromDisposeScope();
-        }
+        var shapes = _params.ToDictionary(x => x.name, x => x.p.shape);
+        var moments = d.Where(kv => kv.Key.StartsWith("adam.m.", StringComparison.Ordinal)
+                                    || kv.Key.StartsWith("adam.v.", StringComparison.Ordinal)).ToList();
+        var missing = d.ContainsKey("adam.steps") ? new List<string>() : ["adam.steps"];
+        var unexpected = moments.Where(kv => !shapes.ContainsKey(kv.Key[7..])).Select(kv => kv.Key).ToList();
+        var misShaped = moments.Where(kv => shapes.TryGetValue(kv.Key[7..], out var s) && !kv.Value.shape.SequenceEqual(s))
+            .Select(kv => $"{kv.Key}: [{string.Join(",", kv.Value.shape)}], parameter [{string.Join(",", shapes[kv.Key[7..]])}]")
+            .ToList();
+        if (missing.Count + unexpected.Count + misShaped.Count > 0)
+            throw new Data.DatasetException(source, "optimizer state does not fit these parameters:" +
+                                                    KeyReport.Lines(missing, unexpected, misShaped));
+        Steps = d["adam.steps"].item<long>();
+        foreach (var t in _m.Values.Concat(_v.Values)) t.Dispose();
+        _m.Clear(); _v.Clear();
+        foreach (var (k, t) in moments)
+            (k[5] == 'm' ? _m : _v)[k[7..]] = t.clone().DetachFromDisposeScope();
     }
 }

@@ -47,11 +47,21 @@ public sealed class Ema
         return d;
     }
 
-    public void LoadStateTensors(IReadOnlyDictionary<string, Tensor> d)
+    /// <summary>Restores the shadow weights and update count; a missing or mis-shaped entry is an error naming it.</summary>
+    /// <param name="source">the file the tensors came from, for error messages.</param>
+    public void LoadStateTensors(IReadOnlyDictionary<string, Tensor> d, string source = "EMA state")
     {
+        var missing = _shadow.Keys.Select(k => "ema." + k).Where(k => !d.ContainsKey(k)).ToList();
+        if (!d.ContainsKey("ema.updates")) missing.Add("ema.updates");
+        var unexpected = d.Keys.Where(k => k.StartsWith("ema.", StringComparison.Ordinal) && k != "ema.updates"
+                                           && !_shadow.ContainsKey(k[4..])).ToList();
+        var misShaped = _shadow.Where(kv => d.TryGetValue("ema." + kv.Key, out var t) && !t.shape.SequenceEqual(kv.Value.shape))
+            .Select(kv => $"ema.{kv.Key}: [{string.Join(",", d["ema." + kv.Key].shape)}], model [{string.Join(",", kv.Value.shape)}]")
+            .ToList();
+        if (missing.Count + unexpected.Count + misShaped.Count > 0)
+            throw new Data.DatasetException(source, "EMA state does not fit this model:" + KeyReport.Lines(missing, unexpected, misShaped));
         using var _ = no_grad();
-        foreach (var k in _shadow.Keys.ToList())
-            if (d.TryGetValue("ema." + k, out var t)) _shadow[k].copy_(t);
-        Updates = d.TryGetValue("ema.updates", out var u) ? u.item<long>() : 0;
+        foreach (var (k, shadow) in _shadow) shadow.copy_(d["ema." + k]);
+        Updates = d["ema.updates"].item<long>();
     }
 }

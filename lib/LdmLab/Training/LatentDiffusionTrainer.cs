@@ -60,50 +60,45 @@ public sealed class LatentDiffusionTrainer
         Ema = new Ema(model, options.EmaDecay);
     }
 
+    LoopSettings Loop => new(_o.Steps, _o.LearningRate, _o.WarmupSteps, _o.ClipGradNorm, _o.CheckpointEvery, _o.CheckpointDir, _o.Seed);
+
     /// <param name="latents">[N, C, H, W] (already scaled to unit variance).</param>
     /// <param name="labels">[N] int64 class labels.</param>
     public DiffusionTrainingLog Train(Tensor latents, Tensor labels, Viz.Progress? progress = null)
     {
         if (latents.shape[0] != labels.shape[0]) throw new ArgumentException($"{latents.shape[0]} latents but {labels.shape[0]} labels");
         if (_o.CheckpointDir is { } dir && File.Exists(Path.Combine(dir, CheckpointFile))) LoadCheckpoint(dir);
-        if (CompletedSteps > _o.Steps)
-            throw new InvalidOperationException($"the checkpoint in {_o.CheckpointDir} is at step {CompletedSteps}, beyond the requested {_o.Steps}");
         int resumed = CompletedSteps;
         var device = _model.parameters().First().device;
         var sw = System.Diagnostics.Stopwatch.StartNew();
         _model.train();
-        for (int step = CompletedSteps + 1; step <= _o.Steps; step++)
+        CompletedSteps = TrainingLoop.Run(Loop, CompletedSteps, (step, gen) =>
         {
-            using var scope = NewDisposeScope();
-            using var gen = new Generator((ulong)(_o.Seed * 1_000_003 + step));
             _optimizer.ZeroGrad();
             double stepLoss = 0;
             for (int micro = 0; micro < _o.GradAccumulation; micro++)
             {
                 var idx = randint(0, latents.shape[0], [_o.BatchSize], dtype: ScalarType.Int64, generator: gen);
-                var z0 = latents.index_select(0, idx).to(device);
-                var y = DiffusionObjective.DropLabels(labels.index_select(0, idx), _o.ConditionDropout, _model.NullLabel, gen).to(device);
+                var z0 = latents.index_select(0, idx).to(device);                                    // [B, C, H, W]
+                var y = DiffusionObjective.DropLabels(labels.index_select(0, idx), _o.ConditionDropout, _model.NullLabel, gen)
+                    .to(device);                                                                     // [B]
                 var loss = _objective.Loss((zt, t) => _model.Forward(zt, t, y), z0, gen) / _o.GradAccumulation;
-                double value = loss.item<float>() * _o.GradAccumulation;
-                if (!double.IsFinite(value)) throw new NonFiniteLossException(step, value);
+                double value = TrainingLoop.CheckedValue(loss, step, _o.GradAccumulation);
                 loss.backward();
                 stepLoss += value / _o.GradAccumulation;
             }
-            if (_o.ClipGradNorm > 0) nn.utils.clip_grad_norm_(_model.parameters(), _o.ClipGradNorm);
-            _optimizer.LearningRate = LrSchedule.WarmupConstant(step, _o.WarmupSteps, _o.LearningRate);
-            _optimizer.Step();
+            TrainingLoop.Optimize(_optimizer, _model.parameters(), Loop, step);
             Ema.Update(_model);
             CompletedSteps = step;
             _losses.Add(stepLoss);
             _lrs.Add(_optimizer.LearningRate);
             progress?.Report(step, new Dictionary<string, double> { ["loss"] = _losses.Skip(Math.Max(0, _losses.Count - 50)).Average() });
-            if (_o.CheckpointDir is { } d && _o.CheckpointEvery > 0 && step % _o.CheckpointEvery == 0) SaveCheckpoint(d);
-        }
-        if (_o.CheckpointDir is { } final && CompletedSteps > resumed) SaveCheckpoint(final);
+        }, SaveCheckpoint);
         _model.eval();
-        Metrics.ProcessMemory.Release();
         return new DiffusionTrainingLog(_losses.ToList(), _lrs.ToList(), resumed, sw.Elapsed);
     }
+
+    const string Format = "ldmlab-trainer-1";
 
     /// <summary>Model, EMA, optimizer state and the loss log in one safetensors file, written atomically.</summary>
     public void SaveCheckpoint(string dir)
@@ -114,30 +109,20 @@ public sealed class LatentDiffusionTrainer
         foreach (var (k, v) in _optimizer.StateTensors()) t[k] = v;
         t["log.losses"] = tensor(_losses.ToArray());
         t["log.lrs"] = tensor(_lrs.ToArray());
-        SafeTensors.Save(Path.Combine(dir, CheckpointFile), t, new Dictionary<string, string>
-        {
-            ["step"] = CompletedSteps.ToString(), ["format"] = "ldmlab-trainer-1",
-        });
+        Checkpoint.Save(Path.Combine(dir, CheckpointFile), Format, CompletedSteps, _o.Steps, t);
     }
 
+    /// <summary>Restores a run from its checkpoint; every error names the file (format, step, keys, shapes).</summary>
     public void LoadCheckpoint(string dir)
     {
-        var path = Path.Combine(dir, CheckpointFile);
-        var (_, meta) = SafeTensors.ReadHeader(path);
-        if (!meta.TryGetValue("format", out var f) || f != "ldmlab-trainer-1")
-            throw new Data.DatasetException(path, "not an LdmLab trainer checkpoint");
-        var t = SafeTensors.Load(path);
-        using (no_grad())
-            foreach (var (k, v) in _model.state_dict())
-            {
-                if (!t.TryGetValue("model." + k, out var src) || !src.shape.SequenceEqual(v.shape))
-                    throw new Data.DatasetException(path, $"checkpoint does not fit this model (model.{k})");
-                v.copy_(src);
-            }
-        Ema.LoadStateTensors(t);
-        _optimizer.LoadStateTensors(t);
-        _losses.Clear(); _losses.AddRange(t["log.losses"].data<double>().ToArray());
-        _lrs.Clear(); _lrs.AddRange(t["log.lrs"].data<double>().ToArray());
-        CompletedSteps = int.Parse(meta["step"]);
+        using var c = Checkpoint.Load(Path.Combine(dir, CheckpointFile), Format, _o.Steps);
+        c.LoadInto(_model, "model.");
+        Ema.LoadStateTensors(c.Tensors, c.Path);
+        _optimizer.LoadStateTensors(c.Tensors, c.Path);
+        var losses = c.Require("log.losses", [c.Step]).data<double>().ToArray();
+        var lrs = c.Require("log.lrs", [c.Step]).data<double>().ToArray();
+        _losses.Clear(); _losses.AddRange(losses);
+        _lrs.Clear(); _lrs.AddRange(lrs);
+        CompletedSteps = c.Step;
     }
 }

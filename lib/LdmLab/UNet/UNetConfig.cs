@@ -144,6 +144,13 @@ public sealed record UNetConfig
     public void Validate(string source = "config")
     {
         int n = BlockOutChannels.Length;
+        Interop.ConfigFile.RequirePositive(source, ("number of blocks", n), ("sample_size", SampleSize), ("in_channels", InChannels),
+            ("out_channels", OutChannels), ("layers_per_block", LayersPerBlock), ("norm_num_groups", NormNumGroups),
+            ("cross_attention_dim", CrossAttentionDim), ("conv_in_kernel", ConvInKernel), ("conv_out_kernel", ConvOutKernel));
+        Interop.ConfigFile.RequirePositive(source, BlockOutChannels.Select(c => ("block_out_channels", (long)c))
+            .Concat(AttentionHeadDim.Select(h => ("attention_head_dim", (long)h)))
+            .Concat((NumAttentionHeads ?? []).Select(h => ("num_attention_heads", (long)h)))
+            .Concat(TransformerLayersPerBlock.Select(l => ("transformer_layers_per_block", (long)l))).ToArray());
         if (DownBlockTypes.Length != n || UpBlockTypes.Length != n)
             throw new ArgumentException($"{source}: {DownBlockTypes.Length} down and {UpBlockTypes.Length} up block types for {n} block_out_channels");
         foreach (var t in DownBlockTypes)
