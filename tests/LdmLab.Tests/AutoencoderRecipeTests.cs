@@ -131,4 +131,79 @@ public class AutoencoderRecipeTests
         Assert.Equal(0, (kl.Reconstruct(x) - kl.Reconstruct(x)).abs().max().item<float>());
         Assert.Equal([16L, 2, 8, 8], kl.Encode(x).shape);
     }
+
+}
+
+/// <summary>Caches keyed by content: the same shapes with other data, or other upstream latents, never hit.</summary>
+public class CacheKeyTests
+{
+    static T WithCache<T>(string dir, Func<T> f)
+    {
+        var saved = Environment.GetEnvironmentVariable("LDMLAB_CACHE");
+        Environment.SetEnvironmentVariable("LDMLAB_CACHE", dir);
+        try { return f(); }
+        finally { Environment.SetEnvironmentVariable("LDMLAB_CACHE", saved); }
+    }
+
+    static Tensor Fashion(int n, int offset)
+    {
+        TorchRuntime.Setup();
+        return FashionMnist.Load(Split.Test, limit: offset + n).Images.narrow(0, offset, n);
+    }
+
+    [Fact]
+    public void Fashion_vae_is_keyed_by_its_images_checkpointed_and_saves_its_scaling_factor()
+    {
+        var cache = TestPaths.TempDir("cache-vae");
+        var a = Fashion(96, 0);
+        var b = Fashion(96, 96);                 // same count and shape, other images
+        var (vaeA, trainedA, _) = WithCache(cache, () => FashionLatentRecipe.LoadOrTrainVae(a));
+        Assert.True(trainedA);
+        var (_, again, _) = WithCache(cache, () => FashionLatentRecipe.LoadOrTrainVae(a));
+        Assert.False(again);
+        var (_, trainedB, _) = WithCache(cache, () => FashionLatentRecipe.LoadOrTrainVae(b));
+        Assert.True(trainedB, "images of the same shape but other content reused the cached VAE");
+
+        // config.scaling_factor = 1/σ of the training latents, in the saved config.json as diffusers keeps it
+        var folder = Directory.GetDirectories(cache, "fashion-vae-*").Single(d =>
+            Interop.PyJson.ParseFile(Path.Combine(d, "config.json"))!["scaling_factor"]!.GetValue<double>() == vaeA.Config.ScalingFactor);
+        double sigma = VaeTrainer.EncodeMeans(vaeA, a).std().item<float>();
+        Assert.Equal(1 / sigma, vaeA.Config.ScalingFactor, 4);
+        Assert.NotEqual(1.0, vaeA.Config.ScalingFactor);
+        var (latents, scale) = FashionLatentRecipe.ScaledLatents(AutoencoderKL.FromPretrained(folder), a);
+        Assert.Equal(vaeA.Config.ScalingFactor, scale, 12);
+        Assert.Equal(1.0, latents.std().item<float>(), 3);
+        // the run was checkpointed while it trained, in the trainer's checkpoint format
+        Assert.Equal(FashionLatentRecipe.VaeOptions.Steps, Checkpoint.StepOf(Path.Combine(folder, AutoencoderTrainer.CheckpointFile)));
+    }
+
+    [Fact]
+    public void Photo_autoencoders_and_denoisers_are_keyed_by_content()
+    {
+        TorchRuntime.Setup();
+        var cache = TestPaths.TempDir("cache-content");
+        var spec = new AutoencoderSpec("tiny KL", false,
+            new AutoencoderKLConfig { InChannels = 3, OutChannels = 3, LatentChannels = 2, BlockOutChannels = [8, 8], NormNumGroups = 4, SampleSize = 16 },
+            0, new AutoencoderLossOptions(), new AutoencoderTrainerOptions { Steps = 2, BatchSize = 4, WarmupSteps = 1 });
+        manual_seed(1);
+        var x = rand(8, 3, 16, 16) * 2 - 1;
+        var y = rand(8, 3, 16, 16) * 2 - 1;
+        Assert.NotNull(WithCache(cache, () => AutoencoderRecipes.LoadOrTrain(spec, x)).TrainingTime);
+        Assert.Null(WithCache(cache, () => AutoencoderRecipes.LoadOrTrain(spec, x)).TrainingTime);
+        Assert.NotNull(WithCache(cache, () => AutoencoderRecipes.LoadOrTrain(spec, y)).TrainingTime);
+
+        var options = FashionLatentRecipe.DenoiserOptions with { Steps = 2, BatchSize = 4, WarmupSteps = 1 };
+        var labels = arange(8L) % 10;
+        var schedule = Diffusion.NoiseSchedule.ScaledLinear();
+        var za = randn(8, 4, 7, 7);
+        var zb = randn(8, 4, 7, 7);          // latents of another VAE: same shape, other content
+        var first = WithCache(cache, () => FashionLatentRecipe.LoadOrTrainDenoiser(za, labels, schedule, options: options)).log;
+        var cached = WithCache(cache, () => FashionLatentRecipe.LoadOrTrainDenoiser(za, labels, schedule, options: options)).log;
+        var other = WithCache(cache, () => FashionLatentRecipe.LoadOrTrainDenoiser(zb, labels, schedule, options: options)).log;
+        Assert.Equal(0, first.ResumedFromStep);
+        Assert.Equal(2, cached.ResumedFromStep);
+        Assert.Equal(0, other.ResumedFromStep);
+        var relabelled = WithCache(cache, () => FashionLatentRecipe.LoadOrTrainDenoiser(za, (labels + 1) % 10, schedule, options: options)).log;
+        Assert.Equal(0, relabelled.ResumedFromStep);
+    }
 }

@@ -180,7 +180,7 @@ public sealed class AutoencoderKL : nn.Module
     readonly VaeDecoder decoder;
     readonly Conv2d quant_conv, post_quant_conv;
 
-    public AutoencoderKLConfig Config { get; }
+    public AutoencoderKLConfig Config { get; private set; }
     public const string WeightsName = DiffusersFolder.WeightsName;
 
     public AutoencoderKL(AutoencoderKLConfig config) : base(nameof(AutoencoderKL))
@@ -191,6 +191,17 @@ public sealed class AutoencoderKL : nn.Module
         quant_conv = nn.Conv2d(2 * config.LatentChannels, 2 * config.LatentChannels, 1);
         post_quant_conv = nn.Conv2d(config.LatentChannels, config.LatentChannels, 1);
         RegisterComponents();
+    }
+
+    /// <summary>
+    /// Sets config.scaling_factor (diffusers' name: the diffusion model sees z·scaling_factor), e.g. the 1/σ measured
+    /// on a trained VAE's latents; it is saved in config.json with the weights.
+    /// </summary>
+    public void UseScalingFactor(double scalingFactor)
+    {
+        if (!(scalingFactor > 0) || double.IsInfinity(scalingFactor))
+            throw new ArgumentOutOfRangeException(nameof(scalingFactor), scalingFactor, "scaling_factor must be a positive number");
+        Config = Config with { ScalingFactor = scalingFactor };
     }
 
     public DiagonalGaussian Encode(Tensor x, IDictionary<string, Tensor>? record = null)

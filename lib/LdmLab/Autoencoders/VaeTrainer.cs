@@ -18,6 +18,9 @@ public sealed record VaeTrainerOptions
     public ReconstructionLoss Loss { get; init; } = ReconstructionLoss.L1;
     public double ClipGradNorm { get; init; } = 1.0;
     public long Seed { get; init; }
+    /// <summary>Where the run checkpoints (every <see cref="CheckpointEvery"/> steps and at the end) and resumes from.</summary>
+    public string? CheckpointDir { get; init; }
+    public int CheckpointEvery { get; init; }
 
     /// <summary>The same run as <see cref="AutoencoderTrainer"/> settings: pixel loss + β·KL, no perceptual or adversarial term.</summary>
     public AutoencoderLossOptions ToLossOptions() => new() { Pixel = Loss, KlWeight = KlWeight };
@@ -25,6 +28,7 @@ public sealed record VaeTrainerOptions
     public AutoencoderTrainerOptions ToTrainerOptions() => new()
     {
         Steps = Steps, BatchSize = BatchSize, LearningRate = LearningRate, WarmupSteps = WarmupSteps, ClipGradNorm = ClipGradNorm, Seed = Seed,
+        CheckpointDir = CheckpointDir, CheckpointEvery = CheckpointEvery,
     };
 }
 

@@ -145,21 +145,18 @@ public static class AutoencoderRecipes
     {
         if (images.dim() != 4 || images.shape[1] != spec.Config.InChannels || images.shape[2] % spec.F != 0 || images.shape[3] % spec.F != 0)
             throw new ArgumentException($"{spec.Name}: expected images [N, {spec.Config.InChannels}, H, W] with H and W multiples of f = {spec.F}, got [{string.Join(", ", images.shape)}]", nameof(images));
-        var dir = Path.Combine(FashionLatentRecipe.CacheRoot, "ae-" + FashionLatentRecipe.Key(spec.Vq, spec.Config, spec.Codes, spec.Loss, spec.Options, images.shape, seed));
+        var dir = Path.Combine(FashionLatentRecipe.CacheRoot, "ae-" + FashionLatentRecipe.Key(spec.Vq, spec.Config, spec.Codes, spec.Loss, spec.Options, ContentHash.Of(images), seed));
         Directory.CreateDirectory(dir);
         manual_seed(seed);
         nn.Module model = spec.Vq ? new VQModel(spec.Config, spec.Codes) : new AutoencoderKL(spec.Config);
         var options = spec.Options with { CheckpointDir = dir, CheckpointEvery = Math.Max(1, spec.Options.Steps / 4), Seed = seed };
         var trainer = new AutoencoderTrainer(model, spec.Loss, options, perceptual);
         var sw = System.Diagnostics.Stopwatch.StartNew();
-        bool complete = File.Exists(Path.Combine(dir, AutoencoderTrainer.CheckpointFile)) && CheckpointStep(dir) >= spec.Options.Steps;
+        bool complete = Checkpoint.StepOf(Path.Combine(dir, AutoencoderTrainer.CheckpointFile)) >= spec.Options.Steps;
         var log = trainer.Train(images, progress);
         model.eval();
         return new TrainedAutoencoder(spec, model, log, complete ? null : sw.Elapsed);
     }
-
-    static int CheckpointStep(string dir) =>
-        int.TryParse(Interop.SafeTensors.ReadHeader(Path.Combine(dir, AutoencoderTrainer.CheckpointFile)).metadata.GetValueOrDefault("step"), out var s) ? s : 0;
 
     sealed record Reference(ResNet18Features Features, int BatchSize, Tensor Pooled, List<Tensor[]> Taps);
     static readonly System.Runtime.CompilerServices.ConditionalWeakTable<Tensor, Reference> References = new();

@@ -46,25 +46,38 @@ public static class FashionLatentRecipe
         Environment.GetEnvironmentVariable("LDMLAB_CACHE") is { Length: > 0 } c ? c
         : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "ldmlab");
 
-    /// <summary>A short hash of everything that determines a trained model, so a changed setting never reuses a stale cache.</summary>
+    /// <summary>
+    /// A short hash of everything that determines a trained model — settings, and the content hashes of the data and
+    /// upstream weights it was made from (<see cref="ContentHash"/>) — so that nothing changed can reuse a stale cache.
+    /// </summary>
     public static string Key(params object[] parts)
     {
         var json = string.Join("|", parts.Select(p => JsonSerializer.Serialize(p)));
-        return Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes("v1|" + json)))[..12].ToLowerInvariant();
+        return Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes("v2|" + json)))[..12].ToLowerInvariant();
     }
 
-    /// <summary>The Fashion-MNIST KL-VAE: loaded from the cache, or trained on <paramref name="images"/> and cached.</summary>
+    /// <summary>
+    /// The Fashion-MNIST KL-VAE: loaded from the cache, or trained on <paramref name="images"/> (checkpointed every
+    /// quarter of the run, so a stopped run resumes) and cached. Its config.scaling_factor is 1/σ of the posterior
+    /// means of <paramref name="images"/>, measured after training and saved in config.json, as diffusers keeps it.
+    /// </summary>
     public static (AutoencoderKL vae, bool trained, VaeTrainer.Log? log) LoadOrTrainVae(Tensor images, Viz.Progress? progress = null, long seed = 0)
     {
-        var options = VaeOptions with { Seed = seed };
-        var dir = Path.Combine(CacheRoot, "fashion-vae-" + Key(VaeConfig, options, images.shape[0]));
+        var dir = Path.Combine(CacheRoot, "fashion-vae-" + Key(VaeConfig, VaeOptions with { Seed = seed }, ContentHash.Of(images)));
+        var options = VaeOptions with { Seed = seed, CheckpointDir = dir, CheckpointEvery = Math.Max(1, VaeOptions.Steps / 4) };
         if (File.Exists(Path.Combine(dir, AutoencoderKL.WeightsName))) return (AutoencoderKL.FromPretrained(dir).eval_(), false, null);
         manual_seed(seed);
         var vae = new AutoencoderKL(VaeConfig);
         var log = VaeTrainer.Train(vae, images, options, progress);
+        vae.eval();
+        vae.UseScalingFactor(MeasureScalingFactor(vae, images));
         vae.SavePretrained(dir);
         return (vae, true, log);
     }
+
+    /// <summary>1/σ of the posterior means of <paramref name="images"/>: the factor that gives the latents unit variance.</summary>
+    public static double MeasureScalingFactor(AutoencoderKL vae, Tensor images) =>
+        1.0 / VaeTrainer.EncodeMeans(vae, images).std().item<float>();
 
     /// <summary>
     /// The class-conditional latent denoiser for a schedule: resumed from its checkpoint (or loaded when complete),
@@ -76,7 +89,9 @@ public static class FashionLatentRecipe
         options ??= DenoiserOptions;
         // One folder per step count inside a folder per setting: a longer run starts from the longest shorter run's
         // checkpoint (staged evaluation), and a shorter request never gets a model trained further than asked.
-        var family = Path.Combine(CacheRoot, "fashion-ldm-" + Key(DenoiserConfig, options with { Steps = 0 }, schedule.Name, schedule.Betas.Sum(), prediction, minSnrGamma ?? -1, latents.shape, seed));
+        // the latents' content carries the VAE's identity (other weights, other latents); the labels and β's by content too
+        var family = Path.Combine(CacheRoot, "fashion-ldm-" + Key(DenoiserConfig, options with { Steps = 0 }, schedule.Name,
+            ContentHash.Of(schedule.Betas), prediction, minSnrGamma ?? -1, ContentHash.Of(latents), ContentHash.Of(labels), seed));
         var dir = Path.Combine(family, $"steps-{options.Steps}");
         if (!File.Exists(Path.Combine(dir, LatentDiffusionTrainer.CheckpointFile)) && Directory.Exists(family))
         {
@@ -101,14 +116,14 @@ public static class FashionLatentRecipe
     }
 
     /// <summary>
-    /// Training latents: posterior means of <paramref name="images"/>, scaled by 1/σ (the scale factor, like SD's
-    /// 0.18215) so that the diffusion model sees unit variance. Returns the scaled latents and the factor.
+    /// Training latents as diffusers scales them: posterior means of <paramref name="images"/> times the VAE's
+    /// config.scaling_factor (1/σ for the recipe VAE, like SD's 0.18215), so that the diffusion model sees unit
+    /// variance. Returns the scaled latents and the factor.
     /// </summary>
     public static (Tensor latents, double scale) ScaledLatents(AutoencoderKL vae, Tensor images)
     {
-        var z = VaeTrainer.EncodeMeans(vae, images);
-        double scale = 1.0 / z.std().item<float>();
-        return (z * scale, scale);
+        double scale = vae.Config.ScalingFactor;
+        return (VaeTrainer.EncodeMeans(vae, images) * scale, scale);
     }
 
     /// <summary>Samples latents for the given labels with classifier-free guidance; the callback sees every step.</summary>
