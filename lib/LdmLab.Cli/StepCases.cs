@@ -4,6 +4,7 @@ using LdmLab.Diffusion;
 using LdmLab.Diffusion.Schedulers;
 using LdmLab.Training;
 using LdmLab.UNet;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace LdmLab.Cli;
@@ -28,15 +29,28 @@ public abstract class StepCase : IDisposable
         ("vae-decode-64", "notebooks' Fashion-MNIST VAE, decode of 64 latents 4×7×7 → 1×28×28", () => new VaeDecode64()),
     ];
 
+    /// <summary>Stable Diffusion 1.5 shapes, on <see cref="Runtime.Lab.Device"/>: run only when named (GPU checks).</summary>
+    static readonly (string name, string description, Func<StepCase> create)[] GpuSized =
+    [
+        ("sd15-unet-train", "SD 1.5 U-Net (860M), batch 1, 4×64×64 + 77×768 context: forward, MSE, backward, AdamW step",
+            () => new Sd15UNetTrain()),
+        ("sd15-sample-50", "SD 1.5 U-Net, 50 DDIM steps at 4×64×64 with CFG 7.5 (uncond + cond in one batch of 2)",
+            () => new Sd15Sample50()),
+    ];
+
+    /// <summary>The cases a plain `ldmlab bench --json` runs (the CPU-sized ones).</summary>
     public static string[] Names { get; } = All.Select(c => c.name).ToArray();
+
+    /// <summary>Every case that can be named with --case.</summary>
+    public static string[] AllNames { get; } = All.Concat(GpuSized).Select(c => c.name).ToArray();
 
     public static string Describe(string name) => Find(name).description;
 
     public static StepCase Create(string name) => Find(name).create();
 
     static (string name, string description, Func<StepCase> create) Find(string name) =>
-        All.FirstOrDefault(c => c.name == name) is { name: not null } c ? c
-        : throw new CliArgumentException($"unknown bench case '{name}'; cases: {string.Join(", ", Names)}");
+        All.Concat(GpuSized).FirstOrDefault(c => c.name == name) is { name: not null } c ? c
+        : throw new CliArgumentException($"unknown bench case '{name}'; cases: {string.Join(", ", AllNames)}");
 
     /// <summary>The tiny-unet fixture's config (diffusers v0.27.2: blocks 32-64, cross-attention dim 32, 8 heads).</summary>
     public static UNetConfig TinyUNetConfig => new()
@@ -170,5 +184,70 @@ sealed class VaeDecode64 : StepCase
         using var scope = NewDisposeScope();
         using var _ = no_grad();
         _vae.Decode(_z);
+    }
+}
+
+/// <summary>One SD 1.5 U-Net training step on the lab device (a GPU check: 860M parameters).</summary>
+sealed class Sd15UNetTrain : StepCase
+{
+    readonly UNet2DConditionModel _unet;
+    readonly AdamW _optimizer;
+    readonly Tensor _z, _t, _c, _target;
+
+    public Sd15UNetTrain()
+    {
+        manual_seed(0);
+        var device = Runtime.Lab.Device;
+        _unet = new UNet2DConditionModel(UNetConfig.StableDiffusion15);
+        _unet.to(device);
+        _optimizer = new AdamW(_unet.named_parameters().Select(kv => (kv.name, kv.parameter)), 1e-5);
+        _z = randn(1, 4, 64, 64).to(device);                                             // [1, 4, 64, 64]
+        _t = randint(0, 1000, [1], dtype: ScalarType.Int64).to(device);
+        _c = randn(1, 77, 768).to(device);                                                // [1, 77, 768]
+        _target = randn(1, 4, 64, 64).to(device);
+    }
+
+    public override void Run()
+    {
+        using var scope = NewDisposeScope();
+        _optimizer.ZeroGrad();
+        nn.functional.mse_loss(_unet.Forward(_z, _t, _c), _target).backward();
+        _optimizer.Step();
+        Runtime.Lab.Synchronize();
+    }
+}
+
+/// <summary>A 50-step DDIM run of the SD 1.5 U-Net with classifier-free guidance, on the lab device.</summary>
+sealed class Sd15Sample50 : StepCase
+{
+    readonly UNet2DConditionModel _unet;
+    readonly Tensor _noise, _context;
+
+    public Sd15Sample50()
+    {
+        manual_seed(0);
+        var device = Runtime.Lab.Device;
+        _unet = new UNet2DConditionModel(UNetConfig.StableDiffusion15);
+        _unet.to(device);
+        _unet.eval();
+        _noise = randn(1, 4, 64, 64).to(device);
+        _context = randn(2, 77, 768).to(device);                                          // [uncond; cond]
+    }
+
+    public override void Run()
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var scheduler = Scheduler.Create("DDIMScheduler", new System.Text.Json.Nodes.JsonObject
+        {
+            ["beta_schedule"] = "scaled_linear", ["beta_start"] = 0.00085, ["beta_end"] = 0.012, ["clip_sample"] = false,
+            ["set_alpha_to_one"] = false, ["steps_offset"] = 1,
+        });
+        Sampling.Sample(scheduler, (z, t) =>
+        {
+            var both = _unet.Forward(cat([z, z]), tensor((long)t, device: z.device), _context).chunk(2);
+            return both[0] + 7.5 * (both[1] - both[0]);
+        }, _noise, 50);
+        Runtime.Lab.Synchronize();
     }
 }

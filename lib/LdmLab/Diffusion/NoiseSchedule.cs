@@ -98,7 +98,7 @@ public sealed class NoiseSchedule
     /// <summary>q(z_t | z_0): z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε, per batch element t (int64 tensor [N]).</summary>
     public Tensor AddNoise(Tensor z0, Tensor noise, Tensor t)
     {
-        var ab = tensor(AlphasCumprod).to(z0.device).index_select(0, t.to(z0.device).to_type(ScalarType.Int64));
+        var ab = tensor(AlphasCumprod).to(z0.device)[t.to(z0.device).to_type(ScalarType.Int64)];   // ᾱ_t per sample [B]
         var shape = new long[z0.dim()];
         Array.Fill(shape, 1L);
         shape[0] = -1;
@@ -109,7 +109,7 @@ public sealed class NoiseSchedule
     /// <summary>The velocity target v = √ᾱ_t ε − √(1 − ᾱ_t) z_0 (Salimans &amp; Ho).</summary>
     public Tensor Velocity(Tensor z0, Tensor noise, Tensor t)
     {
-        var ab = tensor(AlphasCumprod).to(z0.device).index_select(0, t.to(z0.device).to_type(ScalarType.Int64));
+        var ab = tensor(AlphasCumprod).to(z0.device)[t.to(z0.device).to_type(ScalarType.Int64)];   // ᾱ_t per sample [B]
         var shape = Enumerable.Repeat(1L, (int)z0.dim()).ToArray();
         shape[0] = -1;
         ab = ab.reshape(shape).to_type(z0.dtype);

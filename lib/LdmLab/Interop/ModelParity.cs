@@ -1,3 +1,4 @@
+using TorchSharp;
 using System.Text.Json.Nodes;
 using LdmLab.UNet;
 using static TorchSharp.torch;
@@ -15,7 +16,9 @@ public static class ModelParity
         var name = Path.GetFileName(Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar));
         var model = UNet2DConditionModel.FromPretrained(dir);
         model.eval();
-        var r = SafeTensors.Load(Path.Combine(dir, "tensors.safetensors"));
+        var device = Parity.Device;
+        model.to(device);
+        var r = Parity.OnDevice(SafeTensors.Load(Path.Combine(dir, "tensors.safetensors")), device);
         var checks = new List<ParityCheck>();
         using var _ = no_grad();
         var record = new Dictionary<string, Tensor>();
@@ -27,7 +30,8 @@ public static class ModelParity
             checks.Add(new ParityCheck($"{name}/{key}", double.PositiveInfinity, Tolerance, "not produced by LdmLab"));
         if (r.TryGetValue("sample_scalar_t500", out var scalarRef))
             checks.Add(new ParityCheck($"{name}/sample_scalar_t500",
-                Parity.MaxAbsDiff(model.Forward(r["latents"], tensor(500L), r["encoder_hidden_states"], classLabels), scalarRef), Tolerance));
+                Parity.MaxAbsDiff(model.Forward(r["latents"], tensor(500L, device: device), r["encoder_hidden_states"], classLabels),
+                    scalarRef), Tolerance));
         return checks;
     }
 
@@ -37,7 +41,9 @@ public static class ModelParity
         var name = Path.GetFileName(Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar));
         var vae = Autoencoders.AutoencoderKL.FromPretrained(dir);
         vae.eval();
-        var r = SafeTensors.Load(Path.Combine(dir, "tensors.safetensors"));
+        var device = Parity.Device;
+        vae.to(device);
+        var r = Parity.OnDevice(SafeTensors.Load(Path.Combine(dir, "tensors.safetensors")), device);
         var checks = new List<ParityCheck>();
         using var _ = no_grad();
         var record = new Dictionary<string, Tensor>();

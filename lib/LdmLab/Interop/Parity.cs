@@ -67,12 +67,22 @@ public static class Parity
         }
     }
 
-    /// <summary>max |a − b| over all elements (shapes must match), computed in float64.</summary>
+    /// <summary>
+    /// Where the models of a parity run compute: <see cref="Runtime.Lab.Device"/> (CUDA when present, or
+    /// LDMLAB_DEVICE), so the same folders check a GPU. References stay as recorded; differences are taken on the CPU.
+    /// </summary>
+    public static Device Device => Runtime.Lab.Device;
+
+    /// <summary>The recorded tensors moved to <paramref name="device"/> (the same objects on the CPU).</summary>
+    public static Dictionary<string, Tensor> OnDevice(Dictionary<string, Tensor> tensors, Device device) =>
+        device.type == TorchSharp.DeviceType.CPU ? tensors : tensors.ToDictionary(kv => kv.Key, kv => kv.Value.to(device));
+
+    /// <summary>max |a − b| over all elements (shapes must match), computed in float64 on the CPU.</summary>
     public static double MaxAbsDiff(Tensor a, Tensor b)
     {
         if (!a.shape.SequenceEqual(b.shape)) return double.PositiveInfinity;
         if (a.numel() == 0) return 0;
-        using var d = (a.to_type(ScalarType.Float64) - b.to_type(ScalarType.Float64)).abs().max();
+        using var d = (a.cpu().to_type(ScalarType.Float64) - b.cpu().to_type(ScalarType.Float64)).abs().max();
         var v = d.item<double>();
         return double.IsNaN(v) ? double.PositiveInfinity : v;
     }
@@ -89,7 +99,7 @@ public static class Parity
             ours.shape.SequenceEqual(b.shape) ? null : $"shape [{string.Join(",", ours.shape)}] vs [{string.Join(",", b.shape)}]"));
     }
 
-    public static double MaxAbs(Tensor a) => a.numel() == 0 ? 0 : a.to_type(ScalarType.Float64).abs().max().item<double>();
+    public static double MaxAbs(Tensor a) => a.numel() == 0 ? 0 : a.cpu().to_type(ScalarType.Float64).abs().max().item<double>();
 }
 
 /// <summary>Scheduler trajectories and β-schedule tables (fixtures/schedulers format).</summary>

@@ -32,7 +32,7 @@ public static class PipelineParity
         var unet = UNet2DConditionModel.FromPretrained(Part("unet"));
         unet.eval();
         var pipe = new StableDiffusionPipeline(ClipTokenizer.FromFolder(Part("tokenizer")), ClipTextModel.FromPretrained(Part("text_encoder")),
-            unet, vae, (string)scheduler["class"]!, scheduler["config"]!.AsObject());
+            unet, vae, (string)scheduler["class"]!, scheduler["config"]!.AsObject()).To(Parity.Device);
         if (info["vae_scaling_factor"] is JsonNode sf && Math.Abs((double)sf - vae.Config.ScalingFactor) > 1e-9)
             throw new ParityFormatException($"{infoPath}: vae_scaling_factor {sf} differs from the VAE config's {vae.Config.ScalingFactor}");
         var r = SafeTensors.Load(Path.Combine(dir, "tensors.safetensors"));

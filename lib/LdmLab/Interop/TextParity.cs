@@ -1,3 +1,4 @@
+using TorchSharp;
 using System.Text.Json.Nodes;
 using LdmLab.Conditioning;
 using static TorchSharp.torch;
@@ -70,7 +71,8 @@ public static class TextParity
         using var scope = NewDisposeScope();
         var name = Path.GetFileName(Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar));
         var model = ClipTextModel.FromPretrained(dir);
-        var r = SafeTensors.Load(Path.Combine(dir, "tensors.safetensors"));
+        model.to(Parity.Device);
+        var r = Parity.OnDevice(SafeTensors.Load(Path.Combine(dir, "tensors.safetensors")), Parity.Device);
         var checks = new List<ParityCheck>();
         using var _ = no_grad();
         foreach (var idsKey in r.Keys.Where(k => k.StartsWith("input_ids")).Order())

@@ -40,6 +40,12 @@ public static class Lab
         }
     }
 
+    /// <summary>Waits for the GPU's queued work (timings of CUDA work need it); nothing on the CPU.</summary>
+    public static void Synchronize()
+    {
+        if (torch.cuda.is_available()) torch.cuda.synchronize();
+    }
+
     /// <summary>Seeds torch (CPU and CUDA) and returns a seeded <see cref="Random"/> for host-side choices.</summary>
     public static Random Seed(long seed)
     {

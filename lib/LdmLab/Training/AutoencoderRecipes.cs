@@ -149,6 +149,7 @@ public static class AutoencoderRecipes
         Directory.CreateDirectory(dir);
         manual_seed(seed);
         nn.Module model = spec.Vq ? new VQModel(spec.Config, spec.Codes) : new AutoencoderKL(spec.Config);
+        model.to(Runtime.Lab.Device);
         var options = spec.Options with { CheckpointDir = dir, CheckpointEvery = Math.Max(1, spec.Options.Steps / 4), Seed = seed };
         var trainer = new AutoencoderTrainer(model, spec.Loss, options, perceptual);
         var sw = System.Diagnostics.Stopwatch.StartNew();

@@ -22,17 +22,21 @@ public sealed class DiffusionObjective(NoiseSchedule schedule, PredictionType pr
     public Tensor Weights(Tensor t)
     {
         if (MinSnrGamma is not double g) return ones(t.shape[0], device: t.device);
-        var snr = tensor(_snr).to(t.device).index_select(0, t);
+        var snr = tensor(_snr).to(t.device)[t];                                                    // SNR(t) per sample [B]
         var clipped = snr.clamp(max: g);
         return Prediction == PredictionType.Epsilon ? clipped / snr : clipped / (snr + 1);
     }
 
-    /// <summary>The loss for one batch; <paramref name="model"/> maps (z_t, t) to the prediction.</summary>
+    /// <summary>
+    /// The loss for one batch; <paramref name="model"/> maps (z_t, t) to the prediction. t and ε are drawn where the
+    /// generator lives (a CPU generator: on the CPU, so a run draws the same numbers on any device), then moved to z_0's.
+    /// </summary>
     public Tensor Loss(Func<Tensor, Tensor, Tensor> model, Tensor z0, Generator? generator = null)
     {
         long b = z0.shape[0];
-        var t = randint(0, Schedule.Length, [b], dtype: ScalarType.Int64, device: z0.device, generator: generator);
-        var noise = randn(z0.shape, dtype: z0.dtype, device: z0.device, generator: generator);
+        var drawOn = generator?.device ?? z0.device;
+        var t = randint(0, Schedule.Length, [b], dtype: ScalarType.Int64, device: drawOn, generator: generator).to(z0.device);
+        var noise = randn(z0.shape, dtype: z0.dtype, device: drawOn, generator: generator).to(z0.device);
         var zt = Schedule.AddNoise(z0, noise, t);
         var target = Prediction == PredictionType.Epsilon ? noise : Schedule.Velocity(z0, noise, t);
         var perSample = (model(zt, t) - target).pow(2).mean([1, 2, 3]);
@@ -43,7 +47,7 @@ public sealed class DiffusionObjective(NoiseSchedule schedule, PredictionType pr
     public static Tensor DropLabels(Tensor labels, double p, long nullLabel, Generator? generator = null)
     {
         if (p <= 0) return labels;
-        var drop = rand(labels.shape, device: labels.device, generator: generator) < p;
-        return where(drop, full_like(labels, nullLabel), labels);
+        var drop = (rand(labels.shape, device: generator?.device ?? labels.device, generator: generator) < p).to(labels.device);
+        return labels.masked_fill(drop, nullLabel);
     }
 }

@@ -49,7 +49,7 @@ public static class ClassifierTraining
         Viz.Progress? progress = null, Device? device = null)
     {
         if (steps < 1 || batchSize < 1) throw new ArgumentOutOfRangeException(nameof(steps), "steps and batchSize must be ≥ 1");
-        device ??= CPU;
+        device ??= Runtime.Lab.Device;
         model.to(device).train();
         using var opt = optim.Adam(model.parameters(), lr);
         var losses = new List<double>(steps);

@@ -7,6 +7,7 @@ using LdmLab.Data;
 using LdmLab.Diffusion;
 using LdmLab.Runtime;
 using LdmLab.UNet;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace LdmLab.Training;
@@ -26,7 +27,8 @@ public static class FashionLatentRecipe
 
     public static VaeTrainerOptions VaeOptions => new()
     {
-        Steps = Lab.Pick(quick: 60, full: 3000), BatchSize = 32, LearningRate = 2e-3, WarmupSteps = Lab.Pick(quick: 10, full: 100), KlWeight = 1e-6,
+        Steps = Lab.Pick(quick: 60, full: 3000), BatchSize = Lab.Pick(quick: 32, full: 32, gpu: 128), LearningRate = 2e-3,
+        WarmupSteps = Lab.Pick(quick: 10, full: 100), KlWeight = 1e-6,
     };
 
     public static UNetConfig DenoiserConfig { get; } = new()
@@ -38,7 +40,8 @@ public static class FashionLatentRecipe
 
     public static TrainerOptions DenoiserOptions => new()
     {
-        Steps = Lab.Pick(quick: 40, full: 1000), BatchSize = 64, LearningRate = 1e-3, WarmupSteps = Lab.Pick(quick: 10, full: 200),
+        Steps = Lab.Pick(quick: 40, full: 1000, gpu: 2000), BatchSize = Lab.Pick(quick: 64, full: 64, gpu: 256), LearningRate = 1e-3,
+        WarmupSteps = Lab.Pick(quick: 10, full: 200),
         EmaDecay = Lab.Pick(quick: 0.9, full: 0.999), ConditionDropout = 0.1,
     };
 
@@ -65,15 +68,23 @@ public static class FashionLatentRecipe
     {
         var dir = Path.Combine(CacheRoot, "fashion-vae-" + Key(VaeConfig, VaeOptions with { Seed = seed }, ContentHash.Of(images)));
         var options = VaeOptions with { Seed = seed, CheckpointDir = dir, CheckpointEvery = Math.Max(1, VaeOptions.Steps / 4) };
-        if (File.Exists(Path.Combine(dir, AutoencoderKL.WeightsName))) return (AutoencoderKL.FromPretrained(dir).eval_(), false, null);
+        if (File.Exists(Path.Combine(dir, AutoencoderKL.WeightsName)))
+            return (AutoencoderKL.FromPretrained(dir).eval_().OnLabDevice(), false, null);
         manual_seed(seed);
-        var vae = new AutoencoderKL(VaeConfig);
+        var vae = NewVae();
         var log = VaeTrainer.Train(vae, images, options, progress);
         vae.eval();
         vae.UseScalingFactor(MeasureScalingFactor(vae, images));
         vae.SavePretrained(dir);
         return (vae, true, log);
     }
+
+    /// <summary>The recipe's VAE, untrained, on <see cref="Lab.Device"/>.</summary>
+    public static AutoencoderKL NewVae() => new AutoencoderKL(VaeConfig).OnLabDevice();
+
+    /// <summary>The recipe's class-conditional denoiser, untrained, on <see cref="Lab.Device"/>.</summary>
+    public static ClassConditionedUNet NewDenoiser() =>
+        new ClassConditionedUNet(DenoiserConfig, FashionMnist.ClassNames.Length).OnLabDevice();
 
     /// <summary>1/σ of the posterior means of <paramref name="images"/>: the factor that gives the latents unit variance.</summary>
     public static double MeasureScalingFactor(AutoencoderKL vae, Tensor images) =>
@@ -107,7 +118,7 @@ public static class FashionLatentRecipe
             }
         }
         manual_seed(seed);
-        var model = new ClassConditionedUNet(DenoiserConfig, FashionMnist.ClassNames.Length);
+        var model = NewDenoiser();
         var trainer = new LatentDiffusionTrainer(model, new DiffusionObjective(schedule, prediction, minSnrGamma), options with { CheckpointDir = dir, CheckpointEvery = 500, Seed = seed });
         var log = trainer.Train(latents, labels, progress);
         trainer.Ema.CopyTo(model);
@@ -130,10 +141,21 @@ public static class FashionLatentRecipe
     public static Tensor SampleLatents(ClassConditionedUNet model, Diffusion.Schedulers.Scheduler scheduler, Tensor labels, int steps,
         double guidance, Action<SamplingStep>? callback = null, long seed = 0)
     {
+        // the noise is drawn on the CPU (the same samples on any device), then everything runs where the model is
+        var device = model.parameters().First().device;
         using var gen = new TorchSharp.torch.Generator((ulong)seed);
-        var noise = randn([labels.shape[0], DenoiserConfig.InChannels, DenoiserConfig.SampleSize, DenoiserConfig.SampleSize], generator: gen);
-        return Sampling.Sample(scheduler, (z, t) => model.Guided(z, tensor((float)t), labels, guidance), noise, steps, callback);
+        var noise = randn([labels.shape[0], DenoiserConfig.InChannels, DenoiserConfig.SampleSize, DenoiserConfig.SampleSize], generator: gen)
+            .to(device);                                                                              // [B, 4, 7, 7]
+        var y = labels.to(device);
+        return Sampling.Sample(scheduler, (z, t) => model.Guided(z, tensor((float)t, device: device), y, guidance), noise, steps, callback);
     }
 
     static AutoencoderKL eval_(this AutoencoderKL vae) { vae.eval(); return vae; }
+
+    /// <summary>Moves a model to <see cref="Lab.Device"/> (CUDA when present); returns it.</summary>
+    public static T OnLabDevice<T>(this T model) where T : nn.Module
+    {
+        model.to(Lab.Device);
+        return model;
+    }
 }
