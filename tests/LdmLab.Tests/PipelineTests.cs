@@ -37,6 +37,35 @@ public class PipelineTests
         Assert.All(checks, c => Assert.True(c.Passed, c.ToString()));
     }
 
+    /// <summary>
+    /// Pipeline folders with other settings (fixtures/pipeline-more, scripts/make_text_and_pipeline_fixtures.py):
+    /// Euler with a negative prompt, DPM-Solver++ with Karras σ on 8 latent channels at 16×24, UniPC with guidance 1
+    /// (no unconditional pass) and a bfloat16 text encoder.
+    /// </summary>
+    [Theory]
+    [InlineData("euler-negative", 8)]
+    [InlineData("dpmpp-karras-c8-wide", 6)]
+    [InlineData("unipc-no-cfg-bf16-text", 7)]
+    public void Other_pipeline_settings_equal_diffusers(string name, int steps)
+    {
+        TorchRuntime.Setup();
+        var checks = Parity.CheckFolder(Path.Combine(Fixture("pipeline-more"), name));
+        foreach (var key in new[] { "prompt_input_ids", "negative_input_ids", "prompt_embeds", "negative_prompt_embeds",
+                     "timesteps", "latents_per_step", "latents_final", "vae_decode", "image" })
+            Assert.Contains(checks, c => c.Name == $"{name}/{key}");
+        Assert.Contains($"{steps} steps", checks.Single(c => c.Name == $"{name}/latents_per_step").Note);
+        Assert.All(checks, c => Assert.True(c.Passed, c.ToString()));
+    }
+
+    [Fact]
+    public void A_folder_of_fixture_folders_checks_each()
+    {
+        TorchRuntime.Setup();
+        var checks = Parity.CheckFolder(Fixture("pipeline-more"));
+        foreach (var name in new[] { "euler-negative", "dpmpp-karras-c8-wide", "unipc-no-cfg-bf16-text" })
+            Assert.Contains(checks, c => c.Name == $"{name}/image" && c.Passed);
+    }
+
     /// <summary>A seed draws the same x_T as diffusers' CPU torch.Generator (the fixture used seed 42).</summary>
     [Fact]
     public void A_seed_reproduces_diffusers_initial_latents()

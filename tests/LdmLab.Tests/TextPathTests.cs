@@ -117,6 +117,30 @@ public class TextPathTests
         Assert.All(r.Weights[5..], w => Assert.Equal(1f, w));
     }
 
+    /// <summary>
+    /// Other configs (fixtures/text-more): 48-wide with 3 layers and 6 heads on a 1,000-token vocabulary and 20
+    /// positions; 64-wide with one layer and one head, pad = EOS, float16 weights; 16-wide with 4 layers on CLIP's
+    /// vocabulary with the legacy eos_token_id 2 (pooled at argmax(ids)), bfloat16 weights.
+    /// </summary>
+    [Theory]
+    [InlineData("w48-l3-h6-v1000-p20", 3)]
+    [InlineData("w64-l1-h1-v512-p16-fp16", 1)]
+    [InlineData("w16-l4-h2-clipvocab-bf16", 4)]
+    public void Other_text_model_configs_equal_the_reference(string name, int layers)
+    {
+        TorchRuntime.Setup();
+        var dir = Path.Combine(Fixture("text-more"), name);
+        var checks = Parity.CheckFolder(dir);
+        Assert.Contains(checks, c => c.Name == $"{name}/pooler_output");
+        Assert.Contains(checks, c => c.Name == $"{name}/hidden_states_short.{layers}");
+        Assert.All(checks, c => Assert.True(c.Passed, c.ToString()));
+        // the stored dtype is what the name says, and the model computes in float32 after loading it
+        var (entries, _) = SafeTensors.ReadHeader(Path.Combine(dir, "model.safetensors"));
+        Assert.All(entries, e => Assert.Equal(name.EndsWith("fp16") ? "F16" : name.EndsWith("bf16") ? "BF16" : "F32", e.DType));
+        using var model = Conditioning.ClipTextModel.FromPretrained(dir);
+        Assert.All(model.parameters(), p => Assert.Equal(ScalarType.Float32, p.dtype));
+    }
+
     [Fact]
     public void Text_model_equals_transformers_output_pooled_and_every_hidden_state()
     {

@@ -50,8 +50,20 @@ public static class Parity
                 Entry(checks, Path.GetFileNameWithoutExtension(m), () => ModelParity.CheckManifest(m));
             return checks;
         }
+        // a folder of fixture folders (e.g. pipeline-more/): each checked, one that fails to build fails alone
+        var children = Directory.GetDirectories(dir).Order(StringComparer.Ordinal).Where(IsFixtureFolder).ToList();
+        if (children.Count > 0)
+        {
+            var checks = new List<ParityCheck>();
+            foreach (var child in children) Entry(checks, Path.GetFileName(child), () => CheckFolder(child));
+            return checks;
+        }
         throw new ParityFormatException($"{dir}: no schedulers.json, config.json or *_manifest.json: not a fixture folder");
     }
+
+    static bool IsFixtureFolder(string dir) =>
+        new[] { "schedulers.json", "prompts.json", "info.json", "config.json" }.Any(f => File.Exists(Path.Combine(dir, f)))
+        || Directory.GetFiles(dir, "*_manifest.json").Length > 0;
 
     /// <summary>
     /// Adds one entry's checks. An entry LdmLab cannot build or read (an unknown scheduler class or β-schedule name, an
