@@ -14,11 +14,12 @@ eps = 0.1·x + 0.05·sin(t/100).
 import json
 import math
 import os
-import struct
 import sys
 
 import numpy as np
 import torch
+
+from fixture_files import save
 import diffusers
 
 RUNS = {
@@ -60,21 +61,6 @@ CLASS_DEFAULTS = {
     "unipc_defaults_10": ("UniPCMultistepScheduler", {}, 10, {}),
 }
 SETS = {"settings": (RUNS, BASE), "class-defaults": (CLASS_DEFAULTS, {})}
-
-
-def save(path, tensors):
-    header, blobs, offset = {}, [], 0
-    for k in sorted(tensors):
-        t = tensors[k].contiguous()
-        dtype = {torch.float32: "F32", torch.int64: "I64"}[t.dtype]
-        data = t.numpy().tobytes()
-        header[k] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
 def run(cls_name, overrides, steps, step_kwargs, base):

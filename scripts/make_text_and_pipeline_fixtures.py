@@ -25,11 +25,12 @@ import json
 import math
 import os
 import shutil
-import struct
 import sys
 
 import numpy as np
 import torch
+
+from fixture_files import save
 
 FIXTURES = sys.argv[1] if len(sys.argv) > 1 else "tests/LdmLab.Tests/fixtures"
 
@@ -46,25 +47,6 @@ def load_openai_clip_model_module():
 
 
 clip_model = load_openai_clip_model_module()
-
-DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
-
-
-def save(path, tensors, metadata=None):
-    header, blobs, offset = {}, [], 0
-    if metadata:
-        header["__metadata__"] = metadata
-    for k in sorted(tensors):
-        t = tensors[k].contiguous()
-        data = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes()
-        header[k] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
-
 
 def randomize_constants(module, generator):
     """As the shared fixtures: constant-initialised parameters (norm scales/shifts, zero biases) get random values."""

@@ -18,10 +18,7 @@ public class DeviceTests
     static T OnDevice<T>(string device, Func<T> f)
     {
         TorchRuntime.Setup();
-        var saved = Environment.GetEnvironmentVariable("LDMLAB_DEVICE");
-        Environment.SetEnvironmentVariable("LDMLAB_DEVICE", device);
-        try { return f(); }
-        finally { Environment.SetEnvironmentVariable("LDMLAB_DEVICE", saved); }
+        return TestPaths.WithEnvironment("LDMLAB_DEVICE", device, f);
     }
 
     [Fact]

@@ -11,4 +11,13 @@ static class TestPaths
         Directory.CreateDirectory(d);
         return d;
     }
+
+    /// <summary>Runs <paramref name="f"/> with an environment variable set, then restores it.</summary>
+    public static T WithEnvironment<T>(string name, string? value, Func<T> f)
+    {
+        var saved = Environment.GetEnvironmentVariable(name);
+        Environment.SetEnvironmentVariable(name, value);
+        try { return f(); }
+        finally { Environment.SetEnvironmentVariable(name, saved); }
+    }
 }
