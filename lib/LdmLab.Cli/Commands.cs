@@ -20,6 +20,9 @@ public static class Commands
               --only NAME[,NAME]           run only these notebooks (file names)
               --profile quick|full|gpu     LDMLAB_PROFILE for the kernels (default: quick)
               --timeout SECONDS            per-cell timeout (default: 900)
+          ldmlab train fashion-vae|fashion-denoiser [--out DIR]
+                                           train a recipe with its full-profile settings and write the shipped
+                                           checkpoint (default data/checkpoints/NAME, see data/README.md)
           ldmlab checkpoint-soak DIR       diagnostics: save a 16 MB training checkpoint into DIR over and over until
                                            killed, printing each saved step (the crash-safety test kills it mid-save)
         """;
@@ -36,6 +39,7 @@ public static class Commands
                 "parity" => ParityCommand.Run(args[1..]),
                 "bench" => BenchCommand.Run(args[1..]),
                 "checkpoint-soak" => CheckpointSoak(args[1..]),
+                "train" => TrainCommand.Run(args[1..]),
                 _ => Fail($"unknown command '{args[0]}'\n\n{Usage}"),
             };
         }

@@ -28,7 +28,7 @@ public sealed record NotebookResult(string Notebook, string? OutputPath, TimeSpa
 /// kernel, with a repo-local kernelspec (--http-local-only). Every error output of any cell fails the notebook;
 /// the report names the notebook, the cell and the message (for compile errors, the cell's stderr).
 /// </summary>
-public sealed class NotebookRunner
+public sealed partial class NotebookRunner
 {
     public required string NotebooksDir { get; init; }
     public required string OutDir { get; init; }
@@ -136,9 +136,53 @@ public sealed class NotebookRunner
             return new NotebookResult(name, null, sw.Elapsed, [], $"nbconvert exited with {p.ExitCode}:\n{tail}");
         }
         var final = Path.Combine(Path.GetFullPath(OutDir), name);
-        File.Move(staged, final, overwrite: true);
-        return new NotebookResult(name, final, sw.Elapsed, FindErrors(File.ReadAllText(final)), null);
+        var executed = File.ReadAllText(staged);
+        var errors = FindErrors(executed);
+        AtomicFile.WriteAllText(final, CleanOutputs(executed));
+        File.Delete(staged);
+        return new NotebookResult(name, final, sw.Elapsed, errors, null);
     }
+
+    /// <summary>
+    /// What a reader of the saved notebook should not see, removed after errors were judged: the kernel's probe script
+    /// (a hidden div and a script the kernel sends with the first output, for its HTTP frontend) and its "Loading
+    /// extensions from …" notes, compiler warnings in
+    /// stderr (TorchSharp's CS1701 binding notes, CS8632 nullable notes; errors stay), and live progress bars, which a
+    /// saved notebook keeps in their first state (Jupyter's executor does not apply the kernel's display updates;
+    /// <see cref="Viz.Progress"/> writes the final state as a line of its own).
+    /// </summary>
+    public static string CleanOutputs(string ipynbJson)
+    {
+        var nb = JsonNode.Parse(ipynbJson) ?? throw new InvalidDataException("empty notebook");
+        foreach (var cell in nb["cells"]?.AsArray() ?? [])
+        {
+            if (cell?["outputs"] is not JsonArray outputs) continue;
+            var kept = new JsonArray();
+            foreach (var o in outputs.ToList())
+            {
+                var html = Text(o?["data"]?["text/html"]);
+                if (html.Contains("dotnet-interactive-this-cell") || html.Contains("<progress ")) continue;
+                if (Text(o?["data"]?["text/plain"]).StartsWith("Loading extensions from ")) continue;   // kernel chatter
+                if ((string?)o?["output_type"] == "stream" && (string?)o?["name"] == "stderr")
+                {
+                    var lines = Text(o!["text"]).Split('\n').Where(l => !CompilerWarning().IsMatch(l)).ToList();
+                    var text = string.Join("\n", lines);
+                    if (text.Trim().Length == 0) continue;
+                    o["text"] = text;
+                }
+                outputs.Remove(o);
+                kept.Add(o);
+            }
+            cell["outputs"] = kept;
+        }
+        return nb.ToJsonString(new System.Text.Json.JsonSerializerOptions
+        {
+            WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+        });
+    }
+
+    [GeneratedRegex(@"^\s*(\(\d+,\d+\): )?warning CS\d{4}:")]
+    private static partial Regex CompilerWarning();
 
     /// <summary>Every cell with an error output, with the text the cell wrote to stderr.</summary>
     public static IReadOnlyList<CellError> FindErrors(string ipynbJson)
@@ -195,7 +239,9 @@ public sealed class NotebookRunner
                 if (data["image/png"] is { } png)
                 {
                     figure++;
-                    body.Append($"<figure><img src=\"data:image/png;base64,{Text(png).Replace("\n", "")}\"/><figcaption>cell {idx}, figure {figure}</figcaption></figure>");
+                    var caption = Regex.Match(Text(data["text/html"]), "<figcaption>(.*?)</figcaption>", RegexOptions.Singleline);
+                    body.Append($"<figure><img src=\"data:image/png;base64,{Text(png).Replace("\n", "")}\"/><figcaption>" +
+                                (caption.Success ? caption.Groups[1].Value + " " : "") + $"(cell {idx}, figure {figure})</figcaption></figure>");
                 }
                 else if (data["text/html"] is { } html && Text(html).Contains("Plotly.newPlot"))
                 {

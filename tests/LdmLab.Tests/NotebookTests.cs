@@ -30,6 +30,26 @@ public class NotebookTests
         var outputs = JsonNode.Parse(File.ReadAllText(result.OutputPath!))!["cells"]!.AsArray()
             .SelectMany(c => c!["outputs"]?.AsArray() ?? []).ToList();
         Assert.NotEmpty(outputs);
+        // what a reader sees: no compiler warnings or kernel bootstrap in the saved outputs, every picture captioned,
+        // every training loop's final state written
+        string Everything(JsonNode? o) => o?.ToJsonString() ?? "";
+        Assert.DoesNotContain(outputs, o => System.Text.RegularExpressions.Regex.IsMatch(Everything(o), @"warning CS\d{4}"));
+        Assert.DoesNotContain(outputs, o => Everything(o).Contains("dotnet-interactive-this-cell"));
+        foreach (var png in outputs.Where(o => o?["data"]?["image/png"] is not null))
+        {
+            var html = png!["data"]!["text/html"] switch
+            {
+                JsonArray lines => string.Concat(lines.Select(l => (string?)l)),
+                var v => (string?)v ?? "",
+            };
+            var caption = System.Text.RegularExpressions.Regex.Match(html, "<figcaption>(.+?)</figcaption>", System.Text.RegularExpressions.RegexOptions.Singleline);
+            Assert.True(caption.Success && caption.Groups[1].Value.Trim().Length > 3, $"{name}: an image without a caption");
+        }
+        var source = File.ReadAllText(Path.Combine(NotebooksDir, name));
+        // a loop that ran wrote its final state; a model that did not train says where it came from
+        if (source.Contains("new Progress("))
+            Assert.Contains(outputs, o => (string?)o?["output_type"] == "stream" && o?["text"]?.ToString() is { } t
+                                          && ((t.Contains("done: ") && t.Contains("(100 %)")) || t.Contains("loaded checkpoint data/checkpoints/")));
         if (name == "07-stable-diffusion-architecture.ipynb")
         {
             string All(string key) => string.Join("\n", outputs.Select(o => o?["data"]?[key]?.ToString() ?? o?["text"]?.ToString() ?? ""));

@@ -66,7 +66,7 @@ public static class FashionLatentRecipe
     /// </summary>
     public static (AutoencoderKL vae, bool trained, VaeTrainer.Log? log) LoadOrTrainVae(Tensor images, Viz.Progress? progress = null, long seed = 0)
     {
-        var dir = Path.Combine(CacheRoot, "fashion-vae-" + Key(VaeConfig, VaeOptions with { Seed = seed }, ContentHash.Of(images)));
+        var dir = Path.Combine(CacheRoot, "fashion-vae-" + VaeKey(images, seed));
         var options = VaeOptions with { Seed = seed, CheckpointDir = dir, CheckpointEvery = Math.Max(1, VaeOptions.Steps / 4) };
         if (File.Exists(Path.Combine(dir, AutoencoderKL.WeightsName)))
             return (AutoencoderKL.FromPretrained(dir).eval_().OnLabDevice(), false, null);
@@ -77,6 +77,33 @@ public static class FashionLatentRecipe
         vae.UseScalingFactor(MeasureScalingFactor(vae, images));
         vae.SavePretrained(dir);
         return (vae, true, log);
+    }
+
+    /// <summary>The cache key of the VAE recipe in the current profile: its config, options, seed and images.</summary>
+    public static string VaeKey(Tensor images, long seed) => Key(VaeConfig, VaeOptions with { Seed = seed }, ContentHash.Of(images));
+
+    /// <summary>The name of the shipped Fashion VAE under data/checkpoints (see <see cref="ShippedCheckpoint"/>).</summary>
+    public const string ShippedVae = "fashion-vae";
+
+    /// <summary>The VAE a notebook uses, and a sentence that says where it came from.</summary>
+    public sealed record TrainedVae(AutoencoderKL Vae, string Source, VaeTrainer.Log? Log);
+
+    /// <summary>
+    /// The Fashion VAE for a notebook. Quick profile: the shipped checkpoint trained by the full-profile recipe on all
+    /// 60,000 training images (hash-checked), when this checkout has it. Otherwise <see cref="LoadOrTrainVae"/>: the
+    /// cache, or a training run on <paramref name="images"/> with this profile's settings (full: 3,000 steps).
+    /// </summary>
+    public static TrainedVae Vae(Tensor images, Viz.Progress? progress = null, long seed = 0)
+    {
+        if (Lab.Profile == Profile.Quick && seed == 0 && ShippedCheckpoint.Find(ShippedVae) is { } shipped)
+        {
+            shipped.Verify();
+            return new TrainedVae(AutoencoderKL.FromPretrained(shipped.Dir).eval_().OnLabDevice(), shipped.Describe(), null);
+        }
+        var (vae, trained, log) = LoadOrTrainVae(images, progress, seed);
+        return new TrainedVae(vae, trained
+            ? $"trained {VaeOptions.Steps:N0} steps ({Lab.Profile.ToString().ToLowerInvariant()} profile) on {images.shape[0]:N0} images in {log!.Elapsed.TotalSeconds:F0} s"
+            : "loaded from the cache (trained earlier with the same settings and images)", log);
     }
 
     /// <summary>The recipe's VAE, untrained, on <see cref="Lab.Device"/>.</summary>
@@ -100,9 +127,7 @@ public static class FashionLatentRecipe
         options ??= DenoiserOptions;
         // One folder per step count inside a folder per setting: a longer run starts from the longest shorter run's
         // checkpoint (staged evaluation), and a shorter request never gets a model trained further than asked.
-        // the latents' content carries the VAE's identity (other weights, other latents); the labels and β's by content too
-        var family = Path.Combine(CacheRoot, "fashion-ldm-" + Key(DenoiserConfig, options with { Steps = 0 }, schedule.Name,
-            ContentHash.Of(schedule.Betas), prediction, minSnrGamma ?? -1, ContentHash.Of(latents), ContentHash.Of(labels), seed));
+        var family = Path.Combine(CacheRoot, "fashion-ldm-" + DenoiserKey(latents, labels, schedule, prediction, minSnrGamma, options, seed));
         var dir = Path.Combine(family, $"steps-{options.Steps}");
         if (!File.Exists(Path.Combine(dir, LatentDiffusionTrainer.CheckpointFile)) && Directory.Exists(family))
         {
@@ -125,6 +150,52 @@ public static class FashionLatentRecipe
         model.eval();
         return (model, log);
     }
+
+    /// <summary>
+    /// The key of a denoiser run (any step count): config, options, schedule, prediction, weighting, seed, and the content
+    /// of the latents (which carries the VAE's identity: other weights give other latents) and of the labels.
+    /// </summary>
+    public static string DenoiserKey(Tensor latents, Tensor labels, NoiseSchedule schedule, PredictionType prediction,
+        double? minSnrGamma, TrainerOptions options, long seed) =>
+        Key(DenoiserConfig, options with { Steps = 0 }, schedule.Name, ContentHash.Of(schedule.Betas), prediction, minSnrGamma ?? -1,
+            ContentHash.Of(latents), ContentHash.Of(labels), seed);
+
+    /// <summary>The name of the shipped latent denoiser under data/checkpoints.</summary>
+    public const string ShippedDenoiser = "fashion-denoiser";
+
+    /// <summary>The denoiser a notebook uses, its training log, and a sentence that says where it came from.</summary>
+    public sealed record TrainedDenoiser(ClassConditionedUNet Model, DiffusionTrainingLog Log, string Source);
+
+    /// <summary>
+    /// The class-conditional denoiser for a notebook. Quick profile with the default setting (SD's scaled-linear
+    /// schedule, ε-prediction, no min-SNR weighting, the recipe's options): the shipped checkpoint, trained by the
+    /// full-profile recipe on the shipped VAE's latents of all 60,000 training images (EMA weights, hash-checked, with
+    /// its loss log). Otherwise <see cref="LoadOrTrainDenoiser"/>.
+    /// </summary>
+    public static TrainedDenoiser Denoiser(Tensor latents, Tensor labels, NoiseSchedule schedule,
+        Viz.Progress? progress = null, long seed = 0)
+    {
+        bool defaultSetting = ContentHash.Of(schedule.Betas) == ContentHash.Of(NoiseSchedule.ScaledLinear().Betas) && seed == 0;
+        if (Lab.Profile == Profile.Quick && defaultSetting && ShippedCheckpoint.Find(ShippedDenoiser) is { } shipped)
+        {
+            shipped.Verify();
+            var model = NewDenoiser();
+            Interop.StateDicts.Load(model, Path.Combine(shipped.Dir, shipped.WeightsFile));
+            model.eval();
+            var log = Interop.SafeTensors.Load(Path.Combine(shipped.Dir, DenoiserLogFile));
+            var losses = log["losses"].data<double>().ToArray();
+            var lrs = log["learning_rates"].data<double>().ToArray();
+            return new TrainedDenoiser(model, new DiffusionTrainingLog(losses, lrs, losses.Length, TimeSpan.Zero), shipped.Describe());
+        }
+        var (trained, run) = LoadOrTrainDenoiser(latents, labels, schedule, progress: progress, seed: seed);
+        return new TrainedDenoiser(trained, run, run.ResumedFromStep >= run.Losses.Count
+            ? "loaded from the cache (trained earlier with the same settings and latents)"
+            : $"trained {run.Losses.Count - run.ResumedFromStep:N0} steps ({Lab.Profile.ToString().ToLowerInvariant()} profile) " +
+              $"in {run.Elapsed.TotalSeconds:F0} s");
+    }
+
+    /// <summary>The shipped denoiser's loss and learning-rate log, beside its weights.</summary>
+    public const string DenoiserLogFile = "training-log.safetensors";
 
     /// <summary>
     /// Training latents as diffusers scales them: posterior means of <paramref name="images"/> times the VAE's

@@ -5,8 +5,11 @@ using static TorchSharp.torch;
 
 namespace LdmLab.Viz;
 
-/// <summary>A PNG image (e.g. a grid of samples); notebooks show it inline as image/png.</summary>
-[TypeFormatterSource(typeof(HtmlFormatterSource), PreferredMimeTypes = ["image/png"])]
+/// <summary>
+/// A PNG image (e.g. a grid of samples). Notebooks get it as text/html — the image with its caption under it, so the
+/// caption is kept in the saved notebook and in the report — and as image/png for tools that want the picture alone.
+/// </summary>
+[TypeFormatterSource(typeof(HtmlFormatterSource), PreferredMimeTypes = ["text/html", "image/png"])]
 public sealed class PngImage(byte[] png, int width, int height, string? caption = null) : IPngContent, IHtmlContent
 {
     public int Width { get; } = width;

@@ -23,8 +23,11 @@ public sealed record ProgressInfo(string Task, int Step, int Total, TimeSpan Ela
 /// <summary>
 /// Throttled progress for loops: calls <paramref name="report"/> at most every <paramref name="minInterval"/>
 /// (and always on the last step). Notebooks pass an action that updates a displayed value; the CLI prints.
+/// On the last step the final state is also written as one line to <paramref name="finalLine"/> (standard output by
+/// default): a live progress bar is updated in place, but a saved notebook keeps only what was first displayed.
 /// </summary>
-public sealed class Progress(string task, int total, Action<ProgressInfo> report, TimeSpan? minInterval = null)
+public sealed class Progress(string task, int total, Action<ProgressInfo> report, TimeSpan? minInterval = null,
+    Action<string>? finalLine = null)
 {
     readonly Stopwatch _watch = Stopwatch.StartNew();
     readonly TimeSpan _min = minInterval ?? TimeSpan.FromMilliseconds(500);
@@ -40,9 +43,12 @@ public sealed class Progress(string task, int total, Action<ProgressInfo> report
         {
             _last = now;
             report(Last);
+            if (step >= total && !ReferenceEquals(report, ConsoleReporter)) (finalLine ?? System.Console.WriteLine)("done: " + Last);
         }
     }
 
     /// <summary>A reporter that writes one line per report to the console.</summary>
-    public static Action<ProgressInfo> Console => p => System.Console.WriteLine(p.ToString());
+    public static Action<ProgressInfo> Console => ConsoleReporter;
+
+    static readonly Action<ProgressInfo> ConsoleReporter = p => System.Console.WriteLine(p.ToString());
 }

@@ -1,0 +1,101 @@
+using System.Security.Cryptography;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using LdmLab.Data;
+using LdmLab.Interop;
+
+namespace LdmLab.Training;
+
+/// <summary>
+/// A model trained once by the project's own full-profile recipe and shipped in the repository
+/// (<c>data/checkpoints/NAME/</c>: the model folder in diffusers' layout plus <c>checkpoint.json</c>), so that the quick
+/// profile shows what a trained model does instead of what 60 steps do. <c>checkpoint.json</c> records the recipe and
+/// its key (the hash of every setting and of the training data's content), the step count, the seed, the SHA-256 of
+/// the weights, the first losses of the run (a later run of the same recipe from the same seed must reproduce them)
+/// and the metrics it reached. Loading checks the hash; <c>LDMLAB_PROFILE=full</c> never reads it (it retrains into the
+/// cache and overwrites nothing shipped).
+/// </summary>
+public sealed record ShippedCheckpoint(
+    string Name, string Dir, string Recipe, string RecipeKey, int Steps, long Seed, string WeightsFile, string WeightsSha256,
+    IReadOnlyList<double> FirstLosses, IReadOnlyDictionary<string, double> Metrics, string TrainedOn, string Machine, string Date)
+{
+    public const string ManifestName = "checkpoint.json";
+
+    /// <summary>Where shipped checkpoints live: LDMLAB_CHECKPOINTS, else data/checkpoints of this checkout.</summary>
+    public static string? Root =>
+        Environment.GetEnvironmentVariable("LDMLAB_CHECKPOINTS") is { Length: > 0 } env ? env
+        : RepoRoot() is { } root ? Path.Combine(root, "data", "checkpoints") : null;
+
+    /// <summary>The checkout this process runs from: found above the working folder or above LdmLab.dll.</summary>
+    static string? RepoRoot()
+    {
+        foreach (var start in new[] { Directory.GetCurrentDirectory(), AppContext.BaseDirectory,
+                     Path.GetDirectoryName(typeof(ShippedCheckpoint).Assembly.Location) ?? "" })
+            for (var d = string.IsNullOrEmpty(start) ? null : new DirectoryInfo(start); d is not null; d = d.Parent)
+                if (File.Exists(Path.Combine(d.FullName, "LdmLab.sln"))) return d.FullName;
+        return null;
+    }
+
+    /// <summary>The shipped checkpoint NAME, or null when this checkout has none; a manifest that is there but
+    /// unreadable is an error naming it.</summary>
+    public static ShippedCheckpoint? Find(string name)
+    {
+        if (Root is not { } root) return null;
+        var dir = Path.Combine(root, name);
+        var manifest = Path.Combine(dir, ManifestName);
+        if (!File.Exists(manifest)) return null;
+        return ConfigFile.Read(manifest, j => new ShippedCheckpoint(name, dir,
+            (string?)j["recipe"] ?? throw new FormatException("no 'recipe'"),
+            (string?)j["recipe_key"] ?? throw new FormatException("no 'recipe_key'"),
+            (int?)j["steps"] ?? throw new FormatException("no 'steps'"),
+            (long?)j["seed"] ?? 0,
+            (string?)j["weights_file"] ?? throw new FormatException("no 'weights_file'"),
+            (string?)j["weights_sha256"] ?? throw new FormatException("no 'weights_sha256'"),
+            j["first_losses"]?.AsArray().Select(x => (double)x!).ToArray() ?? [],
+            j["metrics"]?.AsObject().ToDictionary(kv => kv.Key, kv => (double)kv.Value!) ?? new Dictionary<string, double>(),
+            (string?)j["trained_on"] ?? "", (string?)j["machine"] ?? "", (string?)j["date"] ?? ""));
+    }
+
+    /// <summary>The weights' SHA-256 equals the manifest's (else a <see cref="DatasetException"/> naming the file).</summary>
+    public void Verify()
+    {
+        var path = Path.Combine(Dir, WeightsFile);
+        if (!File.Exists(path)) throw new DatasetException(path, $"the shipped checkpoint '{Name}' has no weights file");
+        var actual = Sha256(path);
+        if (actual != WeightsSha256)
+            throw new DatasetException(path, $"SHA-256 {actual} differs from {WeightsSha256} in {ManifestName}: the file " +
+                                             "was changed or is truncated (git checkout it again, or retrain with LDMLAB_PROFILE=full)");
+    }
+
+    public static string Sha256(string path)
+    {
+        using var s = File.OpenRead(path);
+        return Convert.ToHexString(SHA256.HashData(s)).ToLowerInvariant();
+    }
+
+    /// <summary>The line a notebook prints when it uses this checkpoint.</summary>
+    public string Describe() =>
+        $"loaded checkpoint data/checkpoints/{Name}, trained {Steps:N0} steps by recipe {Recipe} (seed {Seed}, key " +
+        $"{RecipeKey}) on {TrainedOn}; LDMLAB_PROFILE=full retrains it";
+
+    /// <summary>Writes checkpoint.json (atomically) for a model folder that holds <paramref name="weightsFile"/>.</summary>
+    public static ShippedCheckpoint Write(string dir, string recipe, string recipeKey, int steps, long seed, string weightsFile,
+        IReadOnlyList<double> firstLosses, IReadOnlyDictionary<string, double> metrics, string trainedOn, string machine)
+    {
+        var c = new ShippedCheckpoint(Path.GetFileName(dir), dir, recipe, recipeKey, steps, seed, weightsFile,
+            Sha256(Path.Combine(dir, weightsFile)), firstLosses, metrics, trainedOn, machine, DateTime.UtcNow.ToString("yyyy-MM-dd"));
+        var json = new JsonObject
+        {
+            ["recipe"] = recipe, ["recipe_key"] = recipeKey, ["steps"] = steps, ["seed"] = seed,
+            ["weights_file"] = weightsFile, ["weights_sha256"] = c.WeightsSha256,
+            ["first_losses"] = new JsonArray(firstLosses.Select(l => (JsonNode)l).ToArray()),
+            ["metrics"] = new JsonObject(metrics.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))),
+            ["trained_on"] = trainedOn, ["machine"] = machine, ["date"] = c.Date,
+        };
+        AtomicFile.WriteAllText(Path.Combine(dir, ManifestName), json.ToJsonString(new JsonSerializerOptions
+        {
+            WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+        }));
+        return c;
+    }
+}
