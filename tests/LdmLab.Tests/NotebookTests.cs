@@ -61,6 +61,12 @@ public class NotebookTests
         }
         if (name == "00-tour.ipynb")
         {
+            // the chapter map names every section and exercise of the chapter
+            var sections = new[] { "10.1.1", "10.1.2", "10.1.3", "10.1.4", "10.1.5", "10.1.6", "Ex. 10.1", "10.2.1", "10.2.2",
+                "10.2.3", "10.2.4", "10.2.5", "10.2.6", "Ex. 10.2", "10.3.1", "10.3.2", "10.3.3", "10.3.4", "10.3.5", "10.3.6",
+                "Ex. 10.3", "10.4.1–10.4.4", "10.4.5", "10.4.6", "10.4.7", "10.4.8", "10.4.9", "10.4.10", "Ex. 10.4",
+                "10.5.1–10.5.6", "comprehensive exercise" };
+            Assert.All(sections, id => Assert.Contains($"| {id} |", source));
             Assert.Contains(outputs, o => o?["data"]?["image/png"] is not null);
             Assert.Contains(outputs, o => o?["data"]?["text/html"]?.ToString().Contains("Plotly.newPlot") == true);
             Assert.Contains(outputs, o => o?["text"]?.ToString() is { } t && t.Contains("oneDNN (mkldnn) for CPU: ") && t.Contains("self-check"));
