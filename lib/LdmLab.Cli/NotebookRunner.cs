@@ -36,12 +36,7 @@ public sealed partial class NotebookRunner
     public int CellTimeoutSeconds { get; init; } = 900;
     public Action<string> Log { get; init; } = Console.WriteLine;
 
-    public static string? FindRepoRoot(string start)
-    {
-        for (var d = new DirectoryInfo(Path.GetFullPath(start)); d is not null; d = d.Parent)
-            if (File.Exists(Path.Combine(d.FullName, "LdmLab.sln"))) return d.FullName;
-        return null;
-    }
+    public static string? FindRepoRoot(string start) => Runtime.Lab.FindRepoRoot(start);
 
     /// <summary>The dotnet-interactive executable: LDMLAB_DOTNET_INTERACTIVE, the repo's .tools, or PATH.</summary>
     public string FindKernelTool()

@@ -303,7 +303,11 @@ public class FuzzTests(ITestOutputHelper output)
                 p => ConfigFile.Read(p, j => AutoencoderKLConfig.FromJson(j, p))),
             (File.ReadAllText(Path.Combine(Fixture("tiny-clip-text"), "config.json")),
                 p => ConfigFile.Read(p, j => ClipTextConfig.FromJson(j, p))),
-            ("""{"_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1, "timestep_spacing": "leading", "use_karras_sigmas": false, "lambda_min_clipped": -Infinity}""",
+            ("""
+             {"_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+              "beta_schedule": "scaled_linear", "steps_offset": 1, "timestep_spacing": "leading",
+              "use_karras_sigmas": false, "lambda_min_clipped": -Infinity}
+             """,
                 p => ConfigFile.Read(p, j =>
                 {
                     var s = Scheduler.Create((string?)j["_class_name"] ?? "DDIMScheduler", j);

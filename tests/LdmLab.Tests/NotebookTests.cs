@@ -42,7 +42,8 @@ public class NotebookTests
                 JsonArray lines => string.Concat(lines.Select(l => (string?)l)),
                 var v => (string?)v ?? "",
             };
-            var caption = System.Text.RegularExpressions.Regex.Match(html, "<figcaption>(.+?)</figcaption>", System.Text.RegularExpressions.RegexOptions.Singleline);
+            var caption = System.Text.RegularExpressions.Regex.Match(html, "<figcaption>(.+?)</figcaption>",
+                System.Text.RegularExpressions.RegexOptions.Singleline);
             Assert.True(caption.Success && caption.Groups[1].Value.Trim().Length > 3, $"{name}: an image without a caption");
         }
         var source = File.ReadAllText(Path.Combine(NotebooksDir, name));

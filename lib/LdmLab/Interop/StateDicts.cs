@@ -15,23 +15,32 @@ public static class StateDicts
     public static void Load(nn.Module module, string path, IReadOnlyCollection<string>? optional = null)
     {
         var tensors = SafeTensors.Load(path);
-        try
-        {
-            var sd = module.state_dict();
-            var missing = sd.Keys.Where(k => !tensors.ContainsKey(k)).ToList();
-            var unexpected = tensors.Keys.Where(k => !sd.ContainsKey(k) && optional?.Contains(k) != true).ToList();
-            var misShaped = sd.Keys.Where(k => tensors.ContainsKey(k) && !sd[k].shape.SequenceEqual(tensors[k].shape))
-                .Select(k => $"{k}: file [{string.Join(",", tensors[k].shape)}], model [{string.Join(",", sd[k].shape)}]").ToList();
-            if (missing.Count + unexpected.Count + misShaped.Count > 0)
-                throw new DatasetException(path, "weights do not fit the model:" + Training.KeyReport.Lines(missing, unexpected, misShaped));
-            using var _ = no_grad();
-            foreach (var (k, t) in sd) t.copy_(tensors[k].to_type(t.dtype));
-        }
+        try { CopyInto(module, tensors, path, optional); }
         finally
         {
             // what was read is freed on every path, an error included
             foreach (var t in tensors.Values) t.Dispose();
         }
+    }
+
+    /// <summary>
+    /// Copies <paramref name="tensors"/> into the module's state dict (converted to its dtypes), strictly: missing,
+    /// unexpected and mis-shaped keys are one <see cref="DatasetException"/> naming <paramref name="source"/> and listing
+    /// them, with <paramref name="keyPrefix"/> before each name (the tensors' own prefix in the file, e.g. "model.").
+    /// </summary>
+    public static void CopyInto(nn.Module module, IReadOnlyDictionary<string, Tensor> tensors, string source,
+        IReadOnlyCollection<string>? optional = null, string keyPrefix = "")
+    {
+        var sd = module.state_dict();
+        var missing = sd.Keys.Where(k => !tensors.ContainsKey(k)).Select(k => keyPrefix + k).ToList();
+        var unexpected = tensors.Keys.Where(k => !sd.ContainsKey(k) && optional?.Contains(k) != true).Select(k => keyPrefix + k).ToList();
+        var misShaped = sd.Keys.Where(k => tensors.ContainsKey(k) && !sd[k].shape.SequenceEqual(tensors[k].shape))
+            .Select(k => $"{keyPrefix}{k}: file [{string.Join(",", tensors[k].shape)}], model [{string.Join(",", sd[k].shape)}]")
+            .ToList();
+        if (missing.Count + unexpected.Count + misShaped.Count > 0)
+            throw new DatasetException(source, "weights do not fit the model:" + Training.KeyReport.Lines(missing, unexpected, misShaped));
+        using var _ = no_grad();
+        foreach (var (k, t) in sd) t.copy_(tensors[k].to_type(t.dtype));
     }
 
     public static void Save(nn.Module module, string path) =>

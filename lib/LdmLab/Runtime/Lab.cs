@@ -40,6 +40,15 @@ public static class Lab
         }
     }
 
+    /// <summary>The LdmLab checkout at or above <paramref name="start"/> (the folder holding LdmLab.sln), or null.</summary>
+    public static string? FindRepoRoot(string start)
+    {
+        if (string.IsNullOrEmpty(start)) return null;
+        for (var d = new DirectoryInfo(Path.GetFullPath(start)); d is not null; d = d.Parent)
+            if (File.Exists(Path.Combine(d.FullName, "LdmLab.sln"))) return d.FullName;
+        return null;
+    }
+
     /// <summary>Waits for the GPU's queued work (timings of CUDA work need it); nothing on the CPU.</summary>
     public static void Synchronize()
     {

@@ -145,7 +145,8 @@ public static class AutoencoderRecipes
     {
         if (images.dim() != 4 || images.shape[1] != spec.Config.InChannels || images.shape[2] % spec.F != 0 || images.shape[3] % spec.F != 0)
             throw new ArgumentException($"{spec.Name}: expected images [N, {spec.Config.InChannels}, H, W] with H and W multiples of f = {spec.F}, got [{string.Join(", ", images.shape)}]", nameof(images));
-        var dir = Path.Combine(FashionLatentRecipe.CacheRoot, "ae-" + FashionLatentRecipe.Key(spec.Vq, spec.Config, spec.Codes, spec.Loss, spec.Options, ContentHash.Of(images), seed));
+        var dir = Path.Combine(FashionLatentRecipe.CacheRoot, "ae-" + FashionLatentRecipe.Key(spec.Vq, spec.Config, spec.Codes,
+            spec.Loss, spec.Options, ContentHash.Of(images), seed));
         Directory.CreateDirectory(dir);
         manual_seed(seed);
         nn.Module model = spec.Vq ? new VQModel(spec.Config, spec.Codes) : new AutoencoderKL(spec.Config);

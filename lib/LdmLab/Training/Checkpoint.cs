@@ -72,20 +72,7 @@ public sealed class Checkpoint : IDisposable
     /// Copies "prefix + name" into every entry of the module's state dict; missing, mis-shaped and unexpected keys under
     /// the prefix are one error that lists them by name.
     /// </summary>
-    public void LoadInto(nn.Module module, string prefix)
-    {
-        var sd = module.state_dict();
-        var section = Section(prefix);
-        var missing = sd.Keys.Where(k => !section.ContainsKey(k)).Select(k => prefix + k).ToList();
-        var unexpected = section.Keys.Where(k => !sd.ContainsKey(k)).Select(k => prefix + k).ToList();
-        var misShaped = sd.Where(kv => section.TryGetValue(kv.Key, out var t) && !t.shape.SequenceEqual(kv.Value.shape))
-            .Select(kv => $"{prefix}{kv.Key}: file [{string.Join(",", section[kv.Key].shape)}], " +
-                          $"model [{string.Join(",", kv.Value.shape)}]").ToList();
-        if (missing.Count + unexpected.Count + misShaped.Count > 0)
-            throw new DatasetException(Path, "checkpoint does not fit this model:" + KeyReport.Lines(missing, unexpected, misShaped));
-        using var _ = no_grad();
-        foreach (var (k, v) in sd) v.copy_(section[k].to_type(v.dtype));
-    }
+    public void LoadInto(nn.Module module, string prefix) => StateDicts.CopyInto(module, Section(prefix), Path, keyPrefix: prefix);
 
     public void Dispose()
     {

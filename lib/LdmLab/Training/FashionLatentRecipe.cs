@@ -102,7 +102,8 @@ public static class FashionLatentRecipe
         }
         var (vae, trained, log) = LoadOrTrainVae(images, progress, seed);
         return new TrainedVae(vae, trained
-            ? $"trained {VaeOptions.Steps:N0} steps ({Lab.Profile.ToString().ToLowerInvariant()} profile) on {images.shape[0]:N0} images in {log!.Elapsed.TotalSeconds:F0} s"
+            ? $"trained {VaeOptions.Steps:N0} steps ({Lab.Profile.ToString().ToLowerInvariant()} profile) on " +
+              $"{images.shape[0]:N0} images in {log!.Elapsed.TotalSeconds:F0} s"
             : "loaded from the cache (trained earlier with the same settings and images)", log);
     }
 

@@ -27,14 +27,10 @@ public sealed record ShippedCheckpoint(
         : RepoRoot() is { } root ? Path.Combine(root, "data", "checkpoints") : null;
 
     /// <summary>The checkout this process runs from: found above the working folder or above LdmLab.dll.</summary>
-    static string? RepoRoot()
-    {
-        foreach (var start in new[] { Directory.GetCurrentDirectory(), AppContext.BaseDirectory,
-                     Path.GetDirectoryName(typeof(ShippedCheckpoint).Assembly.Location) ?? "" })
-            for (var d = string.IsNullOrEmpty(start) ? null : new DirectoryInfo(start); d is not null; d = d.Parent)
-                if (File.Exists(Path.Combine(d.FullName, "LdmLab.sln"))) return d.FullName;
-        return null;
-    }
+    static string? RepoRoot() =>
+        new[] { Directory.GetCurrentDirectory(), AppContext.BaseDirectory,
+                Path.GetDirectoryName(typeof(ShippedCheckpoint).Assembly.Location) ?? "" }
+            .Select(Runtime.Lab.FindRepoRoot).FirstOrDefault(r => r is not null);
 
     /// <summary>The shipped checkpoint NAME, or null when this checkout has none; a manifest that is there but
     /// unreadable is an error naming it.</summary>
