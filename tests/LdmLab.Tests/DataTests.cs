@@ -249,4 +249,33 @@ public class ImageTests
         var back = Viz.Images.ToTensor(Viz.Images.ToImage(batch[1]));
         Assert.True(back.eq(1f).all().item<bool>());
     }
+
+    [Fact]
+    public void Grid_draws_row_and_column_labels_beside_the_images()
+    {
+        TorchRuntime.Setup();
+        var batch = TorchSharp.torch.full(4, 1, 16, 16, -1f);                 // four black 16×16 tiles, 2×2
+        var png = Viz.Images.Grid(batch, nrow: 2, padding: 2, rowLabels: ["DDIM", "Euler a"], columnLabels: ["t=1", "t=2"]);
+        using var img = Image.Load<Rgb24>(png.ToPng());
+        int left = Viz.BitmapFont.Measure("Euler a") + 4, top = Viz.BitmapFont.CellHeight + 2;
+        Assert.Equal((left + 2 * 16 + 3 * 2, top + 2 * 16 + 3 * 2), (img.Width, img.Height));
+        Assert.Equal(new Rgb24(0, 0, 0), img[left + 2, top + 2]);               // the first tile moved by the margins
+        Assert.Equal(new Rgb24(255, 255, 255), img[left + 1, top + 1]);         // its padding
+        // ink in the row-label margin beside each row and in the column-label band above each column
+        int Ink(int x0, int y0, int x1, int y1)
+        {
+            int count = 0;
+            for (int y = y0; y < y1; y++) for (int x = x0; x < x1; x++) if (img[x, y].R < 128) count++;
+            return count;
+        }
+        Assert.True(Ink(0, top, left, top + 18) > 10);
+        Assert.True(Ink(0, top + 18, left, top + 36) > 10);
+        Assert.True(Ink(left, 0, left + 18, top) > 5);
+        Assert.True(Ink(left + 18, 0, left + 36, top) > 5);
+        // "Euler a" is wider than "DDIM": right-aligned labels start further left
+        Assert.True(Ink(0, top + 18, 8, top + 36) > Ink(0, top, 8, top + 18));
+        Assert.Throws<ArgumentException>(() => Viz.Images.Grid(batch, nrow: 2, rowLabels: ["one"]));
+        Assert.Throws<ArgumentException>(() => Viz.Images.Grid(batch, nrow: 2, columnLabels: ["a", "b", "c"]));
+        Assert.Equal(Viz.BitmapFont.Measure("x"), Viz.BitmapFont.Measure("x\u0302"));   // a combining mark takes no cell
+    }
 }

@@ -28,8 +28,13 @@ public sealed class PngImage(byte[] png, int width, int height, string? caption 
 /// <summary>Tensor ⇄ image helpers. Tensors are NCHW / CHW with values in [lo, hi] (default [-1, 1]).</summary>
 public static class Images
 {
-    /// <summary>Tiles a batch [N,C,H,W] (C = 1 or 3) into one PNG, <paramref name="nrow"/> images per row.</summary>
-    public static PngImage Grid(Tensor batch, int nrow = 8, int padding = 2, int scale = 1, double lo = -1, double hi = 1, string? caption = null)
+    /// <summary>
+    /// Tiles a batch [N,C,H,W] (C = 1 or 3) into one PNG, <paramref name="nrow"/> images per row. Row labels are drawn
+    /// left of each row, column labels above each column (cut with '…' where wider than the column), so the figure
+    /// reads without the code that made it.
+    /// </summary>
+    public static PngImage Grid(Tensor batch, int nrow = 8, int padding = 2, int scale = 1, double lo = -1, double hi = 1, string? caption = null,
+        IReadOnlyList<string>? rowLabels = null, IReadOnlyList<string>? columnLabels = null)
     {
         if (batch.dim() == 3) batch = batch.unsqueeze(0);
         if (batch.dim() != 4 || (batch.shape[1] != 1 && batch.shape[1] != 3))
@@ -41,12 +46,19 @@ public static class Images
         if (scale > 1) x = nn.functional.interpolate(x, scale_factor: [scale, scale], mode: InterpolationMode.Nearest);
         int n = (int)x.shape[0], h = (int)x.shape[2], w = (int)x.shape[3];
         int cols = Math.Min(nrow, n), rows = (n + cols - 1) / cols;
-        int gw = cols * w + (cols + 1) * padding, gh = rows * h + (rows + 1) * padding;
+        if (rowLabels is not null && rowLabels.Count != rows)
+            throw new ArgumentException($"{rowLabels.Count} row labels for {rows} rows", nameof(rowLabels));
+        if (columnLabels is not null && columnLabels.Count != cols)
+            throw new ArgumentException($"{columnLabels.Count} column labels for {cols} columns", nameof(columnLabels));
+        const int labelGap = 4;
+        int left = rowLabels is null ? 0 : rowLabels.Max(BitmapFont.Measure) + labelGap;
+        int top = columnLabels is null ? 0 : BitmapFont.CellHeight + labelGap / 2;
+        int gw = left + cols * w + (cols + 1) * padding, gh = top + rows * h + (rows + 1) * padding;
         var bytes = (x * 255).round().to_type(ScalarType.Byte).permute(0, 2, 3, 1).contiguous().data<byte>().ToArray(); // N,H,W,3
         using var img = new Image<Rgb24>(gw, gh, new Rgb24(255, 255, 255));
         for (int i = 0; i < n; i++)
         {
-            int ox = padding + (i % cols) * (w + padding), oy = padding + (i / cols) * (h + padding);
+            int ox = left + padding + (i % cols) * (w + padding), oy = top + padding + (i / cols) * (h + padding);
             for (int yy = 0; yy < h; yy++)
             for (int xx = 0; xx < w; xx++)
             {
@@ -54,9 +66,26 @@ public static class Images
                 img[ox + xx, oy + yy] = new Rgb24(bytes[o], bytes[o + 1], bytes[o + 2]);
             }
         }
+        var ink = new Rgb24(32, 32, 32);
+        for (int r = 0; rowLabels is not null && r < rows; r++)
+            BitmapFont.Draw(img, left - labelGap - BitmapFont.Measure(rowLabels[r]),
+                top + padding + r * (h + padding) + (h - BitmapFont.CellHeight) / 2, rowLabels[r], ink);
+        for (int c = 0; columnLabels is not null && c < cols; c++)
+        {
+            var label = Fit(columnLabels[c], w + padding);
+            BitmapFont.Draw(img, left + padding + c * (w + padding) + (w - BitmapFont.Measure(label)) / 2, 1, label, ink);
+        }
         using var ms = new MemoryStream();
         img.SaveAsPng(ms);
         return new PngImage(ms.ToArray(), gw, gh, caption);
+    }
+
+    /// <summary><paramref name="label"/>, cut to fit <paramref name="width"/> pixels with a trailing '…'.</summary>
+    static string Fit(string label, int width)
+    {
+        if (BitmapFont.Measure(label) <= width) return label;
+        int keep = Math.Max(0, width / BitmapFont.CellWidth - 1);
+        return label[..Math.Min(keep, label.Length)] + "…";
     }
 
     /// <summary>An RGB image as a [3,H,W] float tensor in [-1, 1].</summary>
