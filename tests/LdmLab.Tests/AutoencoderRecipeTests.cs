@@ -194,4 +194,36 @@ public class CacheKeyTests
         var relabelled = WithCache(cache, () => FashionLatentRecipe.LoadOrTrainDenoiser(za, (labels + 1) % 10, schedule, options: options)).log;
         Assert.Equal(0, relabelled.ResumedFromStep);
     }
+
+    /// <summary>
+    /// Latents made by ScaledLatents are keyed by their origin (VAE weights, images, scale), not their bits: another
+    /// CPU's kernels encode the same images a few ulps apart, and the shipped denoiser must keep its key there. Another
+    /// VAE, other images or other bits without an origin still give another key.
+    /// </summary>
+    [Fact]
+    public void Latents_are_keyed_by_the_vae_and_images_they_came_from()
+    {
+        TorchRuntime.Setup();
+        var images = Fashion(16, 0);
+        manual_seed(3);
+        var vae = FashionLatentRecipe.NewVae();
+        vae.eval();
+        manual_seed(4);
+        var otherVae = FashionLatentRecipe.NewVae();
+        otherVae.eval();
+        var schedule = Diffusion.NoiseSchedule.ScaledLinear();
+        var options = FashionLatentRecipe.DenoiserOptions;
+        var labels = arange(16L) % 10;
+        string KeyOf(Tensor z) => FashionLatentRecipe.DenoiserKey(z, labels, schedule, PredictionType.Epsilon, null, options, 0);
+        var (z1, _) = FashionLatentRecipe.ScaledLatents(vae, images);
+        var (z2, _) = FashionLatentRecipe.ScaledLatents(vae, images.clone());
+        Assert.Equal(KeyOf(z1), KeyOf(z2));                              // same origin, computed anew: same key
+        // another CPU's latents are the same origin a few ulps away; only a bare tensor is keyed by its bits
+        var nudged = z1 * (1 + 1e-7);
+        Assert.NotEqual(ContentHash.Of(z1), ContentHash.Of(nudged));
+        Assert.Equal(ContentHash.Of(nudged), FashionLatentRecipe.LatentIdentity(nudged));
+        Assert.NotEqual(KeyOf(z1), KeyOf(nudged));
+        Assert.NotEqual(KeyOf(z1), KeyOf(FashionLatentRecipe.ScaledLatents(otherVae, images).latents));
+        Assert.NotEqual(KeyOf(z1), KeyOf(FashionLatentRecipe.ScaledLatents(vae, Fashion(16, 16)).latents));
+    }
 }

@@ -153,13 +153,26 @@ public static class FashionLatentRecipe
     }
 
     /// <summary>
-    /// The key of a denoiser run (any step count): config, options, schedule, prediction, weighting, seed, and the content
-    /// of the latents (which carries the VAE's identity: other weights give other latents) and of the labels.
+    /// The key of a denoiser run (any step count): config, options, schedule, prediction, weighting, seed, the latents'
+    /// identity (<see cref="LatentIdentity"/>: the VAE's weights and the images, so another VAE gives another key) and
+    /// the labels' content.
     /// </summary>
     public static string DenoiserKey(Tensor latents, Tensor labels, NoiseSchedule schedule, PredictionType prediction,
         double? minSnrGamma, TrainerOptions options, long seed) =>
         Key(DenoiserConfig, options with { Steps = 0 }, schedule.Name, ContentHash.Of(schedule.Betas), prediction, minSnrGamma ?? -1,
-            ContentHash.Of(latents), ContentHash.Of(labels), seed);
+            LatentIdentity(latents), ContentHash.Of(labels), seed);
+
+    static readonly System.Runtime.CompilerServices.ConditionalWeakTable<Tensor, string> LatentOrigins = new();
+
+    /// <summary>
+    /// What identifies a latent tensor in a cache key: for latents made by <see cref="ScaledLatents"/>, their origin —
+    /// the VAE's weights, the images' content and the scale — rather than their bits, which differ in the last place
+    /// from one CPU's kernels to another's (AVX2 vs AVX-512 encode the same images to latents a few ulps apart, and a
+    /// key over those bits would name the shipped denoiser's training data differently on every kind of CPU). Any
+    /// other tensor (a slice, hand-made latents) is identified by its content.
+    /// </summary>
+    public static string LatentIdentity(Tensor latents) =>
+        LatentOrigins.TryGetValue(latents, out var origin) ? origin : ContentHash.Of(latents);
 
     /// <summary>The name of the shipped latent denoiser under data/checkpoints.</summary>
     public const string ShippedDenoiser = "fashion-denoiser";
@@ -206,7 +219,9 @@ public static class FashionLatentRecipe
     public static (Tensor latents, double scale) ScaledLatents(AutoencoderKL vae, Tensor images)
     {
         double scale = vae.Config.ScalingFactor;
-        return (VaeTrainer.EncodeMeans(vae, images) * scale, scale);
+        var latents = VaeTrainer.EncodeMeans(vae, images) * scale;                 // [N, 4, 7, 7]
+        LatentOrigins.AddOrUpdate(latents, Key("latents", ContentHash.Of(vae), ContentHash.Of(images), scale));
+        return (latents, scale);
     }
 
     /// <summary>Samples latents for the given labels with classifier-free guidance; the callback sees every step.</summary>
