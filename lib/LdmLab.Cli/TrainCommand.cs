@@ -8,29 +8,48 @@ using static TorchSharp.torch;
 namespace LdmLab.Cli;
 
 /// <summary>
-/// `ldmlab train fashion-vae|fashion-denoiser [--out DIR]`: trains a recipe with its full-profile settings on the full data set and
-/// writes a shipped checkpoint (model folder + checkpoint.json, see <see cref="ShippedCheckpoint"/>), default
-/// data/checkpoints/NAME. The run checkpoints into DIR.partial and resumes from it; DIR is replaced only at the end.
+/// `ldmlab train fashion-vae|fashion-denoiser|fashion-classifier|fashion-vq|photo-autoencoders [--out DIR] [--only NAME]`:
+/// trains a recipe with its full-profile settings on the full data set and writes a shipped checkpoint (model folder +
+/// checkpoint.json, see <see cref="ShippedCheckpoint"/>), default data/checkpoints/NAME. The run checkpoints into
+/// DIR.partial and resumes from it; DIR is replaced only at the end. fashion-vq and photo-autoencoders write one folder
+/// per model (<see cref="AutoencoderRecipes.ShippedName"/>) under DIR (default data/checkpoints), skip models already
+/// shipped with the same recipe key, and train only NAME with --only.
 /// </summary>
 public static class TrainCommand
 {
     const int FirstLossesKept = 5;
 
-    static readonly string[] Recipes = [FashionLatentRecipe.ShippedVae, FashionLatentRecipe.ShippedDenoiser];
+    const string FashionVq = "fashion-vq", PhotoAutoencoders = "photo-autoencoders";
+
+    static readonly string[] Recipes =
+        [FashionLatentRecipe.ShippedVae, FashionLatentRecipe.ShippedDenoiser, ClassifierRecipe.Shipped, FashionVq, PhotoAutoencoders];
 
     public static int Run(string[] args)
     {
         if (args.Length == 0 || !Recipes.Contains(args[0]))
             throw new CliArgumentException($"usage: ldmlab train {string.Join("|", Recipes)} [--out DIR]");
-        int outAt = Array.IndexOf(args, "--out");
-        var outDir = Path.GetFullPath(outAt >= 0 && outAt + 1 < args.Length ? args[outAt + 1]
-            : Path.Combine(NotebookRunner.FindRepoRoot(Directory.GetCurrentDirectory())
-                           ?? throw new CliArgumentException("not inside the LdmLab checkout: pass --out DIR"),
-                "data", "checkpoints", args[0]));
+        string? Option(string name)
+        {
+            int at = Array.IndexOf(args, name);
+            if (at < 0) return null;
+            return at + 1 < args.Length ? args[at + 1] : throw new CliArgumentException($"{name} needs a value");
+        }
+        bool perModel = args[0] is FashionVq or PhotoAutoencoders;
+        var outDir = Path.GetFullPath(Option("--out")
+            ?? Path.Combine(NotebookRunner.FindRepoRoot(Directory.GetCurrentDirectory())
+                            ?? throw new CliArgumentException("not inside the LdmLab checkout: pass --out DIR"),
+                "data", "checkpoints", perModel ? "" : args[0]));
         Environment.SetEnvironmentVariable("LDMLAB_PROFILE", "full");   // the full recipe, whatever the caller's profile
         TorchRuntime.Setup();
         Lab.SetThreads();
-        return args[0] == FashionLatentRecipe.ShippedVae ? Vae(outDir) : Denoiser(outDir);
+        return args[0] switch
+        {
+            FashionLatentRecipe.ShippedVae => Vae(outDir),
+            FashionLatentRecipe.ShippedDenoiser => Denoiser(outDir),
+            ClassifierRecipe.Shipped => Classifier(outDir),
+            FashionVq => FashionVqModel(outDir),
+            _ => Photo(outDir, Option("--only")),
+        };
     }
 
     static string Machine() => $"{Runtime.OneDnn.CpuIsa()}, {Environment.ProcessorCount} cores, {get_num_threads()} threads";
@@ -85,6 +104,100 @@ public static class TrainCommand
         Directory.Delete(cache, true);
         Console.WriteLine($"wrote {outDir}: final loss {metrics["train_loss_last_100_steps"]}, sha256 {shipped.WeightsSha256}");
         return 0;
+    }
+
+    /// <summary>The judge of generated images: trained on all 60,000 training images, measured on all 10,000 test images.</summary>
+    static int Classifier(string outDir)
+    {
+        var train = FashionMnist.Load(Split.Train);
+        var test = FashionMnist.Load(Split.Test);
+        int steps = ClassifierRecipe.Steps;
+        Console.WriteLine($"training {ClassifierRecipe.Shipped}: {steps} steps, batch {ClassifierRecipe.BatchSize} → {outDir}");
+        var (model, log) = ClassifierRecipe.Train(train, steps,
+            new Viz.Progress(ClassifierRecipe.Shipped, steps, Viz.Progress.Console, TimeSpan.FromSeconds(30)));
+        double accuracy = ClassifierTraining.Accuracy(model, test.Images, test.Labels);
+        var staging = outDir + ".new";
+        if (Directory.Exists(staging)) Directory.Delete(staging, true);
+        Directory.CreateDirectory(staging);
+        Interop.StateDicts.Save(model, Path.Combine(staging, ClassifierRecipe.WeightsFile));
+        var metrics = new Dictionary<string, double>
+        {
+            ["test_accuracy_10000"] = Math.Round(accuracy, 5),
+            ["train_loss_last_100_steps"] = Math.Round(log.Losses.TakeLast(100).Average(), 5),
+        };
+        var shipped = ShippedCheckpoint.Write(staging, "ClassifierRecipe (full profile)", ClassifierRecipe.Key(train, steps), steps,
+            ClassifierRecipe.Seed, ClassifierRecipe.WeightsFile, log.Losses.Take(FirstLossesKept).ToList(), metrics,
+            "Fashion-MNIST train (60,000 images)", Machine());
+        Replace(staging, outDir);
+        Console.WriteLine($"wrote {outDir}: test accuracy {accuracy:P2}, sha256 {shipped.WeightsSha256}");
+        return 0;
+    }
+
+    /// <summary>The VQ twin of the Fashion VAE (notebook 02), on all 60,000 training images.</summary>
+    static int FashionVqModel(string root)
+    {
+        var train = FashionMnist.Load(Split.Train);
+        var test = FashionMnist.Load(Split.Test, limit: 1000);
+        var resnet = new ResNet18Features(AutoencoderRecipes.PhotoSize);
+        ShipAutoencoder(root, AutoencoderRecipes.Fashion(vq: true), train.Images, test.Images, resnet,
+            "Fashion-MNIST train (60,000 images)", "first_1000_test");
+        return 0;
+    }
+
+    /// <summary>
+    /// The rate–distortion sweep and the loss ablation of notebook 02 on 4,096 training crops; metrics on the 256
+    /// held-out crops the full profile evaluates.
+    /// </summary>
+    static int Photo(string root, string? only)
+    {
+        var photos = new ImageFolder(AutoencoderRecipes.PhotoFolder, AutoencoderRecipes.PhotoShortSide);
+        var (train, heldOut) = AutoencoderRecipes.PhotoCrops(photos, AutoencoderRecipes.PhotoTrainCrops, AutoencoderRecipes.PhotoHeldOutCrops);
+        var specs = AutoencoderRecipes.RateDistortion().Concat(AutoencoderRecipes.LossAblation())
+            .DistinctBy(AutoencoderRecipes.ShippedName).ToList();
+        if (only is not null && specs.All(s => AutoencoderRecipes.ShippedName(s) != only))
+            throw new CliArgumentException($"--only {only}: not one of {string.Join(", ", specs.Select(AutoencoderRecipes.ShippedName))}");
+        var resnet = new ResNet18Features(AutoencoderRecipes.PhotoSize);
+        int trainPhotos = Enumerable.Range(0, photos.Files.Count).Count(i => !AutoencoderRecipes.IsHeldOut(i));
+        foreach (var spec in specs.Where(s => only is null || AutoencoderRecipes.ShippedName(s) == only))
+            ShipAutoencoder(root, spec, train, heldOut, resnet,
+                $"{train.shape[0]:N0} random 64×64 crops of {trainPhotos} mate-backgrounds photos", $"{heldOut.shape[0]}_held_out_crops");
+        return 0;
+    }
+
+    static void ShipAutoencoder(string root, AutoencoderSpec spec, Tensor train, Tensor heldOut, ResNet18Features resnet,
+        string trainedOn, string evaluatedOn)
+    {
+        var name = AutoencoderRecipes.ShippedName(spec);
+        var outDir = Path.Combine(root, name);
+        var key = AutoencoderRecipes.Key(spec, train, 0);
+        if (ShippedCheckpoint.Find(name) is { } existing && existing.Dir == outDir && existing.RecipeKey == key)
+        {
+            Console.WriteLine($"{name}: already shipped with recipe key {key}, skipped");
+            return;
+        }
+        Console.WriteLine($"training {name} ({spec.Name}, {spec.Losses}): {spec.Options.Steps} steps, batch {spec.Options.BatchSize} → {outDir}");
+        Environment.SetEnvironmentVariable("LDMLAB_CACHE", outDir + ".partial");
+        var ae = AutoencoderRecipes.LoadOrTrain(spec, train,
+            new Viz.Progress(name, spec.Options.Steps, Viz.Progress.Console, TimeSpan.FromSeconds(60)), resnet);
+        var report = AutoencoderRecipes.Evaluate(ae, heldOut, resnet);
+        var staging = outDir + ".new";
+        if (Directory.Exists(staging)) Directory.Delete(staging, true);
+        AutoencoderRecipes.WriteShipped(ae, staging);
+        var metrics = new Dictionary<string, double>
+        {
+            [$"psnr_db_{evaluatedOn}"] = Math.Round(report.Psnr, 3),
+            [$"ssim_{evaluatedOn}"] = Math.Round(report.Ssim, 4),
+            [$"perceptual_{evaluatedOn}"] = Math.Round(report.Perceptual, 4),
+            [$"frechet_resnet18_{evaluatedOn}"] = Math.Round(report.FrechetResNet18, 3),
+            ["train_l1_last_50_steps"] = Math.Round(ae.Log.TakeLast(50).Average(s => s.Reconstruction), 5),
+        };
+        if (report.CodebookUsage is double usage) metrics[$"codebook_usage_{evaluatedOn}"] = Math.Round(usage, 4);
+        var shipped = ShippedCheckpoint.Write(staging, $"AutoencoderRecipes {spec.Name} (full profile)", key, spec.Options.Steps, 0,
+            AutoencoderRecipes.ShippedWeightsFile, ae.Log.Take(FirstLossesKept).Select(s => s.Reconstruction).ToList(), metrics,
+            trainedOn, Machine());
+        Replace(staging, outDir);
+        Directory.Delete(outDir + ".partial", true);
+        Console.WriteLine($"wrote {outDir}: PSNR {report.Psnr:F2} dB on {heldOut.shape[0]} images, sha256 {shipped.WeightsSha256}");
     }
 
     static int Vae(string outDir)

@@ -143,7 +143,7 @@ public sealed class AutoencoderTrainer
     }
 
     const string Format = "ldmlab-autoencoder-1";
-    const int LogColumns = 9;
+    public const int LogColumns = 9;
 
     /// <summary>Model, discriminator, both optimizers and the step log in one safetensors file, written atomically.</summary>
     public void SaveCheckpoint(string dir)
@@ -153,8 +153,7 @@ public sealed class AutoencoderTrainer
         if (_disc is not null) foreach (var (k, v) in _disc.state_dict()) t["disc." + k] = v;
         foreach (var (k, v) in _optG.StateTensors()) t["g." + k] = v;
         if (_optD is not null) foreach (var (k, v) in _optD.StateTensors()) t["d." + k] = v;
-        t["log"] = tensor(_log.SelectMany(s => new[] { s.Step, s.Reconstruction, s.Perceptual, s.Regulariser, s.Generator,
-            s.Discriminator, s.AdaptiveWeight, s.CodebookUsage, s.Perplexity }).ToArray(), [_log.Count, LogColumns]);
+        t["log"] = LogToTensor(_log);
         Checkpoint.Save(Path.Combine(dir, CheckpointFile), Format, CompletedSteps, _o.Steps, t);
     }
 
@@ -166,13 +165,26 @@ public sealed class AutoencoderTrainer
         if (_disc is not null) c.LoadInto(_disc, "disc.");
         _optG.LoadStateTensors(c.Section("g."), c.Path);
         if (_optD is not null) _optD.LoadStateTensors(c.Section("d."), c.Path);
-        var data = c.Require("log", [c.Step, LogColumns]).data<double>().ToArray();
         _log.Clear();
-        for (int i = 0; i < c.Step; i++)
+        _log.AddRange(LogFromTensor(c.Require("log", [c.Step, LogColumns])));
+        CompletedSteps = c.Step;
+    }
+
+    /// <summary>The step log as a [steps, 9] float64 tensor, one <see cref="AutoencoderStep"/> per row (fields in order).</summary>
+    public static Tensor LogToTensor(IReadOnlyList<AutoencoderStep> log) =>
+        tensor(log.SelectMany(s => new[] { s.Step, s.Reconstruction, s.Perceptual, s.Regulariser, s.Generator,
+            s.Discriminator, s.AdaptiveWeight, s.CodebookUsage, s.Perplexity }).ToArray(), [log.Count, LogColumns]);
+
+    /// <summary>The inverse of <see cref="LogToTensor"/>; the caller has checked the shape.</summary>
+    public static List<AutoencoderStep> LogFromTensor(Tensor log)
+    {
+        var data = log.to_type(ScalarType.Float64).data<double>().ToArray();
+        var steps = new List<AutoencoderStep>();
+        for (int i = 0; i < log.shape[0]; i++)
         {
             var r = data.AsSpan(i * LogColumns, LogColumns);
-            _log.Add(new AutoencoderStep((int)r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]));
+            steps.Add(new AutoencoderStep((int)r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]));
         }
-        CompletedSteps = c.Step;
+        return steps;
     }
 }

@@ -22,13 +22,17 @@ public sealed record AutoencoderSpec(string Name, bool Vq, AutoencoderKLConfig C
 }
 
 /// <summary>A trained (or cached) autoencoder with its training log.</summary>
-public sealed class TrainedAutoencoder(AutoencoderSpec spec, nn.Module model, IReadOnlyList<AutoencoderStep> log, TimeSpan? trainingTime)
+public sealed class TrainedAutoencoder(AutoencoderSpec spec, nn.Module model, IReadOnlyList<AutoencoderStep> log, TimeSpan? trainingTime,
+    string? source = null)
 {
     public AutoencoderSpec Spec { get; } = spec;
     public nn.Module Model { get; } = model;
     public IReadOnlyList<AutoencoderStep> Log { get; } = log;
-    /// <summary>Null when loaded complete from the cache.</summary>
+    /// <summary>Null when loaded complete from the cache or shipped.</summary>
     public TimeSpan? TrainingTime { get; } = trainingTime;
+    /// <summary>Where the model came from, as a notebook prints it ("trained …", "loaded from the cache", "loaded checkpoint …").</summary>
+    public string Source { get; } = source ?? (trainingTime is TimeSpan t
+        ? $"trained {spec.Options.Steps:N0} steps in {t.TotalSeconds:F0} s" : "loaded from the cache (trained earlier with the same settings)");
 
     /// <summary>x → z → x̂ without sampling: the posterior mean (KL) or the nearest codes (VQ); in batches, no gradients.</summary>
     public Tensor Reconstruct(Tensor images, int batchSize = 64) => Batched(images, batchSize, x => Decoded(Latent(x)));
@@ -67,7 +71,7 @@ public sealed record ReconstructionReport(string Name, int Images, double Psnr, 
 /// latent channel counts, the loss ablation, and Fashion-MNIST. Trained models are cached like
 /// <see cref="FashionLatentRecipe"/>'s, checkpointed while they train (a stopped run resumes).
 /// </summary>
-public static class AutoencoderRecipes
+public static partial class AutoencoderRecipes
 {
     public const int PhotoSize = 64;
 
@@ -115,6 +119,20 @@ public static class AutoencoderRecipes
     /// <summary>The loss ablation at KL f = 8, c = 4: pixel only, + perceptual, + perceptual + adversarial.</summary>
     public static IReadOnlyList<AutoencoderSpec> LossAblation() => [Photo(false, 8), Photo(false, 8, perceptual: true), Photo(false, 8, perceptual: true, adversarial: true)];
 
+    /// <summary>
+    /// The KL-weight sweep of section 10.2.3 on Fashion-MNIST: the recipe VAE (f = 4, c = 4) at KL weights 10⁻⁶ (the
+    /// recipe's), 10⁻⁴, 10⁻² and 1, each trained for the same budget (quick 300 steps, full 3,000).
+    /// </summary>
+    public static IReadOnlyList<AutoencoderSpec> KlSweep() => new[] { 1e-6, 1e-4, 1e-2, 1.0 }.Select(weight =>
+    {
+        var spec = Fashion(vq: false);
+        return spec with
+        {
+            Name = $"KL weight {weight:0e0}", Loss = spec.Loss with { KlWeight = weight },
+            Options = spec.Options with { Steps = Lab.Pick(quick: 300, full: 3000) },
+        };
+    }).ToList();
+
     /// <summary>Photos whose index is 3 mod 4 are held out (never cropped for training).</summary>
     public static bool IsHeldOut(int photo) => photo % 4 == 3;
 
@@ -138,18 +156,21 @@ public static class AutoencoderRecipes
     }
 
     /// <summary>
-    /// Loads the model from its cache folder (keyed by everything that determines it) or trains it there with
-    /// checkpoints every quarter of the run; a run that was stopped resumes from its last checkpoint.
+    /// Quick profile: the shipped checkpoint of this spec's architecture and losses when the checkout has one (trained by
+    /// the full recipe, see <see cref="ShippedName"/>). Otherwise loads the model from its cache folder (keyed by
+    /// everything that determines it) or trains it there with checkpoints every quarter of the run; a run that was
+    /// stopped resumes from its last checkpoint.
     /// </summary>
     public static TrainedAutoencoder LoadOrTrain(AutoencoderSpec spec, Tensor images, Viz.Progress? progress = null, ResNet18Features? perceptual = null, long seed = 0)
     {
         if (images.dim() != 4 || images.shape[1] != spec.Config.InChannels || images.shape[2] % spec.F != 0 || images.shape[3] % spec.F != 0)
             throw new ArgumentException($"{spec.Name}: expected images [N, {spec.Config.InChannels}, H, W] with H and W multiples of f = {spec.F}, got [{string.Join(", ", images.shape)}]", nameof(images));
-        var dir = Path.Combine(FashionLatentRecipe.CacheRoot, "ae-" + FashionLatentRecipe.Key(spec.Vq, spec.Config, spec.Codes,
-            spec.Loss, spec.Options, ContentHash.Of(images), seed));
+        if (Lab.Profile == Profile.Quick && seed == 0 && ShippedCheckpoint.Find(ShippedName(spec)) is { } shipped)
+            return LoadShipped(spec, shipped);
+        var dir = Path.Combine(FashionLatentRecipe.CacheRoot, "ae-" + Key(spec, images, seed));
         Directory.CreateDirectory(dir);
         manual_seed(seed);
-        nn.Module model = spec.Vq ? new VQModel(spec.Config, spec.Codes) : new AutoencoderKL(spec.Config);
+        var model = NewModel(spec);
         model.to(Runtime.Lab.Device);
         var options = spec.Options with { CheckpointDir = dir, CheckpointEvery = Math.Max(1, spec.Options.Steps / 4), Seed = seed };
         var trainer = new AutoencoderTrainer(model, spec.Loss, options, perceptual);
