@@ -129,13 +129,13 @@ public class UNetTests
         using var _ = no_grad();
         var fused = model.Forward(z, tensor(10L), c);   // no observer: the fused attention kernel
         Tensor observed;
-        Attention.Observer = (layer, p) => seen.Add((layer, p.shape));
-        try { observed = model.Forward(z, tensor(10L), c); }
-        finally { Attention.Observer = null; }
+        using (model.ObserveAttention((layer, p) => seen.Add((layer, p.shape))))
+            observed = model.Forward(z, tensor(10L), c);
+        Assert.All(model.AttentionLayers(), layer => Assert.Null(layer.Observer));   // disposing restored every layer
         // observing switches to the explicit softmax(QKᵀ/√d)V path: the same function
         Assert.True(fused.allclose(observed, rtol: 1e-5, atol: 1e-6), $"max |diff| {(fused - observed).abs().max().item<float>()}");
         var cross = seen.Where(s => s.Item1.EndsWith("attn2")).ToList();
-        Assert.Contains(cross, s => s.Item1 == "down_blocks.0.attentions.0.transformer_blocks.0.attn2" && s.Item2.SequenceEqual(new long[] { 8, 64, 7 }));
-        Assert.Contains(seen, s => s.Item1 == "mid_block.attentions.0.transformer_blocks.0.attn1" && s.Item2.SequenceEqual(new long[] { 8, 16, 16 }));
+        Assert.Contains(cross, s => s.Item1 == "down_blocks.0.attentions.0.transformer_blocks.0.attn2" && s.Item2.SequenceEqual(new long[] { 1, 8, 64, 7 }));
+        Assert.Contains(seen, s => s.Item1 == "mid_block.attentions.0.transformer_blocks.0.attn1" && s.Item2.SequenceEqual(new long[] { 1, 8, 16, 16 }));
     }
 }

@@ -62,17 +62,15 @@ public static class ComputeCost
             });
             removers.Add(remover.remove);
         }
-        var previous = Attention.Observer;
-        Attention.Observer = (layer, probs) =>
+        var observing = model.ObserveAttention((layer, probs) =>
         {
             double d = headDims.TryGetValue(layer, out var hd) ? hd : 0;
             layers.Add(new LayerCost(layer, "attention", 2 * 2.0 * probs.numel() * d, probs.numel()));
-            previous?.Invoke(layer, probs);
-        };
+        });
         try { forward(); }
         finally
         {
-            Attention.Observer = previous;
+            observing.Dispose();
             foreach (var remove in removers) remove();
         }
         return new CostProfile(layers);

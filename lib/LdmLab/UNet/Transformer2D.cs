@@ -5,14 +5,20 @@ using static TorchSharp.torch;
 
 namespace LdmLab.UNet;
 
-/// <summary>Receives attention probabilities [batch·heads, queries, keys] of every attention layer that runs (by layer name).</summary>
+/// <summary>
+/// Receives the attention probabilities of one attention layer as it runs: <paramref name="layer"/> is its state-dict
+/// prefix (e.g. <c>down_blocks.0.attentions.0.transformer_blocks.0.attn2</c>), <paramref name="probabilities"/>
+/// softmax(QKᵀ/√d) as [batch, heads, queries, keys]. The tensor belongs to the forward pass: copy what you keep.
+/// </summary>
 public delegate void AttentionObserver(string layer, Tensor probabilities);
 
 /// <summary>
 /// Multi-head (cross-)attention, diffusers' Attention with the plain AttnProcessor:
 /// softmax(Q Kᵀ / √d) V with Q = x W_q, K = c W_k, V = c W_v (c = x for self-attention), then to_out.
-/// Runs LibTorch's fused scaled_dot_product_attention unless an <see cref="Observer"/> wants the probabilities
-/// (or upcasting is asked for, or <see cref="Layers.FusedAttention"/> is off); both paths compute the same function (tested).
+/// Runs LibTorch's fused scaled_dot_product_attention unless this layer's <see cref="Observer"/> wants the
+/// probabilities (or upcasting is asked for, or <see cref="Layers.FusedAttention"/> is off); both paths compute the
+/// same function (tested). Observers are set per layer, as diffusers' <c>set_attn_processor</c> sets processors:
+/// see <see cref="AttentionProcessors"/>.
 /// </summary>
 public sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
 {
@@ -21,12 +27,15 @@ public sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
     readonly int _heads;
     readonly double _scale;
     readonly bool _upcast;
-    internal string LayerName { get; set; } = "";
+    /// <summary>The layer's state-dict prefix inside its U-Net (diffusers' processor name without ".processor").</summary>
+    public string LayerName { get; internal set; } = "";
     public int Heads => _heads;
     public int HeadDim { get; }
+    /// <summary>True when keys and values come from the context (text tokens, class embedding), not from x itself.</summary>
+    public bool IsCrossAttention { get; }
 
-    /// <summary>Set to observe attention maps (e.g. for the cross-attention visualisations); null costs nothing.</summary>
-    public static AttentionObserver? Observer { get; set; }
+    /// <summary>Set to observe this layer's attention maps (e.g. for the cross-attention visualisations); null costs nothing.</summary>
+    public AttentionObserver? Observer { get; set; }
 
     public Attention(int queryDim, int? crossAttentionDim, int heads, int dimHead, bool upcast = false, bool bias = false) : base(nameof(Attention))
     {
@@ -39,6 +48,7 @@ public sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
         HeadDim = dimHead;
         _scale = 1.0 / Math.Sqrt(dimHead);
         _upcast = upcast;
+        IsCrossAttention = crossAttentionDim is not null;
         RegisterComponents();
     }
 
@@ -57,7 +67,7 @@ public sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
         {
             if (_upcast) { q = q.to_type(ScalarType.Float32); k = k.to_type(ScalarType.Float32); }
             var probs = softmax(q.matmul(k.transpose(-1, -2)) * _scale, -1).to_type(v.dtype);   // [b, h, n, m]
-            Observer?.Invoke(LayerName, probs.reshape(b * _heads, n, m));
+            Observer?.Invoke(LayerName, probs);
             o = probs.matmul(v);
         }
         return to_out[1].call(to_out[0].call(o.permute(0, 2, 1, 3).reshape(b, n, -1)));
