@@ -6,11 +6,39 @@ using static TorchSharp.torch;
 namespace LdmLab.Conditioning;
 
 /// <summary>
-/// Class labels as cross-attention context: c = E[y] ∈ ℝ^{1×d} (one token per image), with an extra learned
-/// "null" class (index = number of classes) for classifier-free guidance. Until the text encoder exists this is the
-/// U-Net's context; the cross-attention maps then show where each class token is attended to.
+/// A denoiser that takes one condition per sample — a class label, a row of prompt token ids — and knows its "no
+/// condition" (the null class, the empty prompt), so that one trainer (condition dropout) and one guidance rule serve
+/// every kind of conditioning.
 /// </summary>
-public sealed class ClassConditionedUNet : nn.Module
+public abstract class ConditionalDenoiser(string name) : nn.Module(name)
+{
+    /// <summary>The model output (ε̂ or v̂) for noisy latents [B, C, H, W], timesteps ([B] or a scalar) and conditions [B, …].</summary>
+    public abstract Tensor Forward(Tensor zt, Tensor t, Tensor conditions);
+
+    /// <summary>The unconditional condition as one row (a scalar label, a [L] row of ids).</summary>
+    public abstract Tensor NullCondition { get; }
+
+    /// <summary>
+    /// Classifier-free guidance in one batched call: ε̂ = ε̂(∅) + w (ε̂(c) − ε̂(∅)), with ∅ the null condition or the
+    /// given <paramref name="negative"/> conditions [B, …] (negative prompts). w = 1 is the plain conditional output.
+    /// </summary>
+    public Tensor Guided(Tensor zt, Tensor t, Tensor conditions, double guidanceScale, Tensor? negative = null)
+    {
+        if (guidanceScale == 1.0) return Forward(zt, t, conditions);
+        long b = zt.shape[0];
+        var unconditional = negative ?? NullCondition.to(conditions.device).expand(conditions.shape);
+        var both = Forward(cat([zt, zt]), t.dim() == 0 ? t : cat([t, t]), cat([unconditional, conditions]));
+        var parts = both.split(b);                                                   // [ε̂(∅); ε̂(c)]
+        return parts[0] + guidanceScale * (parts[1] - parts[0]);
+    }
+}
+
+/// <summary>
+/// Class labels as cross-attention context: c = E[y] ∈ ℝ^{1×d} (one token per image), with an extra learned
+/// "null" class (index = number of classes) for classifier-free guidance; the cross-attention maps show where the
+/// class token is attended to. <see cref="TextConditionedUNet"/> is the same with a text encoder.
+/// </summary>
+public sealed class ClassConditionedUNet : ConditionalDenoiser
 {
     readonly UNet2DConditionModel unet;
     readonly Embedding class_context;
@@ -29,15 +57,10 @@ public sealed class ClassConditionedUNet : nn.Module
 
     public Tensor Context(Tensor labels) => class_context.call(labels).unsqueeze(1);
 
-    public Tensor Forward(Tensor zt, Tensor t, Tensor labels) => unet.Forward(zt, t, Context(labels));
+    public override Tensor Forward(Tensor zt, Tensor t, Tensor labels) => unet.Forward(zt, t, Context(labels));
+
+    public override Tensor NullCondition => tensor(NullLabel);
 
     /// <summary>ε̂ = ε̂(∅) + w (ε̂(y) − ε̂(∅)) in one batched call (w = 1: plain conditional, w = 0: unconditional).</summary>
-    public Tensor Guided(Tensor zt, Tensor t, Tensor labels, double guidanceScale)
-    {
-        if (guidanceScale == 1.0) return Forward(zt, t, labels);
-        long b = zt.shape[0];
-        var both = Forward(cat([zt, zt]), t.dim() == 0 ? t : cat([t, t]), cat([full_like(labels, NullLabel), labels]));
-        var parts = both.split(b);
-        return parts[0] + guidanceScale * (parts[1] - parts[0]);
-    }
+    public Tensor Guided(Tensor zt, Tensor t, Tensor labels, double guidanceScale) => base.Guided(zt, t, labels, guidanceScale);
 }

@@ -28,6 +28,14 @@ public static class ContentHash
 
     public static string Of(float[] values) => Of(tensor(values));
 
+    /// <summary>Lines of text (captions, prompts), in order: SHA-256 of their UTF-8 bytes, each line ended by '\n'.</summary>
+    public static string Of(IEnumerable<string> lines)
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        foreach (var line in lines) sha.AppendData(System.Text.Encoding.UTF8.GetBytes(line + "\n"));
+        return Hex(sha);
+    }
+
     static void Append(IncrementalHash sha, string name, Tensor t)
     {
         sha.AppendData(System.Text.Encoding.UTF8.GetBytes($"{name}|{t.dtype}|{string.Join(",", t.shape)}|"));

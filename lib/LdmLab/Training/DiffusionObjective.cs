@@ -45,9 +45,20 @@ public sealed class DiffusionObjective(NoiseSchedule schedule, PredictionType pr
 
     /// <summary>Classifier-free guidance training: replace each label by <paramref name="nullLabel"/> with probability p.</summary>
     public static Tensor DropLabels(Tensor labels, double p, long nullLabel, Generator? generator = null)
+        => DropConditions(labels, p, tensor(nullLabel), generator);
+
+    /// <summary>
+    /// Condition dropout for any condition rows [N, …] (labels [N], token ids [N, L]): each row is replaced by
+    /// <paramref name="nullRow"/> with probability p, from one uniform draw per row.
+    /// </summary>
+    public static Tensor DropConditions(Tensor conditions, double p, Tensor nullRow, Generator? generator = null)
     {
-        if (p <= 0) return labels;
-        var drop = (rand(labels.shape, device: generator?.device ?? labels.device, generator: generator) < p).to(labels.device);
-        return labels.masked_fill(drop, nullLabel);
+        if (p <= 0) return conditions;
+        var drop = (rand([conditions.shape[0]], device: generator?.device ?? conditions.device, generator: generator) < p)
+            .to(conditions.device);                                                  // [N]
+        var shape = new long[conditions.dim()];
+        Array.Fill(shape, 1L);
+        shape[0] = conditions.shape[0];
+        return where(drop.reshape(shape), nullRow.to(conditions.device).to(conditions.dtype), conditions);
     }
 }

@@ -34,14 +34,14 @@ public sealed class NonFiniteLossException(int step, double value)
 public sealed record DiffusionTrainingLog(IReadOnlyList<double> Losses, IReadOnlyList<double> LearningRates, int ResumedFromStep, TimeSpan Elapsed);
 
 /// <summary>
-/// Trains a class-conditional latent denoiser: AdamW with linear warm-up, gradient accumulation and clipping,
+/// Trains a conditional latent denoiser (class labels, prompts): AdamW with linear warm-up, gradient accumulation and clipping,
 /// EMA of the weights, condition dropout, min-SNR weighting (via the objective), a NaN/Inf guard, and atomic
 /// checkpoints that a later run resumes from bit-exactly (each step's randomness comes from (seed, step)).
 /// </summary>
 public sealed class LatentDiffusionTrainer
 {
     public const string CheckpointFile = "checkpoint.safetensors";
-    readonly ClassConditionedUNet _model;
+    readonly ConditionalDenoiser _model;
     readonly DiffusionObjective _objective;
     readonly TrainerOptions _o;
     readonly AdamW _optimizer;
@@ -51,7 +51,7 @@ public sealed class LatentDiffusionTrainer
     public int CompletedSteps { get; private set; }
     public IReadOnlyList<double> Losses => _losses;
 
-    public LatentDiffusionTrainer(ClassConditionedUNet model, DiffusionObjective objective, TrainerOptions options)
+    public LatentDiffusionTrainer(ConditionalDenoiser model, DiffusionObjective objective, TrainerOptions options)
     {
         if (options.Steps < 1 || options.BatchSize < 1 || options.GradAccumulation < 1)
             throw new ArgumentOutOfRangeException(nameof(options), "Steps, BatchSize and GradAccumulation must be ≥ 1");
@@ -63,10 +63,11 @@ public sealed class LatentDiffusionTrainer
     LoopSettings Loop => new(_o.Steps, _o.LearningRate, _o.WarmupSteps, _o.ClipGradNorm, _o.CheckpointEvery, _o.CheckpointDir, _o.Seed);
 
     /// <param name="latents">[N, C, H, W] (already scaled to unit variance).</param>
-    /// <param name="labels">[N] int64 class labels.</param>
-    public DiffusionTrainingLog Train(Tensor latents, Tensor labels, Viz.Progress? progress = null)
+    /// <param name="conditions">one condition per latent: [N] int64 class labels, [N, L] int64 prompt ids, …</param>
+    public DiffusionTrainingLog Train(Tensor latents, Tensor conditions, Viz.Progress? progress = null)
     {
-        if (latents.shape[0] != labels.shape[0]) throw new ArgumentException($"{latents.shape[0]} latents but {labels.shape[0]} labels");
+        if (latents.shape[0] != conditions.shape[0])
+            throw new ArgumentException($"{latents.shape[0]} latents but {conditions.shape[0]} conditions", nameof(conditions));
         if (_o.CheckpointDir is { } dir && File.Exists(Path.Combine(dir, CheckpointFile))) LoadCheckpoint(dir);
         int resumed = CompletedSteps;
         var device = _model.parameters().First().device;
@@ -80,8 +81,8 @@ public sealed class LatentDiffusionTrainer
             {
                 var idx = randint(0, latents.shape[0], [_o.BatchSize], dtype: ScalarType.Int64, generator: gen);
                 var z0 = latents.index_select(0, idx).to(device);                                    // [B, C, H, W]
-                var y = DiffusionObjective.DropLabels(labels.index_select(0, idx), _o.ConditionDropout, _model.NullLabel, gen)
-                    .to(device);                                                                     // [B]
+                var y = DiffusionObjective.DropConditions(conditions.index_select(0, idx), _o.ConditionDropout,
+                    _model.NullCondition, gen).to(device);                                           // [B, …]
                 var loss = _objective.Loss((zt, t) => _model.Forward(zt, t, y), z0, gen) / _o.GradAccumulation;
                 double value = TrainingLoop.CheckedValue(loss, step, _o.GradAccumulation);
                 loss.backward();

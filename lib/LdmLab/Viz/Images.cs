@@ -80,6 +80,24 @@ public static class Images
         return new PngImage(ms.ToArray(), gw, gh, caption);
     }
 
+    /// <summary>
+    /// Heat maps over grey images, for attention maps: each map [N, H, W] is scaled to [0, 1] by its own range and
+    /// drawn in a black → red → yellow ramp, blended half and half with the image [N, 1, H, W] in [−1, 1]. Returns
+    /// [N, 3, H, W] in [−1, 1] for <see cref="Grid"/>. With no images, the heat maps alone.
+    /// </summary>
+    public static Tensor Overlay(Tensor? greyImages, Tensor maps, double mix = 0.5)
+    {
+        if (maps.dim() != 3) throw new ArgumentException($"maps must be [N, H, W], got [{string.Join(",", maps.shape)}]", nameof(maps));
+        var flat = maps.detach().to(CPU).to_type(ScalarType.Float32).flatten(1);
+        var low = flat.min(1, keepdim: true).values;
+        var high = flat.max(1, keepdim: true).values;
+        var heat = ((flat - low) / (high - low).clamp_min(1e-12)).reshape(maps.shape).unsqueeze(1);   // [N, 1, H, W]
+        var ramp = cat([(heat * 2).clamp(0, 1), (heat * 2 - 1).clamp(0, 1), zeros_like(heat)], 1);    // red, then yellow
+        if (greyImages is null) return ramp * 2 - 1;
+        var grey = ((greyImages.detach().to(CPU).to_type(ScalarType.Float32) + 1) / 2).expand(-1, 3, -1, -1);
+        return ((1 - mix) * grey + mix * ramp) * 2 - 1;
+    }
+
     /// <summary><paramref name="label"/>, cut to fit <paramref name="width"/> pixels with a trailing '…'.</summary>
     static string Fit(string label, int width)
     {

@@ -1,0 +1,62 @@
+using System.Text.Json.Nodes;
+using LdmLab.Autoencoders;
+using LdmLab.Pipelines;
+using LdmLab.UNet;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace LdmLab.Conditioning;
+
+/// <summary>
+/// Stable Diffusion's conditioning path in small, trained from scratch end to end: the real CLIP tokenizer → a small
+/// CLIP text encoder (transformers' CLIPTextModel, names and all) → its last hidden states [B, L, d] as the U-Net's
+/// cross-attention context (section 10.4.3–10.4.5). Conditions are rows of token ids [B, L]; the null condition is
+/// the empty prompt's ids, so condition dropout trains the unconditional branch of classifier-free guidance as SD
+/// does. <see cref="ToPipeline"/> gives a <see cref="StableDiffusionPipeline"/> over the same modules.
+/// </summary>
+public sealed class TextConditionedUNet : ConditionalDenoiser
+{
+    readonly ClipTextModel text_encoder;
+    readonly UNet2DConditionModel unet;
+
+    /// <summary>The CLIP tokenizer cut to the text encoder's positions.</summary>
+    public ClipTokenizer Tokenizer { get; }
+    public ClipTextModel TextEncoder => text_encoder;
+    public UNet2DConditionModel Backbone => unet;
+
+    public TextConditionedUNet(UNetConfig unetConfig, ClipTextConfig textConfig, ClipTokenizer? tokenizer = null)
+        : base(nameof(TextConditionedUNet))
+    {
+        if (unetConfig.CrossAttentionDim != textConfig.HiddenSize)
+            throw new ArgumentException($"the U-Net's cross_attention_dim {unetConfig.CrossAttentionDim} must equal the text " +
+                                        $"encoder's hidden_size {textConfig.HiddenSize}", nameof(unetConfig));
+        text_encoder = new ClipTextModel(textConfig);
+        unet = new UNet2DConditionModel(unetConfig);
+        Tokenizer = (tokenizer ?? ClipTokenizer.Default).With(maxLength: textConfig.MaxPositionEmbeddings,
+            warn: _ => { });                                                          // captions longer than L are cut
+        RegisterComponents();
+    }
+
+    /// <summary>Prompt ids [N, L] int64, padded and truncated to the text encoder's L positions.</summary>
+    public Tensor Tokenize(IEnumerable<string> prompts)
+    {
+        var rows = prompts.Select(p => Tokenizer.Encode(p).Ids).ToList();
+        if (rows.Count == 0) throw new ArgumentException("no prompts", nameof(prompts));
+        return tensor(rows.SelectMany(r => r).ToArray(), [rows.Count, Tokenizer.MaxLength]);
+    }
+
+    /// <summary>The U-Net's context: the text encoder's last hidden states [B, L, d].</summary>
+    public Tensor TextContext(Tensor ids) => text_encoder.Forward(ids).LastHiddenState;
+
+    public override Tensor Forward(Tensor zt, Tensor t, Tensor ids) => unet.Forward(zt, t, TextContext(ids));
+
+    /// <summary>The empty prompt's ids [L] ("" = start, end, padding), the unconditional condition.</summary>
+    public override Tensor NullCondition => Tokenize([""])[0];
+
+    /// <summary>
+    /// A diffusers-layout pipeline over this model's text encoder and U-Net (the same modules, not copies), with the
+    /// given VAE and scheduler: prompts, negative prompts, any sampler, img2img.
+    /// </summary>
+    public StableDiffusionPipeline ToPipeline(AutoencoderKL vae, string schedulerClass, JsonObject schedulerConfig) =>
+        new(Tokenizer, text_encoder, unet, vae, schedulerClass, schedulerConfig);
+}

@@ -1,0 +1,140 @@
+using System.Text.Json.Nodes;
+using LdmLab.Autoencoders;
+using LdmLab.Conditioning;
+using LdmLab.Data;
+using LdmLab.Diffusion;
+using LdmLab.Pipelines;
+using LdmLab.Runtime;
+using LdmLab.UNet;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace LdmLab.Training;
+
+/// <summary>
+/// The text-to-image lab's model (notebooks 05 and 06): captioned Fashion-MNIST scenes on a 28×56 canvas
+/// (<see cref="CaptionedFashion"/>) → the shipped Fashion VAE's latents (4×7×14) → a U-Net with cross-attention at
+/// both resolutions, conditioned on a small CLIP text encoder trained with it from scratch (the real CLIP tokenizer),
+/// 10 % of captions dropped to "" for classifier-free guidance, SD's scaled-linear schedule, ε-prediction, EMA
+/// weights. The quick profile loads the shipped model (<c>ldmlab train fashion-text2img</c>, full recipe); full and
+/// gpu train into the cache, checkpointed and resumable.
+/// </summary>
+public static class TextToImageRecipe
+{
+    public const string Shipped = "fashion-text2img";
+    public const string WeightsFile = "text2img.safetensors";
+    public const string LogFile = "training-log.safetensors";
+    const string TokenEmbedding = "text_encoder.text_model.embeddings.token_embedding.weight";
+
+    /// <summary>A CLIP text tower in small: 2 layers, 32 wide, 4 heads, 20 positions (the longest caption is 16 tokens).</summary>
+    public static ClipTextConfig TextConfig { get; } = new()
+    {
+        HiddenSize = 32, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, MaxPositionEmbeddings = 20,
+        ProjectionDim = 32,
+    };
+
+    /// <summary>The U-Net: 32 → 64 channels, cross-attention on the 7×14 and 4×7 grids (down, mid and up).</summary>
+    public static UNetConfig UNetConfig { get; } = new()
+    {
+        InChannels = 4, OutChannels = 4, BlockOutChannels = [32, 64], LayersPerBlock = 1, NormNumGroups = 16,
+        CrossAttentionDim = 32, AttentionHeadDim = [4], DownBlockTypes = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        UpBlockTypes = ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], SampleSize = 7,
+    };
+
+    public static TrainerOptions Options => new()
+    {
+        Steps = Lab.Pick(quick: 150, full: 4000, gpu: 8000), BatchSize = Lab.Pick(quick: 64, full: 64, gpu: 256),
+        LearningRate = 1e-3, WarmupSteps = Lab.Pick(quick: 20, full: 200), EmaDecay = Lab.Pick(quick: 0.9, full: 0.999),
+        ConditionDropout = 0.1,
+    };
+
+    /// <summary>Training scenes per profile (half of them two-item scenes).</summary>
+    public static int SceneCount => Lab.Pick(quick: 4000, full: 60000);
+
+    /// <summary>The training scenes of a profile: from the first images of the training split, seed 0.</summary>
+    public static CaptionedScenes Scenes(FashionMnist train) => CaptionedFashion.Make(train, SceneCount, pairs: 0.5, seed: 0);
+
+    /// <summary>The recipe's model, untrained (seeded), on <see cref="Lab.Device"/>.</summary>
+    public static TextConditionedUNet New(long seed = 0)
+    {
+        manual_seed(seed);
+        return new TextConditionedUNet(UNetConfig, TextConfig).OnLabDevice();
+    }
+
+    /// <summary>SD's scheduler settings (scaled-linear β 0.00085…0.012, leading spacing, offset 1) for any sampler.</summary>
+    public static JsonObject SchedulerConfig() => new()
+    {
+        ["num_train_timesteps"] = 1000, ["beta_schedule"] = "scaled_linear", ["beta_start"] = 0.00085, ["beta_end"] = 0.012,
+        ["steps_offset"] = 1, ["set_alpha_to_one"] = false, ["clip_sample"] = false, ["prediction_type"] = "epsilon",
+    };
+
+    /// <summary>Everything that determines the trained model: configs, options, seed, latents' origin and captions.</summary>
+    public static string Key(Tensor latents, IReadOnlyList<string> captions, TrainerOptions options, long seed) =>
+        FashionLatentRecipe.Key("text2img", UNetConfig, TextConfig, options with { Steps = 0 }, seed,
+            FashionLatentRecipe.LatentIdentity(latents), ContentHash.Of(captions));
+
+    /// <summary>The model a notebook uses, its training log, and the sentence that says where it came from.</summary>
+    public sealed record Trained(TextConditionedUNet Model, DiffusionTrainingLog Log, string Source);
+
+    /// <summary>
+    /// Quick profile: the shipped model (hash-checked). Otherwise the cache, or a run of <see cref="Options"/>'s steps on
+    /// <paramref name="latents"/> (the scenes' scaled latents) and <paramref name="captions"/>, checkpointed every 500
+    /// steps and resumed when stopped.
+    /// </summary>
+    public static Trained Load(Tensor latents, IReadOnlyList<string> captions, Viz.Progress? progress = null, long seed = 0)
+    {
+        if (Lab.Profile == Profile.Quick && seed == 0 && ShippedCheckpoint.Find(Shipped) is { } shipped)
+        {
+            shipped.Verify();
+            var model = New();
+            Interop.StateDicts.Load(model, Path.Combine(shipped.Dir, shipped.WeightsFile));
+            model.eval();
+            var log = Interop.SafeTensors.Load(Path.Combine(shipped.Dir, LogFile));
+            var losses = log["losses"].data<double>().ToArray();
+            var lrs = log["learning_rates"].data<double>().ToArray();
+            return new Trained(model, new DiffusionTrainingLog(losses, lrs, losses.Length, TimeSpan.Zero), shipped.Describe());
+        }
+        var options = Options;
+        var dir = Path.Combine(FashionLatentRecipe.CacheRoot, "text2img-" + Key(latents, captions, options, seed), $"steps-{options.Steps}");
+        var (trained, run) = Train(latents, captions, options with { CheckpointDir = dir, CheckpointEvery = 500, Seed = seed }, progress);
+        return new Trained(trained, run, run.ResumedFromStep >= run.Losses.Count
+            ? "loaded from the cache (trained earlier with the same settings and scenes)"
+            : $"trained {run.Losses.Count - run.ResumedFromStep:N0} steps ({Lab.Profile.ToString().ToLowerInvariant()} profile) " +
+              $"in {run.Elapsed.TotalSeconds:F0} s");
+    }
+
+    /// <summary>One training run (seeded by the options); returns the EMA weights in eval mode.</summary>
+    public static (TextConditionedUNet model, DiffusionTrainingLog log) Train(Tensor latents, IReadOnlyList<string> captions,
+        TrainerOptions options, Viz.Progress? progress = null)
+    {
+        if (latents.shape[0] != captions.Count)
+            throw new ArgumentException($"{latents.shape[0]} latents but {captions.Count} captions", nameof(captions));
+        var model = New(options.Seed);
+        var ids = model.Tokenize(captions);                                                     // [N, 20]
+        var trainer = new LatentDiffusionTrainer(model, new DiffusionObjective(NoiseSchedule.ScaledLinear()), options);
+        var log = trainer.Train(latents, ids, progress);
+        trainer.Ema.CopyTo(model);
+        model.eval();
+        return (model, log);
+    }
+
+    /// <summary>
+    /// The weights as shipped: every tensor in float32 except the 49,408-row token embedding in float16 (3.2 MB instead
+    /// of 6.3; loading converts it back, and the few rows the captions use lose nothing measurable).
+    /// </summary>
+    public static void SaveShipped(TextConditionedUNet model, DiffusionTrainingLog log, string dir)
+    {
+        Directory.CreateDirectory(dir);
+        var tensors = model.state_dict().ToDictionary(kv => kv.Key,
+            kv => kv.Key == TokenEmbedding ? kv.Value.to_type(ScalarType.Float16) : kv.Value);
+        Interop.SafeTensors.Save(Path.Combine(dir, WeightsFile), tensors);
+        Interop.SafeTensors.Save(Path.Combine(dir, LogFile), new Dictionary<string, Tensor>
+        {
+            ["losses"] = tensor(log.Losses.ToArray()), ["learning_rates"] = tensor(log.LearningRates.ToArray()),
+        });
+    }
+
+    /// <summary>A <see cref="StableDiffusionPipeline"/> over the trained model and the VAE (DDIM by default).</summary>
+    public static StableDiffusionPipeline Pipeline(TextConditionedUNet model, AutoencoderKL vae, string scheduler = "DDIMScheduler") =>
+        model.ToPipeline(vae, scheduler, SchedulerConfig());
+}
