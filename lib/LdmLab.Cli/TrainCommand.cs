@@ -89,10 +89,7 @@ public static class TrainCommand
         Directory.CreateDirectory(staging);
         const string weights = "denoiser.safetensors";
         Interop.StateDicts.Save(model, Path.Combine(staging, weights));
-        Interop.SafeTensors.Save(Path.Combine(staging, FashionLatentRecipe.DenoiserLogFile), new Dictionary<string, Tensor>
-        {
-            ["losses"] = tensor(log.Losses.ToArray()), ["learning_rates"] = tensor(log.LearningRates.ToArray()),
-        });
+        log.Save(Path.Combine(staging, FashionLatentRecipe.DenoiserLogFile));
         var key = FashionLatentRecipe.DenoiserKey(latents, train.Labels, schedule, Training.PredictionType.Epsilon, null, options, 0);
         var metrics = new Dictionary<string, double>
         {

@@ -37,7 +37,8 @@ public class CrossAttentionMapTests
             recorded = Run();
             recorded = Run();
             Assert.Equal(2, recorder.Evaluations);
-            var crossLayers = model.AttentionLayers().Where(a => a.IsCrossAttention).Select(a => a.LayerName).ToHashSet();
+            var crossLayers = model.AttentionLayers().Where(a => a.IsCrossAttention)
+                .Select(a => a.LayerName).ToHashSet();
             Assert.Equal(crossLayers, recorder.Layers.ToHashSet());
             Assert.Equal(2 * crossLayers.Count, recorder.Records.Count);
             foreach (var r in recorder.Records.Where(r => r.Evaluation == 1))
@@ -45,18 +46,21 @@ public class CrossAttentionMapTests
                 var full = raw[r.Layer];                                                   // [2, heads, h·w, 7]
                 Assert.Equal(new long[] { 1, full.shape[1], r.Height, r.Width, 7 }, r.Maps.shape);
                 Assert.Equal(full.shape[2], r.Height * r.Width);
-                Assert.True(r.Maps.reshape(full.shape[1], -1, 7).allclose(full[1]), $"{r.Layer}: not the conditional half");
-                Assert.False(r.Maps.reshape(full.shape[1], -1, 7).allclose(full[0]), $"{r.Layer}: halves equal");
+                var kept = r.Maps.reshape(full.shape[1], -1, 7);
+                Assert.True(kept.allclose(full[1]), $"{r.Layer}: not the conditional half");
+                Assert.False(kept.allclose(full[0]), $"{r.Layer}: halves equal");
                 Assert.True(r.Maps.sum(-1).allclose(ones(1, r.Heads, r.Height, r.Width), atol: 1e-5));
             }
             Assert.Contains(recorder.Records, r => r.Height == 8 && r.Width == 8);
             Assert.Contains(recorder.Records, r => r.Height == 4 && r.Width == 4);
         }
         Assert.All(model.AttentionLayers(), layer => Assert.Null(layer.Observer));
-        Assert.True(plain.allclose(recorded, rtol: 1e-5, atol: 1e-6), $"max |diff| {(plain - recorded).abs().max().item<float>()}");
+        Assert.True(plain.allclose(recorded, rtol: 1e-5, atol: 1e-6),
+            $"max |diff| {(plain - recorded).abs().max().item<float>()}");
     }
 
-    /// <summary>Observers live on one model's layers: recording one model sees nothing of another one's calls.</summary>
+    /// <summary>Observers live on one model's layers: recording one model sees nothing of another one's
+    /// calls.</summary>
     [Fact]
     public void Recording_one_model_does_not_see_another()
     {
@@ -107,23 +111,26 @@ public class CrossAttentionMapTests
         Assert.Throws<InvalidOperationException>(() => CrossAttentionRecorder.AggregateRecords([], 4, 4));
     }
 
-    /// <summary>Words from the tokenizer's own pieces; a multi-token word's map is the mean of its tokens' maps.</summary>
+    /// <summary>Words from the tokenizer's own pieces; a multi-token word's map is the mean of its tokens'
+    /// maps.</summary>
     [Fact]
     public void Words_map_to_their_token_positions_and_merge()
     {
-        var words = CrossAttentionRecorder.Words(ClipTokenizer.Default, "a sneaker on the left and a bag, photorealistic");
+        const string prompt = "a sneaker on the left and a bag, photorealistic";
+        var words = CrossAttentionRecorder.Words(ClipTokenizer.Default, prompt);
         Assert.Equal(new[] { "a", "sneaker", "on", "the", "left", "and", "a", "bag", ",", "photorealistic" },
             words.Select(w => w.Text).ToArray());
         Assert.Equal(1, words[0].TokenPositions.Single());
         var positions = words.SelectMany(w => w.TokenPositions).ToArray();
-        Assert.Equal(Enumerable.Range(1, positions.Length), positions);              // consecutive after the start token
-        var ids = ClipTokenizer.Default.Encode("a sneaker on the left and a bag, photorealistic").Ids;
+        Assert.Equal(Enumerable.Range(1, positions.Length), positions);          // consecutive after the start token
+        var ids = ClipTokenizer.Default.Encode(prompt).Ids;
         Assert.Equal(ClipTokenizer.Default.EosId, ids[positions.Length + 1]);
         var multi = words[^1];
         Assert.True(multi.TokenPositions.Length > 1, "photorealistic is more than one BPE piece");
         var maps = arange(1 * 77 * 2 * 2, dtype: ScalarType.Float32).reshape(1, 77, 2, 2);
         var merged = CrossAttentionRecorder.WordMap(maps, multi);                    // [1, 2, 2]
-        var byHand = multi.TokenPositions.Select(p => maps[0, p]).Aggregate((a, b) => a + b) / multi.TokenPositions.Length;
+        var byHand = multi.TokenPositions.Select(p => maps[0, p]).Aggregate((a, b) => a + b)
+                     / multi.TokenPositions.Length;
         Assert.True(merged[0].allclose(byHand));
     }
 
@@ -156,7 +163,8 @@ public class CrossAttentionMapTests
         manual_seed(7);
         using var _ = no_grad();
         using var recorder = new CrossAttentionRecorder(model, 6, 6, guidanceBatch: false);
-        var error = Assert.Throws<InvalidOperationException>(() => model.Forward(randn(1, 4, 8, 8), tensor(3L), randn(1, 7, 32)));
+        var error = Assert.Throws<InvalidOperationException>(
+            () => model.Forward(randn(1, 4, 8, 8), tensor(3L), randn(1, 7, 32)));
         Assert.Contains("6×6", error.Message);
     }
 }

@@ -234,3 +234,41 @@ public class ShippedJudgeAndAutoencoderTests
         Directory.Delete(cache, true);
     }
 }
+
+/// <summary>The text-to-image model of notebooks 05/06 as a shipped checkpoint.</summary>
+[Collection("environment")]
+public class ShippedTextToImageTests
+{
+    static T Full<T>(Func<T> f) => TestPaths.WithEnvironment("LDMLAB_PROFILE", "full", f);
+
+    /// <summary>
+    /// Hash; recipe key (configs, full-profile options, seed, the shipped VAE's latents of the full profile's 60,000
+    /// scenes and their captions); the quick profile loading it with its whole loss log (the loss fell); and the
+    /// recipe's first five steps from seed 0 reproducing the shipped run's first five losses (relative 1e-4).
+    /// </summary>
+    [Fact]
+    public void The_shipped_text_to_image_model_is_the_recipes_and_its_first_steps_reproduce()
+    {
+        TorchRuntime.Setup();
+        var shipped = ShippedCheckpoint.Find(TextToImageRecipe.Shipped)
+            ?? throw new InvalidOperationException("data/checkpoints/fashion-text2img is missing from this checkout");
+        shipped.Verify();
+        var vae = AutoencoderKL.FromPretrained(ShippedCheckpoint.Find(FashionLatentRecipe.ShippedVae)!.Dir);
+        vae.eval();
+        var scenes = Full(() => TextToImageRecipe.Scenes(FashionMnist.Load(Split.Train)));
+        Assert.Equal(60000, scenes.Count);
+        var (latents, _) = FashionLatentRecipe.ScaledLatents(vae, scenes.Images);
+        var options = Full(() => TextToImageRecipe.Options);
+        Assert.Equal(TextToImageRecipe.Key(latents, scenes.Captions, options, 0), shipped.RecipeKey);
+        Assert.Equal(options.Steps, shipped.Steps);
+        var used = TestPaths.WithEnvironment("LDMLAB_PROFILE", "quick", () => TextToImageRecipe.Load(latents, scenes.Captions));
+        Assert.StartsWith("loaded checkpoint data/checkpoints/fashion-text2img", used.Source);
+        Assert.Equal(shipped.Steps, used.Log.Losses.Count);
+        Assert.True(used.Log.Losses.TakeLast(100).Average() < 0.5 * used.Log.Losses.Take(10).Average(), "the shipped run's loss fell");
+
+        var (_, log) = TextToImageRecipe.Train(latents, scenes.Captions, options with { Steps = shipped.FirstLosses.Count, Seed = 0 });
+        for (int i = 0; i < log.Losses.Count; i++)
+            Assert.True(Math.Abs(log.Losses[i] - shipped.FirstLosses[i]) <= 1e-4 * Math.Abs(shipped.FirstLosses[i]),
+                $"step {i + 1}: {log.Losses[i]} vs the shipped run's {shipped.FirstLosses[i]}");
+    }
+}

@@ -15,7 +15,8 @@ public sealed record AttentionRecord(int Evaluation, string Layer, Tensor Maps)
     public int Width => (int)Maps.shape[3];
 }
 
-/// <summary>A word of a prompt and the positions of its tokens in the encoded sequence (after the start token).</summary>
+/// <summary>A word of a prompt and the positions of its tokens in the encoded sequence (after the start
+/// token).</summary>
 public sealed record PromptWord(string Text, int[] TokenPositions);
 
 /// <summary>
@@ -41,7 +42,8 @@ public sealed class CrossAttentionRecorder : IDisposable
     /// <param name="model">the U-Net (or a module holding one)</param>
     /// <param name="latentHeight">height of the latents the model samples (each layer's grid is this / 2ᵏ)</param>
     /// <param name="latentWidth">width of the latents</param>
-    /// <param name="guidanceBatch">true when every call holds [unconditional; conditional]: keep the second half</param>
+    /// <param name="guidanceBatch">true when every call holds [unconditional; conditional]: keep the second
+    /// half</param>
     public CrossAttentionRecorder(nn.Module model, int latentHeight, int latentWidth, bool guidanceBatch)
     {
         if (latentHeight < 1 || latentWidth < 1)
@@ -79,7 +81,8 @@ public sealed class CrossAttentionRecorder : IDisposable
         _records.Add(new AttentionRecord(_evaluation, layer, maps));
     }
 
-    /// <summary>The layer's grid from its query count: the latent grid downsampled by the same 2ᵏ in both directions.</summary>
+    /// <summary>The layer's grid from its query count: the latent grid downsampled by the same 2ᵏ in both
+    /// directions.</summary>
     (int h, int w) Grid(long queries)
     {
         long area = (long)_latentHeight * _latentWidth;
@@ -90,7 +93,8 @@ public sealed class CrossAttentionRecorder : IDisposable
             if ((long)h * w < queries) break;
         }
         throw new InvalidOperationException(
-            $"an attention layer has {queries} queries, which is no 2ᵏ downsampling of the {_latentHeight}×{_latentWidth} " +
+            $"an attention layer has {queries} queries, which is no 2ᵏ downsampling of the " +
+            $"{_latentHeight}×{_latentWidth} " +
             $"latent grid ({area} positions): pass the latents' height and width to the recorder");
     }
 
@@ -156,14 +160,16 @@ public sealed class CrossAttentionRecorder : IDisposable
     /// <summary>DAAM's threshold: the normalised map ≥ τ (DAAM uses τ = 0.4) as a 0/1 mask.</summary>
     public static Tensor Threshold(Tensor maps, double tau = 0.4) => Normalise(maps).ge(tau).to(ScalarType.Float32);
 
-    /// <summary>Pointing game: 1 where the map's maximum lies inside the mask, per map. maps, masks: [N, H, W].</summary>
+    /// <summary>Pointing game: 1 where the map's maximum lies inside the mask, per map. maps, masks: [N, H,
+    /// W].</summary>
     public static Tensor PointingHits(Tensor maps, Tensor masks)
     {
         var peak = maps.flatten(1).argmax(1, keepdim: true);                                  // [N, 1]
         return masks.flatten(1).to(ScalarType.Float32).gather(1, peak).squeeze(1).gt(0.5).to(ScalarType.Float32);
     }
 
-    /// <summary>IoU of the thresholded maps with the masks, per map (0 when both are empty). maps, masks: [N, H, W].</summary>
+    /// <summary>IoU of the thresholded maps with the masks, per map (0 when both are empty). maps, masks: [N, H,
+    /// W].</summary>
     public static Tensor Iou(Tensor maps, Tensor masks, double tau = 0.4)
     {
         var a = Threshold(maps, tau).flatten(1);

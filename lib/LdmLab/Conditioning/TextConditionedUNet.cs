@@ -28,8 +28,8 @@ public sealed class TextConditionedUNet : ConditionalDenoiser
         : base(nameof(TextConditionedUNet))
     {
         if (unetConfig.CrossAttentionDim != textConfig.HiddenSize)
-            throw new ArgumentException($"the U-Net's cross_attention_dim {unetConfig.CrossAttentionDim} must equal the text " +
-                                        $"encoder's hidden_size {textConfig.HiddenSize}", nameof(unetConfig));
+            throw new ArgumentException($"the U-Net's cross_attention_dim {unetConfig.CrossAttentionDim} must equal " +
+                                        $"the text encoder's hidden_size {textConfig.HiddenSize}", nameof(unetConfig));
         text_encoder = new ClipTextModel(textConfig);
         unet = new UNet2DConditionModel(unetConfig);
         Tokenizer = (tokenizer ?? ClipTokenizer.Default).With(maxLength: textConfig.MaxPositionEmbeddings,

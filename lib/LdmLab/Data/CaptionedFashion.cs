@@ -17,7 +17,8 @@ public enum Side { Left = 0, Right = 1 }
 /// <param name="Captions">one caption per scene</param>
 /// <param name="LeftLabels">[N] int64: the class in the left slot, −1 when empty</param>
 /// <param name="RightLabels">[N] int64: the class in the right slot, −1 when empty</param>
-public sealed record CaptionedScenes(Tensor Images, IReadOnlyList<string> Captions, Tensor LeftLabels, Tensor RightLabels)
+public sealed record CaptionedScenes(
+    Tensor Images, IReadOnlyList<string> Captions, Tensor LeftLabels, Tensor RightLabels)
 {
     public const int Height = 28, Width = 56, Slot = 28;
 
@@ -43,7 +44,8 @@ public sealed record CaptionedScenes(Tensor Images, IReadOnlyList<string> Captio
         return cat([left, right], 1);                                                  // [N, 2, 28, 56]
     }
 
-    /// <summary>The 28×28 slot of each canvas: [N, 1, 28, 56] → [N, 1, 28, 28] (what a Fashion classifier judges).</summary>
+    /// <summary>The 28×28 slot of each canvas: [N, 1, 28, 56] → [N, 1, 28, 28] (what a Fashion classifier
+    /// judges).</summary>
     public static Tensor SlotOf(Tensor canvases, Side side) => canvases.narrow(3, side == Side.Left ? 0 : Slot, Slot);
 }
 
@@ -60,12 +62,14 @@ public static class CaptionedFashion
         ["top"] = [0, 2, 6], ["shoe"] = [5, 7, 9],
     };
 
-    static readonly string[] SingleTemplates = ["a {0}", "a photo of a {0}", "a picture of a {0}", "{0}", "a small {0}"];
+    static readonly string[] SingleTemplates =
+        ["a {0}", "a photo of a {0}", "a picture of a {0}", "{0}", "a small {0}"];
 
     /// <summary>"a" or "an" before a noun phrase.</summary>
     public static string Article(string noun) => "aeiou".Contains(noun[0]) ? "an" : "a";
 
-    static string WithArticle(string template, string noun) =>
+    /// <summary>The template filled with the noun, "a" corrected to "an" before a vowel: "a photo of an ankle boot".</summary>
+    public static string WithArticle(string template, string noun) =>
         string.Format(template, noun).Replace($"a {noun}", $"{Article(noun)} {noun}");
 
     /// <summary>A single-object caption: class noun in one of the templates (side named or not).</summary>
@@ -78,7 +82,8 @@ public static class CaptionedFashion
     /// <summary>A two-object caption naming both items and their sides, in either order.</summary>
     public static string PairCaption(int left, int right, bool rightFirst)
     {
-        string l = $"{Article(Nouns[left])} {Nouns[left]} on the left", r = $"{Article(Nouns[right])} {Nouns[right]} on the right";
+        string l = $"{Article(Nouns[left])} {Nouns[left]} on the left";
+        string r = $"{Article(Nouns[right])} {Nouns[right]} on the right";
         return rightFirst ? $"{r} and {l}" : $"{l} and {r}";
     }
 
@@ -92,7 +97,8 @@ public static class CaptionedFashion
     public static CaptionedScenes Make(FashionMnist data, int count, double pairs = 0.5, int seed = 0)
     {
         if (count < 1) throw new ArgumentOutOfRangeException(nameof(count), count, "count must be ≥ 1");
-        if (pairs is < 0 or > 1) throw new ArgumentOutOfRangeException(nameof(pairs), pairs, "pairs is a fraction in [0, 1]");
+        if (pairs is < 0 or > 1)
+            throw new ArgumentOutOfRangeException(nameof(pairs), pairs, "pairs is a fraction in [0, 1]");
         var rng = new Random(seed);
         var labels = data.Labels.data<long>().ToArray();
         var canvases = full(count, 1, CaptionedScenes.Height, CaptionedScenes.Width, -1f);       // [N, 1, 28, 56]

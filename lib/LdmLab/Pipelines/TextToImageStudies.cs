@@ -14,7 +14,8 @@ public sealed record ScenePrompt(string Text, int Left, int Right)
     public int Item => Left >= 0 ? Left : Right;
 }
 
-/// <summary>Localisation of two-item prompts' nouns: pointing game and IoU per prompt, and per layer, evaluation, head.</summary>
+/// <summary>Localisation of two-item prompts' nouns: pointing game and IoU per prompt, and per layer, evaluation,
+/// head.</summary>
 public sealed record LocalisationReport(
     int Prompts, double Pointing, double Iou, double Tau,
     IReadOnlyDictionary<string, double> PointingByLayer, IReadOnlyList<double> PointingByEvaluation,
@@ -32,9 +33,7 @@ public static class TextToImageStudies
         Enumerable.Range(0, count).Select(i =>
         {
             int c = i % CaptionedFashion.Nouns.Length;
-            var text = string.Format(template, CaptionedFashion.Nouns[c]);
-            text = text.Replace($"a {CaptionedFashion.Nouns[c]}", $"{CaptionedFashion.Article(CaptionedFashion.Nouns[c])} {CaptionedFashion.Nouns[c]}");
-            return new ScenePrompt(text, c, -1);
+            return new ScenePrompt(CaptionedFashion.WithArticle(template, CaptionedFashion.Nouns[c]), c, -1);
         }).ToList();
 
     /// <summary>Two-item prompts with two different classes, order of mention varied; deterministic per seed.</summary>
@@ -44,13 +43,16 @@ public static class TextToImageStudies
         return Enumerable.Range(0, count).Select(_ =>
         {
             int left = rng.Next(10), right = (left + 1 + rng.Next(9)) % 10;
-            return new ScenePrompt(CaptionedFashion.PairCaption(left, right, rightFirst: rng.Next(2) == 1), left, right);
+            var caption = CaptionedFashion.PairCaption(left, right, rightFirst: rng.Next(2) == 1);
+            return new ScenePrompt(caption, left, right);
         }).ToList();
     }
 
-    /// <summary>Generates the prompts in batches: canvases [N, 1, 28, 56] in [−1, 1], the same seed per batch index.</summary>
-    public static Tensor Generate(StableDiffusionPipeline pipeline, IReadOnlyList<ScenePrompt> prompts, int steps, double guidance,
-        long seed = 0, int batchSize = 100, IReadOnlyList<string>? negativePrompts = null, Action<int>? afterBatch = null)
+    /// <summary>Generates the prompts in batches: canvases [N, 1, 28, 56] in [−1, 1], the same seed per batch
+    /// index.</summary>
+    public static Tensor Generate(StableDiffusionPipeline pipeline, IReadOnlyList<ScenePrompt> prompts, int steps,
+        double guidance, long seed = 0, int batchSize = 100, IReadOnlyList<string>? negativePrompts = null,
+        Action<int>? afterBatch = null)
     {
         var batches = new List<Tensor>();
         for (int start = 0; start < prompts.Count; start += batchSize)
@@ -69,7 +71,8 @@ public static class TextToImageStudies
         return cat(batches.ToArray());
     }
 
-    /// <summary>The slot of each canvas that holds more ink (where a one-item prompt's item was drawn): [N, 1, 28, 28].</summary>
+    /// <summary>The slot of each canvas that holds more ink (where a one-item prompt's item was drawn): [N, 1, 28,
+    /// 28].</summary>
     public static Tensor InkedSlot(Tensor canvases)
     {
         var left = CaptionedScenes.SlotOf(canvases, Side.Left);
@@ -85,18 +88,27 @@ public static class TextToImageStudies
     /// </summary>
     public static double Accuracy(FashionClassifier judge, Tensor canvases, IReadOnlyList<ScenePrompt> prompts)
     {
-        if (canvases.shape[0] != prompts.Count) throw new ArgumentException($"{canvases.shape[0]} canvases for {prompts.Count} prompts");
+        if (canvases.shape[0] != prompts.Count)
+            throw new ArgumentException($"{canvases.shape[0]} canvases for {prompts.Count} prompts", nameof(prompts));
         return Correct(judge, canvases, prompts).Average(c => c ? 1.0 : 0.0);
     }
+
+    /// <summary>The judge's class for 28×28 items [N, 1, 28, 28], in batches without gradients.</summary>
+    public static long[] Classify(FashionClassifier judge, Tensor items) =>
+        Nn.Batched.Map(judge, items, 500, judge.forward).argmax(1).data<long>().ToArray();
+
+    /// <summary>The judge's class for the item of each one-item canvas (its inked slot).</summary>
+    public static long[] ItemClasses(FashionClassifier judge, Tensor canvases) => Classify(judge, InkedSlot(canvases));
 
     /// <summary>Per canvas: did the judge find what the prompt asked for?</summary>
     public static bool[] Correct(FashionClassifier judge, Tensor canvases, IReadOnlyList<ScenePrompt> prompts)
     {
-        long[] Classify(Tensor slots) => Nn.Batched.Map(judge, slots, 500, judge.forward).argmax(1).data<long>().ToArray();
+        long[] Classify(Tensor slots) => TextToImageStudies.Classify(judge, slots);
         var inked = Classify(InkedSlot(canvases));
         var left = Classify(CaptionedScenes.SlotOf(canvases, Side.Left));
         var right = Classify(CaptionedScenes.SlotOf(canvases, Side.Right));
-        return prompts.Select((p, i) => p.IsPair ? left[i] == p.Left && right[i] == p.Right : inked[i] == p.Item).ToArray();
+        return prompts.Select((p, i) => p.IsPair ? left[i] == p.Left && right[i] == p.Right : inked[i] == p.Item)
+            .ToArray();
     }
 
     /// <summary>
@@ -125,8 +137,8 @@ public static class TextToImageStudies
             using var recorder = new CrossAttentionRecorder(model, h / 4, w / 4, guidanceBatch: guidance > 1);
             var output = pipeline.Generate(new GenerationOptions
             {
-                Prompts = batch.Select(p => p.Text).ToArray(), Steps = steps, GuidanceScale = guidance, Height = h, Width = w,
-                Seed = seed + start,
+                Prompts = batch.Select(p => p.Text).ToArray(), Steps = steps, GuidanceScale = guidance,
+                Height = h, Width = w, Seed = seed + start,
             });
             var canvases = (output.Images * 2 - 1).cpu();
             allCanvases.Add(canvases);
@@ -138,8 +150,8 @@ public static class TextToImageStudies
             void Score(Tensor aggregated, List<double> into)
             {
                 for (int side = 0; side < 2; side++)
-                    into.AddRange(CrossAttentionRecorder.PointingHits(NounMaps(aggregated, side), halves[side].expand(batch.Count, h, w))
-                        .data<float>().Select(v => (double)v));
+                    into.AddRange(CrossAttentionRecorder.PointingHits(NounMaps(aggregated, side),
+                        halves[side].expand(batch.Count, h, w)).data<float>().Select(v => (double)v));
             }
             var all = recorder.Aggregate(h, w);                                                 // [B, tokens, h, w]
             Score(all, pointing);
@@ -147,9 +159,11 @@ public static class TextToImageStudies
                 ious.AddRange(CrossAttentionRecorder.Iou(NounMaps(all, side), silhouettes.select(1, side), tau)
                     .data<float>().Select(v => (double)v));
             foreach (var layer in recorder.Layers)
-                Score(recorder.Aggregate(h, w, r => r.Layer == layer), byLayer.TryGetValue(layer, out var l) ? l : byLayer[layer] = []);
+                Score(recorder.Aggregate(h, w, r => r.Layer == layer),
+                    byLayer.TryGetValue(layer, out var l) ? l : byLayer[layer] = []);
             for (int e = 0; e < recorder.Evaluations; e++)
-                Score(recorder.Aggregate(h, w, r => r.Evaluation == e), byEvaluation.TryGetValue(e, out var l) ? l : byEvaluation[e] = []);
+                Score(recorder.Aggregate(h, w, r => r.Evaluation == e),
+                    byEvaluation.TryGetValue(e, out var l) ? l : byEvaluation[e] = []);
             foreach (var record in recorder.Records.Where(r => r.Evaluation == 0))
                 for (int head = 0; head < record.Heads; head++)
                 {
@@ -166,7 +180,8 @@ public static class TextToImageStudies
         return (cat(allCanvases.ToArray()), report);
     }
 
-    /// <summary>The token positions of a pair prompt's left noun [0] and right noun [1] (multi-word nouns merged).</summary>
+    /// <summary>The token positions of a pair prompt's left noun [0] and right noun [1] (multi-word nouns
+    /// merged).</summary>
     public static PromptWord[] NounTokens(ClipTokenizer tokenizer, ScenePrompt prompt)
     {
         if (!prompt.IsPair) throw new ArgumentException($"'{prompt.Text}' is not a two-item prompt", nameof(prompt));
@@ -183,7 +198,8 @@ public static class TextToImageStudies
                 {
                     text += words[j].Text;
                     if (text == spelled)
-                        return new PromptWord(noun, words.Skip(i).Take(j - i + 1).SelectMany(x => x.TokenPositions).ToArray());
+                        return new PromptWord(noun,
+                            words.Skip(i).Take(j - i + 1).SelectMany(x => x.TokenPositions).ToArray());
                 }
             }
             throw new ArgumentException($"'{prompt.Text}' does not name {noun}");

@@ -47,11 +47,8 @@ public static partial class AutoencoderRecipes
 
     static TrainedAutoencoder LoadShipped(AutoencoderSpec spec, ShippedCheckpoint shipped)
     {
-        shipped.Verify();
-        var model = NewModel(spec);
-        Interop.StateDicts.Load(model, Path.Combine(shipped.Dir, shipped.WeightsFile));
+        var model = shipped.LoadInto(NewModel(spec));
         model.to(Lab.Device);
-        model.eval();
         var logFile = Path.Combine(shipped.Dir, ShippedLogFile);
         var log = AutoencoderTrainer.LogFromTensor(Interop.SafeTensors.Load(logFile).TryGetValue("log", out var t)
             && t.dim() == 2 && t.shape[1] == AutoencoderTrainer.LogColumns

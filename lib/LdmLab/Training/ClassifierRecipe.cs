@@ -40,11 +40,7 @@ public static class ClassifierRecipe
     {
         if (Lab.Profile == Profile.Quick && ShippedCheckpoint.Find(Shipped) is { } shipped)
         {
-            shipped.Verify();
-            var model = New();
-            Interop.StateDicts.Load(model, Path.Combine(shipped.Dir, shipped.WeightsFile));
-            model.eval();
-            return new Judge(model, shipped.Describe());
+            return new Judge(shipped.LoadInto(New()), shipped.Describe());
         }
         var path = Path.Combine(FashionLatentRecipe.CacheRoot, "fashion-classifier-" + Key(train, Steps), WeightsFile);
         if (File.Exists(path))

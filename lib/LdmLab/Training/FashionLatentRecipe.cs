@@ -192,14 +192,8 @@ public static class FashionLatentRecipe
         bool defaultSetting = ContentHash.Of(schedule.Betas) == ContentHash.Of(NoiseSchedule.ScaledLinear().Betas) && seed == 0;
         if (Lab.Profile == Profile.Quick && defaultSetting && ShippedCheckpoint.Find(ShippedDenoiser) is { } shipped)
         {
-            shipped.Verify();
-            var model = NewDenoiser();
-            Interop.StateDicts.Load(model, Path.Combine(shipped.Dir, shipped.WeightsFile));
-            model.eval();
-            var log = Interop.SafeTensors.Load(Path.Combine(shipped.Dir, DenoiserLogFile));
-            var losses = log["losses"].data<double>().ToArray();
-            var lrs = log["learning_rates"].data<double>().ToArray();
-            return new TrainedDenoiser(model, new DiffusionTrainingLog(losses, lrs, losses.Length, TimeSpan.Zero), shipped.Describe());
+            return new TrainedDenoiser(shipped.LoadInto(NewDenoiser()),
+                DiffusionTrainingLog.Load(Path.Combine(shipped.Dir, DenoiserLogFile)), shipped.Describe());
         }
         var (trained, run) = LoadOrTrainDenoiser(latents, labels, schedule, progress: progress, seed: seed);
         return new TrainedDenoiser(trained, run, run.ResumedFromStep >= run.Losses.Count

@@ -31,7 +31,25 @@ public sealed class NonFiniteLossException(int step, double value)
     public int Step { get; } = step;
 }
 
-public sealed record DiffusionTrainingLog(IReadOnlyList<double> Losses, IReadOnlyList<double> LearningRates, int ResumedFromStep, TimeSpan Elapsed);
+public sealed record DiffusionTrainingLog(IReadOnlyList<double> Losses, IReadOnlyList<double> LearningRates, int ResumedFromStep, TimeSpan Elapsed)
+{
+    /// <summary>The loss and learning rate per step as a safetensors file (what ships beside a trained denoiser).</summary>
+    public void Save(string path) => SafeTensors.Save(path, new Dictionary<string, Tensor>
+    {
+        ["losses"] = tensor(Losses.ToArray()), ["learning_rates"] = tensor(LearningRates.ToArray()),
+    });
+
+    /// <summary>A log written by <see cref="Save"/>: a finished run (every step counted as resumed, no time).</summary>
+    public static DiffusionTrainingLog Load(string path)
+    {
+        var log = SafeTensors.Load(path);
+        Tensor Column(string name) => log.TryGetValue(name, out var t) && t.dim() == 1 ? t
+            : throw new Data.DatasetException(path, $"expected a 1-D '{name}' tensor");
+        var losses = Column("losses").to_type(ScalarType.Float64).data<double>().ToArray();
+        var rates = Column("learning_rates").to_type(ScalarType.Float64).data<double>().ToArray();
+        return new DiffusionTrainingLog(losses, rates, losses.Length, TimeSpan.Zero);
+    }
+}
 
 /// <summary>
 /// Trains a conditional latent denoiser (class labels, prompts): AdamW with linear warm-up, gradient accumulation and clipping,

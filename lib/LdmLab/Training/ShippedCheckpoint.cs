@@ -63,6 +63,15 @@ public sealed record ShippedCheckpoint(
                                              "was changed or is truncated (git checkout it again, or retrain with LDMLAB_PROFILE=full)");
     }
 
+    /// <summary>Checks the hash, loads the weights into <paramref name="model"/> (strict) and puts it in eval mode.</summary>
+    public T LoadInto<T>(T model) where T : TorchSharp.torch.nn.Module
+    {
+        Verify();
+        StateDicts.Load(model, Path.Combine(Dir, WeightsFile));
+        model.eval();
+        return model;
+    }
+
     public static string Sha256(string path)
     {
         using var s = File.OpenRead(path);

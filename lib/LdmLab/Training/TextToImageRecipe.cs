@@ -26,7 +26,8 @@ public static class TextToImageRecipe
     public const string LogFile = "training-log.safetensors";
     const string TokenEmbedding = "text_encoder.text_model.embeddings.token_embedding.weight";
 
-    /// <summary>A CLIP text tower in small: 2 layers, 32 wide, 4 heads, 20 positions (the longest caption is 16 tokens).</summary>
+    /// <summary>A CLIP text tower in small: 2 layers, 32 wide, 4 heads, 20 positions (the longest caption is 16
+    /// tokens).</summary>
     public static ClipTextConfig TextConfig { get; } = new()
     {
         HiddenSize = 32, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, MaxPositionEmbeddings = 20,
@@ -37,7 +38,8 @@ public static class TextToImageRecipe
     public static UNetConfig UNetConfig { get; } = new()
     {
         InChannels = 4, OutChannels = 4, BlockOutChannels = [32, 64], LayersPerBlock = 1, NormNumGroups = 16,
-        CrossAttentionDim = 32, AttentionHeadDim = [4], DownBlockTypes = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        CrossAttentionDim = 32, AttentionHeadDim = [4],
+        DownBlockTypes = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
         UpBlockTypes = ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], SampleSize = 7,
     };
 
@@ -52,7 +54,8 @@ public static class TextToImageRecipe
     public static int SceneCount => Lab.Pick(quick: 4000, full: 60000);
 
     /// <summary>The training scenes of a profile: from the first images of the training split, seed 0.</summary>
-    public static CaptionedScenes Scenes(FashionMnist train) => CaptionedFashion.Make(train, SceneCount, pairs: 0.5, seed: 0);
+    public static CaptionedScenes Scenes(FashionMnist train) =>
+        CaptionedFashion.Make(train, SceneCount, pairs: 0.5, seed: 0);
 
     /// <summary>The recipe's model, untrained (seeded), on <see cref="Lab.Device"/>.</summary>
     public static TextConditionedUNet New(long seed = 0)
@@ -61,14 +64,19 @@ public static class TextToImageRecipe
         return new TextConditionedUNet(UNetConfig, TextConfig).OnLabDevice();
     }
 
-    /// <summary>SD's scheduler settings (scaled-linear β 0.00085…0.012, leading spacing, offset 1) for any sampler.</summary>
+    /// <summary>SD 1.5's scheduler_config.json (scaled-linear β 0.00085…0.012, offset 1, PLMS without Runge–Kutta
+    /// warm-up),
+    /// for any sampler class (spacing: each class's default, as diffusers).</summary>
     public static JsonObject SchedulerConfig() => new()
     {
-        ["num_train_timesteps"] = 1000, ["beta_schedule"] = "scaled_linear", ["beta_start"] = 0.00085, ["beta_end"] = 0.012,
-        ["steps_offset"] = 1, ["set_alpha_to_one"] = false, ["clip_sample"] = false, ["prediction_type"] = "epsilon",
+        ["num_train_timesteps"] = 1000, ["beta_schedule"] = "scaled_linear",
+        ["beta_start"] = 0.00085, ["beta_end"] = 0.012,
+        ["steps_offset"] = 1, ["set_alpha_to_one"] = false, ["clip_sample"] = false, ["skip_prk_steps"] = true,
+        ["prediction_type"] = "epsilon",
     };
 
-    /// <summary>Everything that determines the trained model: configs, options, seed, latents' origin and captions.</summary>
+    /// <summary>Everything that determines the trained model: configs, options, seed, latents' origin and
+    /// captions.</summary>
     public static string Key(Tensor latents, IReadOnlyList<string> captions, TrainerOptions options, long seed) =>
         FashionLatentRecipe.Key("text2img", UNetConfig, TextConfig, options with { Steps = 0 }, seed,
             FashionLatentRecipe.LatentIdentity(latents), ContentHash.Of(captions));
@@ -77,35 +85,34 @@ public static class TextToImageRecipe
     public sealed record Trained(TextConditionedUNet Model, DiffusionTrainingLog Log, string Source);
 
     /// <summary>
-    /// Quick profile: the shipped model (hash-checked). Otherwise the cache, or a run of <see cref="Options"/>'s steps on
+    /// Quick profile: the shipped model (hash-checked). Otherwise the cache, or a run of <see cref="Options"/>'s
+    /// steps on
     /// <paramref name="latents"/> (the scenes' scaled latents) and <paramref name="captions"/>, checkpointed every 500
     /// steps and resumed when stopped.
     /// </summary>
-    public static Trained Load(Tensor latents, IReadOnlyList<string> captions, Viz.Progress? progress = null, long seed = 0)
+    public static Trained Load(Tensor latents, IReadOnlyList<string> captions, Viz.Progress? progress = null,
+        long seed = 0)
     {
         if (Lab.Profile == Profile.Quick && seed == 0 && ShippedCheckpoint.Find(Shipped) is { } shipped)
         {
-            shipped.Verify();
-            var model = New();
-            Interop.StateDicts.Load(model, Path.Combine(shipped.Dir, shipped.WeightsFile));
-            model.eval();
-            var log = Interop.SafeTensors.Load(Path.Combine(shipped.Dir, LogFile));
-            var losses = log["losses"].data<double>().ToArray();
-            var lrs = log["learning_rates"].data<double>().ToArray();
-            return new Trained(model, new DiffusionTrainingLog(losses, lrs, losses.Length, TimeSpan.Zero), shipped.Describe());
+            return new Trained(shipped.LoadInto(New()), DiffusionTrainingLog.Load(Path.Combine(shipped.Dir, LogFile)),
+                shipped.Describe());
         }
         var options = Options;
-        var dir = Path.Combine(FashionLatentRecipe.CacheRoot, "text2img-" + Key(latents, captions, options, seed), $"steps-{options.Steps}");
-        var (trained, run) = Train(latents, captions, options with { CheckpointDir = dir, CheckpointEvery = 500, Seed = seed }, progress);
+        var dir = Path.Combine(FashionLatentRecipe.CacheRoot, "text2img-" + Key(latents, captions, options, seed),
+            $"steps-{options.Steps}");
+        var settings = options with { CheckpointDir = dir, CheckpointEvery = 500, Seed = seed };
+        var (trained, run) = Train(latents, captions, settings, progress);
         return new Trained(trained, run, run.ResumedFromStep >= run.Losses.Count
             ? "loaded from the cache (trained earlier with the same settings and scenes)"
-            : $"trained {run.Losses.Count - run.ResumedFromStep:N0} steps ({Lab.Profile.ToString().ToLowerInvariant()} profile) " +
+            : $"trained {run.Losses.Count - run.ResumedFromStep:N0} steps " +
+              $"({Lab.Profile.ToString().ToLowerInvariant()} profile) " +
               $"in {run.Elapsed.TotalSeconds:F0} s");
     }
 
     /// <summary>One training run (seeded by the options); returns the EMA weights in eval mode.</summary>
-    public static (TextConditionedUNet model, DiffusionTrainingLog log) Train(Tensor latents, IReadOnlyList<string> captions,
-        TrainerOptions options, Viz.Progress? progress = null)
+    public static (TextConditionedUNet model, DiffusionTrainingLog log) Train(Tensor latents,
+        IReadOnlyList<string> captions, TrainerOptions options, Viz.Progress? progress = null)
     {
         if (latents.shape[0] != captions.Count)
             throw new ArgumentException($"{latents.shape[0]} latents but {captions.Count} captions", nameof(captions));
@@ -128,13 +135,11 @@ public static class TextToImageRecipe
         var tensors = model.state_dict().ToDictionary(kv => kv.Key,
             kv => kv.Key == TokenEmbedding ? kv.Value.to_type(ScalarType.Float16) : kv.Value);
         Interop.SafeTensors.Save(Path.Combine(dir, WeightsFile), tensors);
-        Interop.SafeTensors.Save(Path.Combine(dir, LogFile), new Dictionary<string, Tensor>
-        {
-            ["losses"] = tensor(log.Losses.ToArray()), ["learning_rates"] = tensor(log.LearningRates.ToArray()),
-        });
+        log.Save(Path.Combine(dir, LogFile));
     }
 
     /// <summary>A <see cref="StableDiffusionPipeline"/> over the trained model and the VAE (DDIM by default).</summary>
-    public static StableDiffusionPipeline Pipeline(TextConditionedUNet model, AutoencoderKL vae, string scheduler = "DDIMScheduler") =>
+    public static StableDiffusionPipeline Pipeline(TextConditionedUNet model, AutoencoderKL vae,
+        string scheduler = "DDIMScheduler") =>
         model.ToPipeline(vae, scheduler, SchedulerConfig());
 }

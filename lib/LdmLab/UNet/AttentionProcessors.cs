@@ -11,7 +11,8 @@ namespace LdmLab.UNet;
 /// </summary>
 public static class AttentionProcessors
 {
-    /// <summary>Every attention layer of <paramref name="model"/> (any module holding a U-Net), in forward order.</summary>
+    /// <summary>Every attention layer of <paramref name="model"/> (any module holding a U-Net), in forward
+    /// order.</summary>
     public static IReadOnlyList<Attention> AttentionLayers(this nn.Module model) =>
         model.modules().OfType<Attention>().ToList();
 
@@ -32,7 +33,8 @@ public static class AttentionProcessors
         return new Restore(previous);
     }
 
-    /// <summary>Only the cross-attention layers (attn2 of each transformer block: queries from pixels, keys from tokens).</summary>
+    /// <summary>Only the cross-attention layers (attn2 of each transformer block: queries from pixels, keys from
+    /// tokens).</summary>
     public static IDisposable ObserveCrossAttention(this nn.Module model, AttentionObserver observer) =>
         model.ObserveAttention(observer, layer => layer.IsCrossAttention);
 
