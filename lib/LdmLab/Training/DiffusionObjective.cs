@@ -56,9 +56,12 @@ public sealed class DiffusionObjective(NoiseSchedule schedule, PredictionType pr
         if (p <= 0) return conditions;
         var drop = (rand([conditions.shape[0]], device: generator?.device ?? conditions.device, generator: generator) < p)
             .to(conditions.device);                                                  // [N]
+        if (nullRow.dim() == 0)                                                      // class labels: fill with the null class
+            return conditions.masked_fill(drop, conditions.is_floating_point()
+                ? nullRow.to_type(ScalarType.Float64).item<double>() : nullRow.to_type(ScalarType.Int64).item<long>());
         var shape = new long[conditions.dim()];
         Array.Fill(shape, 1L);
         shape[0] = conditions.shape[0];
-        return where(drop.reshape(shape), nullRow.to(conditions.device).to(conditions.dtype), conditions);
+        return where(drop.reshape(shape), nullRow.to(conditions.device).to(conditions.dtype), conditions);  // [N, …]
     }
 }
