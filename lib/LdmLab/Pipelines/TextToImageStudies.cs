@@ -19,7 +19,7 @@ public sealed record ScenePrompt(string Text, int Left, int Right)
 public sealed record LocalisationReport(
     int Prompts, double Pointing, double Iou, double Tau,
     IReadOnlyDictionary<string, double> PointingByLayer, IReadOnlyList<double> PointingByEvaluation,
-    IReadOnlyDictionary<(string layer, int head), double> PointingByHead);
+    IReadOnlyDictionary<(string layer, int head), double> PointingByHead, double SideWordPointing);
 
 /// <summary>
 /// The measurements of the text-to-image lab (notebooks 05 and 06): prompts with known content, generation in
@@ -115,7 +115,8 @@ public static class TextToImageStudies
     /// Generates two-item prompts while recording cross-attention, and scores each noun's DAAM map against the half
     /// its caption names: pointing (the map's peak inside that half) and IoU of the map thresholded at
     /// <paramref name="tau"/> with the generated item's silhouette in that half. Also pointing per layer, per
-    /// evaluation (when in the trajectory words bind) and per head (which heads localise).
+    /// evaluation (when in the trajectory words bind) and per head (which heads localise), and the pointing of the side
+    /// words themselves ("left" into the left half, "right" into the right one).
     /// </summary>
     public static (Tensor canvases, LocalisationReport report) Localise(StableDiffusionPipeline pipeline,
         TextConditionedUNet model, IReadOnlyList<ScenePrompt> prompts, int steps, double guidance, double tau = 0.4,
@@ -127,6 +128,7 @@ public static class TextToImageStudies
         halves[1, .., CaptionedScenes.Slot..] = tensor(1f);
         var allCanvases = new List<Tensor>();
         var pointing = new List<double>();
+        var sidePointing = new List<double>();
         var ious = new List<double>();
         var byLayer = new Dictionary<string, List<double>>();
         var byEvaluation = new Dictionary<int, List<double>>();
@@ -155,6 +157,16 @@ public static class TextToImageStudies
             }
             var all = recorder.Aggregate(h, w);                                                 // [B, tokens, h, w]
             Score(all, pointing);
+            // the side words: "left" should point into the left half, "right" into the right one
+            var sides = batch.Select(p => CrossAttentionRecorder.Words(model.Tokenizer, p.Text)).Select(ws =>
+                new[] { ws.First(x => x.Text == "left"), ws.First(x => x.Text == "right") }).ToList();
+            for (int side = 0; side < 2; side++)
+            {
+                var sideMaps = stack(sides.Select((words, i) =>
+                    CrossAttentionRecorder.WordMap(all.narrow(0, i, 1), words[side])[0]).ToArray());      // [B, h, w]
+                sidePointing.AddRange(CrossAttentionRecorder.PointingHits(sideMaps, halves[side].expand(batch.Count, h, w))
+                    .data<float>().Select(v => (double)v));
+            }
             for (int side = 0; side < 2; side++)
                 ious.AddRange(CrossAttentionRecorder.Iou(NounMaps(all, side), silhouettes.select(1, side), tau)
                     .data<float>().Select(v => (double)v));
@@ -176,7 +188,7 @@ public static class TextToImageStudies
         var report = new LocalisationReport(prompts.Count, pointing.Average(), ious.Average(), tau,
             byLayer.ToDictionary(kv => kv.Key, kv => kv.Value.Average()),
             byEvaluation.OrderBy(kv => kv.Key).Select(kv => kv.Value.Average()).ToList(),
-            byHead.ToDictionary(kv => kv.Key, kv => kv.Value.Average()));
+            byHead.ToDictionary(kv => kv.Key, kv => kv.Value.Average()), sidePointing.Average());
         return (cat(allCanvases.ToArray()), report);
     }
 
