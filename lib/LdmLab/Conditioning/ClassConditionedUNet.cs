@@ -60,7 +60,4 @@ public sealed class ClassConditionedUNet : ConditionalDenoiser
     public override Tensor Forward(Tensor zt, Tensor t, Tensor labels) => unet.Forward(zt, t, Context(labels));
 
     public override Tensor NullCondition => tensor(NullLabel);
-
-    /// <summary>ε̂ = ε̂(∅) + w (ε̂(y) − ε̂(∅)) in one batched call (w = 1: plain conditional, w = 0: unconditional).</summary>
-    public Tensor Guided(Tensor zt, Tensor t, Tensor labels, double guidanceScale) => base.Guided(zt, t, labels, guidanceScale);
 }
