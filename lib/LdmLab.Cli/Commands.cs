@@ -20,10 +20,12 @@ public static class Commands
               --only NAME[,NAME]           run only these notebooks (file names)
               --profile quick|full|gpu     LDMLAB_PROFILE for the kernels (default: quick)
               --timeout SECONDS            per-cell timeout (default: 900)
-          ldmlab train fashion-vae|fashion-denoiser|fashion-classifier|fashion-vq|photo-autoencoders|fashion-text2img
-                       [--out DIR] [--only NAME]
+          ldmlab train fashion-vae|fashion-denoiser|fashion-classifier|fashion-vq|photo-autoencoders|fashion-text2img|fashion-modes
+                       [--out DIR] [--only NAME] [--method cross-attention|film|concatenation|addition|gating]
                                            train a recipe with its full-profile settings and write the shipped
-                                           checkpoint (default data/checkpoints/NAME, see data/README.md)
+                                           checkpoint (default data/checkpoints/NAME, see data/README.md);
+                                           --method: fashion-text2img's conditioning (default cross-attention;
+                                           the others write fashion-text2img-METHOD)
           ldmlab checkpoint-soak DIR       diagnostics: save a 16 MB training checkpoint into DIR over and over until
                                            killed, printing each saved step (the crash-safety test kills it mid-save)
         """;

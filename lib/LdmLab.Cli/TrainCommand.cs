@@ -19,27 +19,33 @@ public static class TrainCommand
 {
     const int FirstLossesKept = 5;
 
-    const string FashionVq = "fashion-vq", PhotoAutoencoders = "photo-autoencoders";
+    const string FashionVq = "fashion-vq", PhotoAutoencoders = "photo-autoencoders", FashionModes = "fashion-modes";
 
     static readonly string[] Recipes =
         [FashionLatentRecipe.ShippedVae, FashionLatentRecipe.ShippedDenoiser, ClassifierRecipe.Shipped, FashionVq, PhotoAutoencoders,
-         TextToImageRecipe.Shipped];
+         TextToImageRecipe.Shipped, FashionModes];
 
     public static int Run(string[] args)
     {
         if (args.Length == 0 || !Recipes.Contains(args[0]))
-            throw new CliArgumentException($"usage: ldmlab train {string.Join("|", Recipes)} [--out DIR]");
+            throw new CliArgumentException($"usage: ldmlab train {string.Join("|", Recipes)} [--out DIR] " +
+                $"[--only NAME] [--method {string.Join("|", Methods)} (fashion-text2img)]");
         string? Option(string name)
         {
             int at = Array.IndexOf(args, name);
             if (at < 0) return null;
             return at + 1 < args.Length ? args[at + 1] : throw new CliArgumentException($"{name} needs a value");
         }
-        bool perModel = args[0] is FashionVq or PhotoAutoencoders;
+        bool perModel = args[0] is FashionVq or PhotoAutoencoders or FashionModes;
+        var method = Option("--method") is { } named
+            ? Enum.GetValues<Conditioning.ConditioningMethod>().Where(m => Name(m) == named).Cast<Conditioning.ConditioningMethod?>()
+                  .FirstOrDefault() ?? Unknown(named)
+            : Conditioning.ConditioningMethod.CrossAttention;
         var outDir = Path.GetFullPath(Option("--out")
             ?? Path.Combine(NotebookRunner.FindRepoRoot(Directory.GetCurrentDirectory())
                             ?? throw new CliArgumentException("not inside the LdmLab checkout: pass --out DIR"),
-                "data", "checkpoints", perModel ? "" : args[0]));
+                "data", "checkpoints", perModel ? "" : args[0] == TextToImageRecipe.Shipped
+                    ? TextToImageRecipe.ShippedName(method) : args[0]));
         Environment.SetEnvironmentVariable("LDMLAB_PROFILE", "full");   // the full recipe, whatever the caller's profile
         TorchRuntime.Setup();
         Lab.SetThreads();
@@ -48,11 +54,21 @@ public static class TrainCommand
             FashionLatentRecipe.ShippedVae => Vae(outDir),
             FashionLatentRecipe.ShippedDenoiser => Denoiser(outDir),
             ClassifierRecipe.Shipped => Classifier(outDir),
-            TextToImageRecipe.Shipped => TextToImage(outDir),
+            TextToImageRecipe.Shipped => TextToImage(outDir, method),
             FashionVq => FashionVqModel(outDir),
+            FashionModes => Modes(outDir, Option("--only")),
             _ => Photo(outDir, Option("--only")),
         };
     }
+
+    static string[] Methods => Enum.GetValues<Conditioning.ConditioningMethod>().Select(Name).ToArray();
+
+    /// <summary>A conditioning method as the command line names it: cross-attention, film, concatenation, …</summary>
+    static string Name(Conditioning.ConditioningMethod method) =>
+        method == Conditioning.ConditioningMethod.CrossAttention ? "cross-attention" : method.ToString().ToLowerInvariant();
+
+    static Conditioning.ConditioningMethod Unknown(string named) =>
+        throw new CliArgumentException($"--method {named}: not one of {string.Join(", ", Methods)}");
 
     static string Machine() => $"{Runtime.OneDnn.CpuIsa()}, {Environment.ProcessorCount} cores, {get_num_threads()} threads";
 
@@ -133,10 +149,11 @@ public static class TrainCommand
     }
 
     /// <summary>
-    /// The text-to-image model of notebooks 05/06 on the shipped VAE's latents of 60,000 captioned scenes (half of them
-    /// two items), trained in a private cache folder (resumable); the EMA weights and the loss log are shipped.
+    /// The text-to-image model of notebooks 05/06 (or one of its conditioning variants, same budget) on the shipped
+    /// VAE's latents of 60,000 captioned scenes (half of them two items), trained in a private cache folder
+    /// (resumable); the EMA weights and the loss log are shipped.
     /// </summary>
-    static int TextToImage(string outDir)
+    static int TextToImage(string outDir, Conditioning.ConditioningMethod method)
     {
         var vaeCheckpoint = ShippedCheckpoint.Find(FashionLatentRecipe.ShippedVae)
             ?? throw new CliArgumentException("train fashion-vae first: the text-to-image model learns the shipped VAE's latents");
@@ -146,12 +163,13 @@ public static class TrainCommand
         var scenes = TextToImageRecipe.Scenes(FashionMnist.Load(Split.Train));
         var (latents, scale) = FashionLatentRecipe.ScaledLatents(vae, scenes.Images);
         var options = TextToImageRecipe.Options;
-        Console.WriteLine($"training {TextToImageRecipe.Shipped}: {options.Steps} steps, batch {options.BatchSize}, " +
+        var name = TextToImageRecipe.ShippedName(method);
+        Console.WriteLine($"training {name} ({Name(method)}): {options.Steps} steps, batch {options.BatchSize}, " +
                           $"{latents.shape[0]:N0} scenes, latents {string.Join("×", latents.shape.Skip(1))} → {outDir}");
         var cache = outDir + ".partial";
         var run = options with { CheckpointDir = cache, CheckpointEvery = 250, Seed = 0 };
-        var (model, log) = TextToImageRecipe.Train(latents, scenes.Captions, run,
-            new Viz.Progress(TextToImageRecipe.Shipped, options.Steps, Viz.Progress.Console, TimeSpan.FromSeconds(60)));
+        var (model, log) = TextToImageRecipe.Train(method, latents, scenes.Captions, run,
+            new Viz.Progress(name, options.Steps, Viz.Progress.Console, TimeSpan.FromSeconds(60)));
         var staging = outDir + ".new";
         if (Directory.Exists(staging)) Directory.Delete(staging, true);
         TextToImageRecipe.SaveShipped(model, log, staging);
@@ -160,16 +178,85 @@ public static class TrainCommand
             ["train_loss_last_100_steps"] = Math.Round(log.Losses.TakeLast(100).Average(), 5),
             ["latent_scale"] = scale,
             ["training_seconds"] = Math.Round(log.Elapsed.TotalSeconds),
+            ["parameters"] = model.parameters().Sum(p => p.numel()),
         };
-        var shipped = ShippedCheckpoint.Write(staging, "TextToImageRecipe (full profile)",
-            TextToImageRecipe.Key(latents, scenes.Captions, options, 0), options.Steps, 0, TextToImageRecipe.WeightsFile,
-            log.Losses.Take(FirstLossesKept).ToList(), metrics,
+        var shipped = ShippedCheckpoint.Write(staging, $"TextToImageRecipe {Name(method)} (full profile)",
+            TextToImageRecipe.Key(latents, scenes.Captions, options, 0, method), options.Steps, 0,
+            TextToImageRecipe.WeightsFile, log.Losses.Take(FirstLossesKept).ToList(), metrics,
             $"the shipped VAE's latents of {scenes.Count:N0} captioned 28×56 scenes from Fashion-MNIST train, VAE sha256 " +
             vaeCheckpoint.WeightsSha256[..12], Machine());
         Replace(staging, outDir);
         Directory.Delete(cache, true);
         Console.WriteLine($"wrote {outDir}: final loss {metrics["train_loss_last_100_steps"]}, sha256 {shipped.WeightsSha256}");
         return 0;
+    }
+
+    /// <summary>
+    /// The quality modes of notebook 06 (section 10.3.5): per f = 2, 4, 8 a KL autoencoder on all 60,000 training
+    /// images padded to 32×32 (<c>ae-kl-fF-c4-fashion32</c>) and the class-conditional denoiser on its latents
+    /// (<c>fashion-denoiser-fF-32</c>, weights in float16); --only F trains one factor. Pairs already shipped with
+    /// the same recipe keys are skipped.
+    /// </summary>
+    static int Modes(string root, string? only)
+    {
+        var factors = only is null ? QualityModesRecipe.Factors
+            : QualityModesRecipe.Factors.Where(f => f.ToString() == only).ToArray() is { Length: 1 } one ? one
+            : throw new CliArgumentException($"--only {only}: one of {string.Join(", ", QualityModesRecipe.Factors)}");
+        var train = FashionMnist.Load(Split.Train);
+        var images = QualityModesRecipe.Pad(train.Images);                                    // [60000, 1, 32, 32]
+        var test = QualityModesRecipe.Pad(FashionMnist.Load(Split.Test, limit: 1000).Images);
+        var resnet = new ResNet18Features(AutoencoderRecipes.PhotoSize);
+        Environment.SetEnvironmentVariable("LDMLAB_CHECKPOINTS", root);       // the autoencoders just shipped, read back
+        foreach (int f in factors)
+        {
+            var spec = QualityModesRecipe.Autoencoder(f);
+            ShipAutoencoder(root, spec, images, test, resnet, "Fashion-MNIST train (60,000 images) padded to 32×32",
+                "first_1000_test");
+            var vae = (Autoencoders.AutoencoderKL)QuickProfile(() => AutoencoderRecipes.LoadOrTrain(spec, images)).Model;
+            var (latents, scale) = QualityModesRecipe.Latents(vae, images);
+            var options = QualityModesRecipe.DenoiserOptions;
+            var name = QualityModesRecipe.ShippedDenoiser(f);
+            var outDir = Path.Combine(root, name);
+            var key = QualityModesRecipe.DenoiserKey(f, latents, train.Labels, options, 0);
+            if (ShippedCheckpoint.Find(name) is { } existing && existing.Dir == outDir && existing.RecipeKey == key)
+            {
+                Console.WriteLine($"{name}: already shipped with recipe key {key}, skipped");
+                continue;
+            }
+            Console.WriteLine($"training {name}: {options.Steps} steps, batch {options.BatchSize}, latents " +
+                              $"{string.Join("×", latents.shape.Skip(1))} (scale {scale:F4}) → {outDir}");
+            var (model, log) = QualityModesRecipe.TrainDenoiser(f, latents, train.Labels,
+                options with { CheckpointDir = outDir + ".partial", CheckpointEvery = 250, Seed = 0 },
+                new Viz.Progress(name, options.Steps, Viz.Progress.Console, TimeSpan.FromSeconds(60)));
+            var staging = outDir + ".new";
+            if (Directory.Exists(staging)) Directory.Delete(staging, true);
+            Directory.CreateDirectory(staging);
+            Interop.SafeTensors.Save(Path.Combine(staging, QualityModesRecipe.DenoiserWeightsFile),
+                model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.to_type(ScalarType.Float16)));
+            log.Save(Path.Combine(staging, FashionLatentRecipe.DenoiserLogFile));
+            var metrics = new Dictionary<string, double>
+            {
+                ["train_loss_last_100_steps"] = Math.Round(log.Losses.TakeLast(100).Average(), 5),
+                ["latent_scale"] = scale,
+                ["training_seconds"] = Math.Round(log.Elapsed.TotalSeconds),
+            };
+            var shipped = ShippedCheckpoint.Write(staging, $"QualityModesRecipe f = {f} (full profile)", key,
+                options.Steps, 0, QualityModesRecipe.DenoiserWeightsFile, log.Losses.Take(FirstLossesKept).ToList(),
+                metrics, $"the latents of {AutoencoderRecipes.ShippedName(spec)} of Fashion-MNIST train padded to " +
+                         "32×32 (60,000); weights stored in float16", Machine());
+            Replace(staging, outDir);
+            Directory.Delete(outDir + ".partial", true);
+            Console.WriteLine($"wrote {outDir}: final loss {metrics["train_loss_last_100_steps"]}, sha256 {shipped.WeightsSha256}");
+        }
+        return 0;
+    }
+
+    /// <summary>Runs <paramref name="f"/> with the quick profile, where recipes load what is shipped.</summary>
+    static T QuickProfile<T>(Func<T> f)
+    {
+        Environment.SetEnvironmentVariable("LDMLAB_PROFILE", "quick");
+        try { return f(); }
+        finally { Environment.SetEnvironmentVariable("LDMLAB_PROFILE", "full"); }
     }
 
     /// <summary>The VQ twin of the Fashion VAE (notebook 02), on all 60,000 training images.</summary>

@@ -117,6 +117,16 @@ public class GradCheckTests(ITestOutputHelper output)
         Check(Attn, [2, 5, 8], q.parameters().Concat(k.parameters()).Concat(v.parameters()));
     }
 
+    /// <summary>The spatial conditioning's pieces: a layout map pooled to a coarser grid, then a gate
+    /// h ⊙ 2σ(G(m)) (both inputs get gradients).</summary>
+    [Fact]
+    public void Adaptive_average_pool_and_sigmoid_gate()
+    {
+        Check(x => nn.functional.adaptive_avg_pool2d(x, [4, 7]), [2, 3, 7, 14]);
+        var h = randn(2, 3, 4, 7, ScalarType.Float64).requires_grad_(true);
+        Check(x => h * (2 * torch.sigmoid(x)), [2, 3, 4, 7], [h]);
+    }
+
     /// <summary>
     /// The failure the bootstrap guards against: oneDNN's float32 convolutions (forward and input gradient) against
     /// float64, with oneDNN as Setup chose it (on where its self-check passed). Shapes that failed on an AVX-512 CPU:
@@ -129,6 +139,8 @@ public class GradCheckTests(ITestOutputHelper output)
     [InlineData(17, 8, 1)]
     [InlineData(17, 17, 2)]
     [InlineData(3, 17, 2)]
+    [InlineData(14, 32, 1)]   // the concatenation variant's conv_in: 4 latent + 10 layout channels
+    [InlineData(10, 64, 1)]   // a layout adapter at the second level
     public void Float32_conv_matches_float64_with_the_setup_choice(int inChannels, int outChannels, int stride)
     {
         var r = TorchRuntime.Setup();

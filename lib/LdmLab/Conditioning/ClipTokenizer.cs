@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Microsoft.ML.Tokenizers;
+using TorchSharp;
 
 namespace LdmLab.Conditioning;
 
@@ -158,6 +159,14 @@ public sealed partial class ClipTokenizer
 
     /// <summary>Step 4: BOS + ids + EOS, truncated to MaxLength (with a warning) and padded when asked.</summary>
     public TokenizedPrompt Encode(string text, bool pad = true, bool truncate = true) => Layout(EncodeIds(text), null, pad, truncate);
+
+    /// <summary>Prompt ids [N, MaxLength] int64, padded and truncated: one row per prompt.</summary>
+    public torch.Tensor EncodeBatch(IEnumerable<string> prompts)
+    {
+        var rows = prompts.Select(p => Encode(p).Ids).ToList();
+        if (rows.Count == 0) throw new ArgumentException("no prompts", nameof(prompts));
+        return torch.tensor(rows.SelectMany(r => r).ToArray(), [rows.Count, MaxLength]);
+    }
 
     TokenizedPrompt Layout(int[] bpe, float[]? weights, bool pad, bool truncate)
     {

@@ -38,12 +38,7 @@ public sealed class TextConditionedUNet : ConditionalDenoiser
     }
 
     /// <summary>Prompt ids [N, L] int64, padded and truncated to the text encoder's L positions.</summary>
-    public Tensor Tokenize(IEnumerable<string> prompts)
-    {
-        var rows = prompts.Select(p => Tokenizer.Encode(p).Ids).ToList();
-        if (rows.Count == 0) throw new ArgumentException("no prompts", nameof(prompts));
-        return tensor(rows.SelectMany(r => r).ToArray(), [rows.Count, Tokenizer.MaxLength]);
-    }
+    public Tensor Tokenize(IEnumerable<string> prompts) => Tokenizer.EncodeBatch(prompts);
 
     /// <summary>The U-Net's context: the text encoder's last hidden states [B, L, d].</summary>
     public Tensor TextContext(Tensor ids) => text_encoder.Forward(ids).LastHiddenState;

@@ -128,6 +128,52 @@ public static class CaptionedFashion
         return new CaptionedScenes(canvases, captions, tensor(leftLabels), tensor(rightLabels));
     }
 
+    /// <summary>
+    /// The layout a caption of this grammar describes, as class weights per slot [2, 10] (row 0 the left slot): a
+    /// named class on a named side puts weight 1 there; without a side, ½ on each side; a superclass ("a shoe")
+    /// spreads its weight over its classes; the empty caption is all zeros. What spatial conditioning needs and a
+    /// caption does not give directly (section 10.3.3): here a parser of the known grammar stands in for a user's
+    /// sketch or a layout model.
+    /// </summary>
+    public static float[,] Layout(string caption)
+    {
+        var layout = new float[2, Nouns.Length];
+        foreach (var clause in caption.ToLowerInvariant().Split(" and ", StringSplitOptions.TrimEntries))
+        {
+            if (clause.Length == 0) continue;
+            Side? side = clause.EndsWith("on the left") ? Side.Left : clause.EndsWith("on the right") ? Side.Right : null;
+            int[] classes = ClassesNamed(clause)
+                ?? throw new ArgumentException($"caption '{caption}': '{clause}' names no Fashion-MNIST class or " +
+                                               $"superclass ({string.Join(", ", Nouns)}; top, shoe)", nameof(caption));
+            foreach (var s in side is { } named ? [named] : new[] { Side.Left, Side.Right })
+                foreach (int c in classes)
+                    layout[(int)s, c] += 1f / classes.Length / (side is null ? 2 : 1);
+        }
+        return layout;
+    }
+
+    /// <summary>The layouts of many captions: [N, 2, 10] float32.</summary>
+    public static Tensor Layouts(IReadOnlyList<string> captions)
+    {
+        var values = new float[captions.Count * 2 * Nouns.Length];
+        for (int i = 0; i < captions.Count; i++)
+        {
+            var layout = Layout(captions[i]);
+            Buffer.BlockCopy(layout, 0, values, i * layout.Length * sizeof(float), layout.Length * sizeof(float));
+        }
+        return tensor(values, [captions.Count, 2, Nouns.Length]);
+    }
+
+    // The longest noun the clause names as a whole word ("t-shirt" before "shirt"), else a superclass.
+    static int[]? ClassesNamed(string clause)
+    {
+        var words = " " + clause.Replace(" on the left", "").Replace(" on the right", "") + " ";
+        var noun = Nouns.Select((n, c) => (n, c)).OrderByDescending(x => x.n.Length)
+            .FirstOrDefault(x => words.Contains($" {x.n} "));
+        if (noun.n is not null) return [noun.c];
+        return Superclasses.FirstOrDefault(kv => words.Contains($" {kv.Key} ")).Value;
+    }
+
     static void Place(Tensor canvases, int index, Tensor item, Side side)
     {
         int x = side == Side.Left ? 0 : CaptionedScenes.Slot;

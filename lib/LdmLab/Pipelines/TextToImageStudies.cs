@@ -1,4 +1,7 @@
+using LdmLab.Autoencoders;
 using LdmLab.Conditioning;
+using LdmLab.Diffusion;
+using LdmLab.Diffusion.Schedulers;
 using LdmLab.Data;
 using LdmLab.Training;
 using TorchSharp;
@@ -6,8 +9,9 @@ using static TorchSharp.torch;
 
 namespace LdmLab.Pipelines;
 
-/// <summary>A prompt with what it asks for: the class per slot (−1: any or none).</summary>
-public sealed record ScenePrompt(string Text, int Left, int Right)
+/// <summary>A prompt with what it asks for: the class per slot (−1: any or none), and the side a one-item prompt
+/// names (null: none).</summary>
+public sealed record ScenePrompt(string Text, int Left, int Right, Side? NamedSide = null)
 {
     public bool IsPair => Left >= 0 && Right >= 0;
     /// <summary>The single item's class (the slot that is asked for), for one-item prompts.</summary>
@@ -34,6 +38,18 @@ public static class TextToImageStudies
         {
             int c = i % CaptionedFashion.Nouns.Length;
             return new ScenePrompt(CaptionedFashion.WithArticle(template, CaptionedFashion.Nouns[c]), c, -1);
+        }).ToList();
+
+    /// <summary>One-item prompts that name a side ("a photo of a sneaker on the left"), classes in turn, sides
+    /// alternating every ten.</summary>
+    public static IReadOnlyList<ScenePrompt> SidedPrompts(int count, string template = "a photo of a {0}") =>
+        Enumerable.Range(0, count).Select(i =>
+        {
+            int c = i % CaptionedFashion.Nouns.Length;
+            var side = (i / CaptionedFashion.Nouns.Length) % 2 == 0 ? Side.Left : Side.Right;
+            var text = CaptionedFashion.WithArticle(template, CaptionedFashion.Nouns[c]) +
+                       (side == Side.Left ? " on the left" : " on the right");
+            return side == Side.Left ? new ScenePrompt(text, c, -1, side) : new ScenePrompt(text, -1, c, side);
         }).ToList();
 
     /// <summary>Two-item prompts with two different classes, order of mention varied; deterministic per seed.</summary>
@@ -69,6 +85,55 @@ public static class TextToImageStudies
             afterBatch?.Invoke(start + n);
         }
         return cat(batches.ToArray());
+    }
+
+    /// <summary>
+    /// Generates with any conditioning method (<see cref="TextToImageRecipe.Conditions"/>): classifier-free guidance
+    /// through <see cref="ConditionalDenoiser.Guided"/>, DDIM, batched VAE decoding; canvases [N, 1, 28, 56] in
+    /// [−1, 1]. The noise per batch is the pipeline's for the same seed, so a cross-attention model draws what
+    /// <see cref="Generate(StableDiffusionPipeline, IReadOnlyList{ScenePrompt}, int, double, long, int,
+    /// IReadOnlyList{string}?, Action{int}?)"/> draws.
+    /// </summary>
+    public static Tensor Generate(ConditionalDenoiser model, AutoencoderKL vae, IReadOnlyList<ScenePrompt> prompts,
+        int steps, double guidance, long seed = 0, int batchSize = 100)
+    {
+        using var _ = no_grad();
+        var device = model.parameters().First().device;
+        var conditions = TextToImageRecipe.Conditions(model, prompts.Select(p => p.Text).ToList());
+        long[] latent = [4, CaptionedScenes.Height / 4, CaptionedScenes.Width / 4];            // the VAE's f = 4
+        var batches = new List<Tensor>();
+        for (int start = 0; start < prompts.Count; start += batchSize)
+        {
+            int n = Math.Min(batchSize, prompts.Count - start);
+            using var generator = new Generator((ulong)(seed + start));
+            var noise = randn([n, .. latent], generator: generator).to(device);                  // [n, 4, 7, 14]
+            var rows = conditions.narrow(0, start, n).to(device);
+            var scheduler = Scheduler.Create("DDIMScheduler", TextToImageRecipe.SchedulerConfig());
+            var latents = Sampling.Sample(scheduler,
+                (z, t) => model.Guided(z, tensor((float)t, device: device), rows, guidance), noise, steps);
+            var images = vae.Decode(latents / vae.Config.ScalingFactor).clamp(-1, 1);           // [n, 1, 28, 56]
+            batches.Add(images.cpu());
+        }
+        return cat(batches.ToArray());
+    }
+
+    /// <summary>The side of each canvas that holds more ink (where a one-item prompt's item was drawn).</summary>
+    public static Side[] InkedSides(Tensor canvases)
+    {
+        var leftInk = (CaptionedScenes.SlotOf(canvases, Side.Left) + 1).sum([1, 2, 3]);
+        var rightInk = (CaptionedScenes.SlotOf(canvases, Side.Right) + 1).sum([1, 2, 3]);
+        return leftInk.ge(rightInk).data<bool>().Select(l => l ? Side.Left : Side.Right).ToArray();
+    }
+
+    /// <summary>Per one-item prompt that names a side: is the item drawn in that half, and is it the named
+    /// class?</summary>
+    public static bool[] PlacedAsNamed(FashionClassifier judge, Tensor canvases, IReadOnlyList<ScenePrompt> prompts)
+    {
+        if (prompts.Any(p => p.NamedSide is null))
+            throw new ArgumentException("every prompt must name a side (SidedPrompts)", nameof(prompts));
+        var sides = InkedSides(canvases);
+        var classes = ItemClasses(judge, canvases);
+        return prompts.Select((p, i) => sides[i] == p.NamedSide && classes[i] == p.Item).ToArray();
     }
 
     /// <summary>The slot of each canvas that holds more ink (where a one-item prompt's item was drawn): [N, 1, 28,

@@ -210,22 +210,24 @@ public static class FashionLatentRecipe
     /// config.scaling_factor (1/σ for the recipe VAE, like SD's 0.18215), so that the diffusion model sees unit
     /// variance. Returns the scaled latents and the factor.
     /// </summary>
-    public static (Tensor latents, double scale) ScaledLatents(AutoencoderKL vae, Tensor images)
+    public static (Tensor latents, double scale) ScaledLatents(AutoencoderKL vae, Tensor images, double? scaleFactor = null)
     {
-        double scale = vae.Config.ScalingFactor;
+        double scale = scaleFactor ?? vae.Config.ScalingFactor;
         var latents = VaeTrainer.EncodeMeans(vae, images) * scale;                 // [N, 4, 7, 7]
         LatentOrigins.AddOrUpdate(latents, Key("latents", ContentHash.Of(vae), ContentHash.Of(images), scale));
         return (latents, scale);
     }
 
     /// <summary>Samples latents for the given labels with classifier-free guidance; the callback sees every step.</summary>
+    /// <param name="size">The latent grid's side (default: the recipe denoiser's 7).</param>
     public static Tensor SampleLatents(ClassConditionedUNet model, Diffusion.Schedulers.Scheduler scheduler, Tensor labels, int steps,
-        double guidance, Action<SamplingStep>? callback = null, long seed = 0)
+        double guidance, Action<SamplingStep>? callback = null, long seed = 0, int? size = null)
     {
+        int side = size ?? DenoiserConfig.SampleSize;
         // the noise is drawn on the CPU (the same samples on any device), then everything runs where the model is
         var device = model.parameters().First().device;
         using var gen = new TorchSharp.torch.Generator((ulong)seed);
-        var noise = randn([labels.shape[0], DenoiserConfig.InChannels, DenoiserConfig.SampleSize, DenoiserConfig.SampleSize], generator: gen)
+        var noise = randn([labels.shape[0], DenoiserConfig.InChannels, side, side], generator: gen)
             .to(device);                                                                              // [B, 4, 7, 7]
         var y = labels.to(device);
         return Sampling.Sample(scheduler, (z, t) => model.Guided(z, tensor((float)t, device: device), y, guidance), noise, steps, callback);

@@ -58,11 +58,63 @@ public static class TextToImageRecipe
         CaptionedFashion.Make(train, SceneCount, pairs: 0.5, seed: 0);
 
     /// <summary>The recipe's model, untrained (seeded), on <see cref="Lab.Device"/>.</summary>
-    public static TextConditionedUNet New(long seed = 0)
+    public static TextConditionedUNet New(long seed = 0) => (TextConditionedUNet)New(ConditioningMethod.CrossAttention, seed);
+
+    /// <summary>
+    /// The U-Net of each conditioning method: the same channels and levels; cross-attention keeps its transformers,
+    /// the others are ResNet-only (DownBlock2D/UpBlock2D, UNetMidBlock2D) so that nothing but their own path carries
+    /// the condition. FiLM projects the pooled text state into the time embedding and scales/shifts every block;
+    /// concatenation widens conv_in by the layout's 10 channels.
+    /// </summary>
+    public static UNetConfig UNetConfigFor(ConditioningMethod method)
+    {
+        var plain = UNetConfig with
+        {
+            DownBlockTypes = ["DownBlock2D", "DownBlock2D"], UpBlockTypes = ["UpBlock2D", "UpBlock2D"],
+            MidBlockType = "UNetMidBlock2D",
+        };
+        return method switch
+        {
+            ConditioningMethod.CrossAttention => UNetConfig,
+            ConditioningMethod.Film => plain with
+            {
+                ClassEmbedType = "projection", ProjectionClassEmbeddingsInputDim = TextConfig.HiddenSize,
+                ResnetTimeScaleShift = "scale_shift",
+            },
+            ConditioningMethod.Concatenation => plain with
+            {
+                InChannels = UNetConfig.InChannels + LayoutConditionedUNet.LayoutChannels,
+            },
+            _ => plain,
+        };
+    }
+
+    /// <summary>A conditioning method's model, untrained (seeded), on <see cref="Lab.Device"/>.</summary>
+    public static ConditionalDenoiser New(ConditioningMethod method, long seed = 0)
     {
         manual_seed(seed);
-        return new TextConditionedUNet(UNetConfig, TextConfig).OnLabDevice();
+        ConditionalDenoiser model = method switch
+        {
+            ConditioningMethod.CrossAttention => new TextConditionedUNet(UNetConfig, TextConfig),
+            ConditioningMethod.Film => new FilmConditionedUNet(UNetConfigFor(method), TextConfig),
+            _ => new LayoutConditionedUNet(UNetConfigFor(method), method),
+        };
+        return model.OnLabDevice();
     }
+
+    /// <summary>A model's condition rows for captions: token ids [N, 20] for the text encoders, slot layouts
+    /// [N, 2, 10] for the spatial methods.</summary>
+    public static Tensor Conditions(ConditionalDenoiser model, IReadOnlyList<string> captions) => model switch
+    {
+        TextConditionedUNet text => text.Tokenize(captions),
+        FilmConditionedUNet film => film.Tokenize(captions),
+        LayoutConditionedUNet => CaptionedFashion.Layouts(captions),
+        _ => throw new ArgumentException($"{model.GetType().Name} is not a text-to-image lab model", nameof(model)),
+    };
+
+    /// <summary>The shipped folder of a method's model: fashion-text2img, fashion-text2img-film, …</summary>
+    public static string ShippedName(ConditioningMethod method) => method == ConditioningMethod.CrossAttention
+        ? Shipped : $"{Shipped}-{method.ToString().ToLowerInvariant()}";
 
     /// <summary>SD 1.5's scheduler_config.json (scaled-linear β 0.00085…0.012, offset 1, PLMS without Runge–Kutta
     /// warm-up),
@@ -75,61 +127,90 @@ public static class TextToImageRecipe
         ["prediction_type"] = "epsilon",
     };
 
-    /// <summary>Everything that determines the trained model: configs, options, seed, latents' origin and
-    /// captions.</summary>
-    public static string Key(Tensor latents, IReadOnlyList<string> captions, TrainerOptions options, long seed) =>
-        FashionLatentRecipe.Key("text2img", UNetConfig, TextConfig, options with { Steps = 0 }, seed,
-            FashionLatentRecipe.LatentIdentity(latents), ContentHash.Of(captions));
+    /// <summary>Everything that determines the trained model: method, configs, options, seed, latents' origin and
+    /// captions (the cross-attention model's key is what it was before the other methods existed).</summary>
+    public static string Key(Tensor latents, IReadOnlyList<string> captions, TrainerOptions options, long seed,
+        ConditioningMethod method = ConditioningMethod.CrossAttention)
+    {
+        var origin = FashionLatentRecipe.LatentIdentity(latents);
+        return method == ConditioningMethod.CrossAttention
+            ? FashionLatentRecipe.Key("text2img", UNetConfig, TextConfig, options with { Steps = 0 }, seed, origin,
+                ContentHash.Of(captions))
+            : FashionLatentRecipe.Key("text2img", method.ToString(), UNetConfigFor(method),
+                method == ConditioningMethod.Film ? TextConfig : "no text encoder", options with { Steps = 0 }, seed, origin,
+                ContentHash.Of(captions));
+    }
 
     /// <summary>The model a notebook uses, its training log, and the sentence that says where it came from.</summary>
     public sealed record Trained(TextConditionedUNet Model, DiffusionTrainingLog Log, string Source);
 
-    /// <summary>
-    /// Quick profile: the shipped model (hash-checked). Otherwise the cache, or a run of <see cref="Options"/>'s
-    /// steps on
-    /// <paramref name="latents"/> (the scenes' scaled latents) and <paramref name="captions"/>, checkpointed every 500
-    /// steps and resumed when stopped.
-    /// </summary>
+    /// <summary>A conditioning method's model, its training log, and where it came from.</summary>
+    public sealed record TrainedMethod(ConditioningMethod Method, ConditionalDenoiser Model, DiffusionTrainingLog Log,
+        string Source);
+
+    /// <summary>The cross-attention model (see <see cref="Load(ConditioningMethod, Tensor, IReadOnlyList{string},
+    /// Viz.Progress?, long)"/>).</summary>
     public static Trained Load(Tensor latents, IReadOnlyList<string> captions, Viz.Progress? progress = null,
         long seed = 0)
     {
-        if (Lab.Profile == Profile.Quick && seed == 0 && ShippedCheckpoint.Find(Shipped) is { } shipped)
+        var trained = Load(ConditioningMethod.CrossAttention, latents, captions, progress, seed);
+        return new Trained((TextConditionedUNet)trained.Model, trained.Log, trained.Source);
+    }
+
+    /// <summary>
+    /// Quick profile: the method's shipped model (hash-checked). Otherwise the cache, or a run of
+    /// <see cref="Options"/>'s steps (the same budget for every method) on <paramref name="latents"/> (the scenes'
+    /// scaled latents) and <paramref name="captions"/>, checkpointed every 500 steps and resumed when stopped.
+    /// </summary>
+    public static TrainedMethod Load(ConditioningMethod method, Tensor latents, IReadOnlyList<string> captions,
+        Viz.Progress? progress = null, long seed = 0)
+    {
+        if (Lab.Profile == Profile.Quick && seed == 0 && ShippedCheckpoint.Find(ShippedName(method)) is { } shipped)
         {
-            return new Trained(shipped.LoadInto(New()), DiffusionTrainingLog.Load(Path.Combine(shipped.Dir, LogFile)),
-                shipped.Describe());
+            return new TrainedMethod(method, shipped.LoadInto(New(method)),
+                DiffusionTrainingLog.Load(Path.Combine(shipped.Dir, LogFile)), shipped.Describe());
         }
         var options = Options;
-        var dir = Path.Combine(FashionLatentRecipe.CacheRoot, "text2img-" + Key(latents, captions, options, seed),
-            $"steps-{options.Steps}");
+        var dir = Path.Combine(FashionLatentRecipe.CacheRoot,
+            "text2img-" + Key(latents, captions, options, seed, method), $"steps-{options.Steps}");
         var settings = options with { CheckpointDir = dir, CheckpointEvery = 500, Seed = seed };
-        var (trained, run) = Train(latents, captions, settings, progress);
-        return new Trained(trained, run, run.ResumedFromStep >= run.Losses.Count
+        var (trained, run) = Train(method, latents, captions, settings, progress);
+        return new TrainedMethod(method, trained, run, run.ResumedFromStep >= run.Losses.Count
             ? "loaded from the cache (trained earlier with the same settings and scenes)"
             : $"trained {run.Losses.Count - run.ResumedFromStep:N0} steps " +
               $"({Lab.Profile.ToString().ToLowerInvariant()} profile) " +
               $"in {run.Elapsed.TotalSeconds:F0} s");
     }
 
-    /// <summary>One training run (seeded by the options); returns the EMA weights in eval mode.</summary>
+    /// <summary>One training run of the cross-attention model (seeded by the options); EMA weights, eval mode.</summary>
     public static (TextConditionedUNet model, DiffusionTrainingLog log) Train(Tensor latents,
         IReadOnlyList<string> captions, TrainerOptions options, Viz.Progress? progress = null)
     {
+        var (model, log) = Train(ConditioningMethod.CrossAttention, latents, captions, options, progress);
+        return ((TextConditionedUNet)model, log);
+    }
+
+    /// <summary>One training run of a method's model (seeded by the options); returns the EMA weights in eval
+    /// mode.</summary>
+    public static (ConditionalDenoiser model, DiffusionTrainingLog log) Train(ConditioningMethod method,
+        Tensor latents, IReadOnlyList<string> captions, TrainerOptions options, Viz.Progress? progress = null)
+    {
         if (latents.shape[0] != captions.Count)
             throw new ArgumentException($"{latents.shape[0]} latents but {captions.Count} captions", nameof(captions));
-        var model = New(options.Seed);
-        var ids = model.Tokenize(captions);                                                     // [N, 20]
+        var model = New(method, options.Seed);
+        var conditions = Conditions(model, captions);                                 // [N, 20] or [N, 2, 10]
         var trainer = new LatentDiffusionTrainer(model, new DiffusionObjective(NoiseSchedule.ScaledLinear()), options);
-        var log = trainer.Train(latents, ids, progress);
+        var log = trainer.Train(latents, conditions, progress);
         trainer.Ema.CopyTo(model);
         model.eval();
         return (model, log);
     }
 
     /// <summary>
-    /// The weights as shipped: every tensor in float32 except the 49,408-row token embedding in float16 (3.2 MB instead
-    /// of 6.3; loading converts it back, and the few rows the captions use lose nothing measurable).
+    /// The weights as shipped: every tensor in float32 except a text encoder's 49,408-row token embedding in float16
+    /// (3.2 MB instead of 6.3; loading converts it back, and the few rows the captions use lose nothing measurable).
     /// </summary>
-    public static void SaveShipped(TextConditionedUNet model, DiffusionTrainingLog log, string dir)
+    public static void SaveShipped(ConditionalDenoiser model, DiffusionTrainingLog log, string dir)
     {
         Directory.CreateDirectory(dir);
         var tensors = model.state_dict().ToDictionary(kv => kv.Key,

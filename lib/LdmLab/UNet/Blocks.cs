@@ -33,13 +33,17 @@ public sealed class DownBlock : nn.Module
         for (int i = 0; i < attentions.Count; i++) attentions[i].Name($"{prefix}.attentions.{i}");
     }
 
-    public (Tensor output, List<Tensor> skips) Forward(Tensor h, Tensor temb, Tensor? context)
+    /// <param name="adapt">Applied to the last layer's output before it becomes a skip and is downsampled
+    /// (diffusers' down_intrablock_additional_residuals place, T2I-Adapter style); null: none.</param>
+    public (Tensor output, List<Tensor> skips) Forward(Tensor h, Tensor temb, Tensor? context,
+        Func<Tensor, Tensor>? adapt = null)
     {
         var skips = new List<Tensor>();
         for (int i = 0; i < resnets.Count; i++)
         {
             h = resnets[i].call(h, temb);
             if (attentions is not null) h = attentions[i].call(h, context);
+            if (adapt is not null && i == resnets.Count - 1) h = adapt(h);
             skips.Add(h);
         }
         if (downsamplers is not null)
@@ -51,13 +55,15 @@ public sealed class DownBlock : nn.Module
     }
 }
 
-/// <summary>Bottleneck: ResnetBlock2D, then layers × (Transformer2DModel → ResnetBlock2D) (UNetMidBlock2DCrossAttn).</summary>
+/// <summary>Bottleneck: ResnetBlock2D, then layers × (Transformer2DModel → ResnetBlock2D) (UNetMidBlock2DCrossAttn);
+/// with no layers a single ResnetBlock2D (diffusers' UNetMidBlock2D as UNet2DConditionModel builds it).</summary>
 public sealed class MidBlock : nn.Module
 {
     readonly ModuleList<Transformer2DModel> attentions;
     readonly ModuleList<ResnetBlock2D> resnets;
 
-    public MidBlock(UNetConfig c, int channels, int layers = 1) : base("UNetMidBlock2DCrossAttn")
+    public MidBlock(UNetConfig c, int channels, int layers = 1)
+        : base(layers == 0 ? "UNetMidBlock2D" : "UNetMidBlock2DCrossAttn")
     {
         int last = c.BlockOutChannels.Length - 1, heads = c.Heads(last);
         attentions = nn.ModuleList(Enumerable.Range(0, layers).Select(_ => new Transformer2DModel(heads, channels / heads, channels,

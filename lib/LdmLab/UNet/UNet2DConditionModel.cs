@@ -18,7 +18,7 @@ public sealed class UNet2DConditionModel : nn.Module
     // Field order = diffusers' registration order, so state_dict() lists keys in the same order.
     readonly Conv2d conv_in;
     readonly TimestepEmbedding time_embedding;
-    readonly Embedding? class_embedding;
+    readonly nn.Module<Tensor, Tensor>? class_embedding;   // labels (num_class_embeds) or vectors (projection)
     readonly TimestepEmbedding? add_embedding;   // SDXL's "text_time" conditioning
     readonly ModuleList<DownBlock> down_blocks;
     readonly ModuleList<UpBlock> up_blocks;
@@ -36,6 +36,8 @@ public sealed class UNet2DConditionModel : nn.Module
         conv_in = nn.Conv2d(config.InChannels, ch[0], config.ConvInKernel, padding: (config.ConvInKernel - 1) / 2);
         time_embedding = new TimestepEmbedding(ch[0], config.TimeEmbedDim);
         if (config.NumClassEmbeds is int k) class_embedding = nn.Embedding(k, config.TimeEmbedDim);
+        if (config.ClassEmbedType == "projection")
+            class_embedding = new TimestepEmbedding(config.ProjectionClassEmbeddingsInputDim!.Value, config.TimeEmbedDim);
         if (config.AdditionEmbedType == "text_time")
             add_embedding = new TimestepEmbedding(config.ProjectionClassEmbeddingsInputDim!.Value, config.TimeEmbedDim);
 
@@ -60,7 +62,7 @@ public sealed class UNet2DConditionModel : nn.Module
             ups.Add(new UpBlock(config, i, input, prevOutput, output, config.UpBlockTypes[i] == "CrossAttnUpBlock2D", i < rev.Length - 1));
         }
         up_blocks = nn.ModuleList(ups.ToArray());
-        mid_block = new MidBlock(config, ch[^1]);
+        mid_block = new MidBlock(config, ch[^1], layers: config.MidBlockType == "UNetMidBlock2D" ? 0 : 1);
         conv_norm_out = Layers.GroupNorm(config.NormNumGroups, ch[0], config.NormEps);
         conv_out = nn.Conv2d(ch[0], config.OutChannels, config.ConvOutKernel, padding: (config.ConvOutKernel - 1) / 2);
         RegisterComponents();
@@ -77,8 +79,12 @@ public sealed class UNet2DConditionModel : nn.Module
     /// </summary>
     /// <param name="textEmbeds">SDXL (addition_embed_type text_time): the pooled text embedding [B, d_pooled].</param>
     /// <param name="timeIds">SDXL: [B, 6] original size, crop top-left and target size (h, w each).</param>
+    /// <param name="classLabels">num_class_embeds: labels [B]; class_embed_type projection: vectors [B, d].</param>
+    /// <param name="adaptDownBlocks">(block index, its last hidden state) → the state that continues: spatial
+    /// conditions added to or gating each level (T2I-Adapter's place); null: none.</param>
     public Tensor Forward(Tensor sample, Tensor timesteps, Tensor? encoderHiddenStates, Tensor? classLabels = null,
-        IDictionary<string, Tensor>? record = null, Tensor? textEmbeds = null, Tensor? timeIds = null)
+        IDictionary<string, Tensor>? record = null, Tensor? textEmbeds = null, Tensor? timeIds = null,
+        Func<int, Tensor, Tensor>? adaptDownBlocks = null)
     {
         long b = sample.shape[0];
         if (timesteps.dim() == 0) timesteps = timesteps.expand(b);
@@ -88,7 +94,9 @@ public sealed class UNet2DConditionModel : nn.Module
         var emb = time_embedding.call(tFeat);
         if (class_embedding is not null)
         {
-            if (classLabels is null) throw new ArgumentException("this U-Net has num_class_embeds: pass class labels", nameof(classLabels));
+            if (classLabels is null)
+                throw new ArgumentException("this U-Net has num_class_embeds or class_embed_type projection: pass " +
+                                            "class labels (or the vectors to project)", nameof(classLabels));
             emb = emb + class_embedding.call(classLabels.to(sample.device)).to_type(emb.dtype);
         }
         if (add_embedding is not null)
@@ -107,7 +115,9 @@ public sealed class UNet2DConditionModel : nn.Module
         var skips = new List<Tensor> { h };
         for (int i = 0; i < down_blocks.Count; i++)
         {
-            var (o, s) = down_blocks[i].Forward(h, emb, encoderHiddenStates);
+            int block = i;
+            var (o, s) = down_blocks[i].Forward(h, emb, encoderHiddenStates,
+                adaptDownBlocks is null ? null : x => adaptDownBlocks(block, x));
             h = o;
             skips.AddRange(s);
             record?.Add($"down_blocks.{i}", h);

@@ -12,6 +12,8 @@ public sealed record UNetConfig
     public bool FlipSinToCos { get; init; } = true;
     public int FreqShift { get; init; }
     public string[] DownBlockTypes { get; init; } = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"];
+    /// <summary>"UNetMidBlock2DCrossAttn" (SD) or "UNetMidBlock2D" (one ResNet, no attention: models conditioned
+    /// without cross-attention).</summary>
     public string MidBlockType { get; init; } = "UNetMidBlock2DCrossAttn";
     public string[] UpBlockTypes { get; init; } = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"];
     public bool[] OnlyCrossAttention { get; init; } = [false];
@@ -31,6 +33,11 @@ public sealed record UNetConfig
     public bool UseLinearProjection { get; init; }
     public bool UpcastAttention { get; init; }
     public int? NumClassEmbeds { get; init; }
+    /// <summary>null, or "projection": a float vector per sample (e.g. a pooled text embedding) through an MLP
+    /// (projection_class_embeddings_input_dim → time_embed_dim), added to the time embedding. Left out of a recipe
+    /// key's JSON while null, so the keys of models made before it existed stay what they were.</summary>
+    [System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+    public string? ClassEmbedType { get; init; }
     public string ResnetTimeScaleShift { get; init; } = "default";
     public double ResnetOutScaleFactor { get; init; } = 1.0;
     public int ConvInKernel { get; init; } = 3;
@@ -60,7 +67,7 @@ public sealed record UNetConfig
     // Keys that must keep their default for this implementation (anything else is rejected with its name).
     static readonly Dictionary<string, string> MustBeDefault = new()
     {
-        ["class_embed_type"] = "null", ["encoder_hid_dim"] = "null", ["encoder_hid_dim_type"] = "null",
+        ["encoder_hid_dim"] = "null", ["encoder_hid_dim_type"] = "null",
         ["time_cond_proj_dim"] = "null", ["time_embedding_dim"] = "null", ["time_embedding_act_fn"] = "null", ["timestep_post_act"] = "null",
         ["dual_cross_attention"] = "false", ["class_embeddings_concat"] = "false", ["resnet_skip_time_act"] = "false",
         ["time_embedding_type"] = "\"positional\"", ["attention_type"] = "\"default\"", ["cross_attention_norm"] = "null",
@@ -72,8 +79,6 @@ public sealed record UNetConfig
         foreach (var (k, must) in MustBeDefault)
             if (o[k] is { } v && v.ToJsonString() != must && !(must == "null" && v.ToJsonString() == "null"))
                 throw new NotSupportedException($"{source}: {k} = {v.ToJsonString()} is not supported (only {must})");
-        var mid = o["mid_block_type"]?.ToString() ?? "UNetMidBlock2DCrossAttn";
-        if (mid != "UNetMidBlock2DCrossAttn") throw new NotSupportedException($"{source}: mid_block_type '{mid}' is not supported");
         int[] Ints(string key, int[] fallback) => o[key] switch
         {
             null => fallback,
@@ -105,6 +110,8 @@ public sealed record UNetConfig
             UseLinearProjection = (bool?)o["use_linear_projection"] ?? false,
             UpcastAttention = (bool?)o["upcast_attention"] ?? false,
             NumClassEmbeds = (int?)o["num_class_embeds"],
+            ClassEmbedType = (string?)o["class_embed_type"],
+            MidBlockType = (string?)o["mid_block_type"] ?? "UNetMidBlock2DCrossAttn",
             ResnetTimeScaleShift = (string?)o["resnet_time_scale_shift"] ?? "default",
             ResnetOutScaleFactor = (double?)o["resnet_out_scale_factor"] ?? 1.0,
             ConvInKernel = (int?)o["conv_in_kernel"] ?? 3,
@@ -134,7 +141,7 @@ public sealed record UNetConfig
         ["attention_head_dim"] = AttentionHeadDim.Length == 1 ? AttentionHeadDim[0] : new JsonArray(AttentionHeadDim.Select(s => (JsonNode)s).ToArray()),
         ["num_attention_heads"] = NumAttentionHeads is null ? null : NumAttentionHeads.Length == 1 ? NumAttentionHeads[0] : new JsonArray(NumAttentionHeads.Select(s => (JsonNode)s).ToArray()),
         ["use_linear_projection"] = UseLinearProjection, ["upcast_attention"] = UpcastAttention,
-        ["num_class_embeds"] = NumClassEmbeds, ["class_embed_type"] = null,
+        ["num_class_embeds"] = NumClassEmbeds, ["class_embed_type"] = ClassEmbedType,
         ["resnet_time_scale_shift"] = ResnetTimeScaleShift, ["resnet_out_scale_factor"] = ResnetOutScaleFactor,
         ["conv_in_kernel"] = ConvInKernel, ["conv_out_kernel"] = ConvOutKernel, ["time_embedding_type"] = "positional",
         ["dropout"] = 0.0, ["addition_embed_type"] = AdditionEmbedType, ["addition_time_embed_dim"] = AdditionTimeEmbedDim,
@@ -161,6 +168,14 @@ public sealed record UNetConfig
             throw new NotSupportedException($"{source}: addition_embed_type '{AdditionEmbedType}' (supported: null, text_time)");
         if (AdditionEmbedType == "text_time" && (AdditionTimeEmbedDim is null || ProjectionClassEmbeddingsInputDim is null))
             throw new ArgumentException($"{source}: addition_embed_type text_time needs addition_time_embed_dim and projection_class_embeddings_input_dim");
+        if (MidBlockType is not ("UNetMidBlock2DCrossAttn" or "UNetMidBlock2D"))
+            throw new NotSupportedException($"{source}: mid_block_type '{MidBlockType}' " +
+                                            "(supported: UNetMidBlock2DCrossAttn, UNetMidBlock2D)");
+        if (ClassEmbedType is not (null or "projection"))
+            throw new NotSupportedException($"{source}: class_embed_type '{ClassEmbedType}' (supported: null, projection)");
+        if (ClassEmbedType == "projection" && (ProjectionClassEmbeddingsInputDim is null || NumClassEmbeds is not null))
+            throw new ArgumentException($"{source}: class_embed_type projection needs " +
+                                        "projection_class_embeddings_input_dim and no num_class_embeds");
         if (ActFn is not ("silu" or "swish")) throw new NotSupportedException($"{source}: act_fn '{ActFn}'");
         if (ResnetTimeScaleShift is not ("default" or "scale_shift")) throw new NotSupportedException($"{source}: resnet_time_scale_shift '{ResnetTimeScaleShift}'");
         foreach (var ch in BlockOutChannels)
@@ -169,7 +184,8 @@ public sealed record UNetConfig
                      ("transformer_layers_per_block", TransformerLayersPerBlock), ("only_cross_attention", OnlyCrossAttention) })
             if (values.Length is not (0 or 1) && values.Length != n) throw new ArgumentException($"{source}: {name} has {values.Length} entries for {n} blocks");
         for (int i = 0; i < n; i++)
-            if ((DownBlockTypes[i] == "CrossAttnDownBlock2D" || UpBlockTypes[n - 1 - i] == "CrossAttnUpBlock2D" || i == n - 1) && BlockOutChannels[i] % Heads(i) != 0)
+            if ((DownBlockTypes[i] == "CrossAttnDownBlock2D" || UpBlockTypes[n - 1 - i] == "CrossAttnUpBlock2D"
+                 || (i == n - 1 && MidBlockType == "UNetMidBlock2DCrossAttn")) && BlockOutChannels[i] % Heads(i) != 0)
                 throw new ArgumentException($"{source}: {BlockOutChannels[i]} channels cannot be split into {Heads(i)} heads");
     }
 }
