@@ -84,6 +84,11 @@ public class NotebookTests
         {
             Assert.True(Percent(@"point into the half their caption names ([\d.]+)\s?%") >= 56, printed);
             Assert.True(Percent(@"Both items right in ([\d.]+)\s?%") >= 25, printed);
+            // the conditioning methods: a layout map handed over by concatenation puts a named item in its half and two
+            // items in theirs (chance: 50 % and 1 %); FiLM's one vector cannot say where
+            Assert.True(Percent(@"lands in the named half [^\n]*?Concatenation ([\d.]+)\s?%") >= 90, printed);
+            Assert.True(Percent(@"Two items both right: [^\n]*?Concatenation ([\d.]+)\s?%") >= 70, printed);
+            Assert.True(Percent(@"lands in the named half [^\n]*?Film ([\d.]+)\s?%") < 75, printed);
         }
         if (name == "06-end-to-end-sampling.ipynb")
         {
