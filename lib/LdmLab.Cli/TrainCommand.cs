@@ -1,4 +1,5 @@
 using LdmLab.Autoencoders;
+using LdmLab.Conditioning;
 using LdmLab.Data;
 using LdmLab.Metrics;
 using LdmLab.Runtime;
@@ -38,9 +39,9 @@ public static class TrainCommand
         }
         bool perModel = args[0] is FashionVq or PhotoAutoencoders or FashionModes;
         var method = Option("--method") is { } named
-            ? Enum.GetValues<Conditioning.ConditioningMethod>().Where(m => Name(m) == named).Cast<Conditioning.ConditioningMethod?>()
+            ? Enum.GetValues<ConditioningMethod>().Where(m => Name(m) == named).Cast<ConditioningMethod?>()
                   .FirstOrDefault() ?? Unknown(named)
-            : Conditioning.ConditioningMethod.CrossAttention;
+            : ConditioningMethod.CrossAttention;
         var outDir = Path.GetFullPath(Option("--out")
             ?? Path.Combine(NotebookRunner.FindRepoRoot(Directory.GetCurrentDirectory())
                             ?? throw new CliArgumentException("not inside the LdmLab checkout: pass --out DIR"),
@@ -61,13 +62,13 @@ public static class TrainCommand
         };
     }
 
-    static string[] Methods => Enum.GetValues<Conditioning.ConditioningMethod>().Select(Name).ToArray();
+    static string[] Methods => Enum.GetValues<ConditioningMethod>().Select(Name).ToArray();
 
     /// <summary>A conditioning method as the command line names it: cross-attention, film, concatenation, …</summary>
-    static string Name(Conditioning.ConditioningMethod method) =>
-        method == Conditioning.ConditioningMethod.CrossAttention ? "cross-attention" : method.ToString().ToLowerInvariant();
+    static string Name(ConditioningMethod method) =>
+        method == ConditioningMethod.CrossAttention ? "cross-attention" : method.ToString().ToLowerInvariant();
 
-    static Conditioning.ConditioningMethod Unknown(string named) =>
+    static ConditioningMethod Unknown(string named) =>
         throw new CliArgumentException($"--method {named}: not one of {string.Join(", ", Methods)}");
 
     static string Machine() => $"{Runtime.OneDnn.CpuIsa()}, {Environment.ProcessorCount} cores, {get_num_threads()} threads";
@@ -153,7 +154,7 @@ public static class TrainCommand
     /// VAE's latents of 60,000 captioned scenes (half of them two items), trained in a private cache folder
     /// (resumable); the EMA weights and the loss log are shipped.
     /// </summary>
-    static int TextToImage(string outDir, Conditioning.ConditioningMethod method)
+    static int TextToImage(string outDir, ConditioningMethod method)
     {
         var vaeCheckpoint = ShippedCheckpoint.Find(FashionLatentRecipe.ShippedVae)
             ?? throw new CliArgumentException("train fashion-vae first: the text-to-image model learns the shipped VAE's latents");
@@ -206,13 +207,13 @@ public static class TrainCommand
         var images = QualityModesRecipe.Pad(train.Images);                                    // [60000, 1, 32, 32]
         var test = QualityModesRecipe.Pad(FashionMnist.Load(Split.Test, limit: 1000).Images);
         var resnet = new ResNet18Features(AutoencoderRecipes.PhotoSize);
-        Environment.SetEnvironmentVariable("LDMLAB_CHECKPOINTS", root);       // the autoencoders just shipped, read back
+        Environment.SetEnvironmentVariable("LDMLAB_CHECKPOINTS", root);     // the autoencoders just shipped, read back
         foreach (int f in factors)
         {
             var spec = QualityModesRecipe.Autoencoder(f);
             ShipAutoencoder(root, spec, images, test, resnet, "Fashion-MNIST train (60,000 images) padded to 32×32",
                 "first_1000_test");
-            var vae = (Autoencoders.AutoencoderKL)QuickProfile(() => AutoencoderRecipes.LoadOrTrain(spec, images)).Model;
+            var vae = (AutoencoderKL)QuickProfile(() => AutoencoderRecipes.LoadOrTrain(spec, images)).Model;
             var (latents, scale) = QualityModesRecipe.Latents(vae, images);
             var options = QualityModesRecipe.DenoiserOptions;
             var name = QualityModesRecipe.ShippedDenoiser(f);
@@ -246,7 +247,8 @@ public static class TrainCommand
                          "32×32 (60,000); weights stored in float16", Machine());
             Replace(staging, outDir);
             Directory.Delete(outDir + ".partial", true);
-            Console.WriteLine($"wrote {outDir}: final loss {metrics["train_loss_last_100_steps"]}, sha256 {shipped.WeightsSha256}");
+            Console.WriteLine($"wrote {outDir}: final loss {metrics["train_loss_last_100_steps"]}, " +
+                              $"sha256 {shipped.WeightsSha256}");
         }
         return 0;
     }

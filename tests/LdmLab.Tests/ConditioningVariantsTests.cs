@@ -28,7 +28,8 @@ public class ConditioningVariantsTests
         var shoe = CaptionedFashion.Layout("a shoe on the right");
         foreach (int c in new[] { 5, 7, 9 }) Assert.Equal(1f / 3, shoe[1, c], 6);
         Assert.Equal(0f, shoe[0, 5]);
-        Assert.Equal(1f, CaptionedFashion.Layout("an ankle boot on the right and a pair of trousers on the left")[0, 1]);
+        var trousers = CaptionedFashion.Layout("an ankle boot on the right and a pair of trousers on the left");
+        Assert.Equal(1f, trousers[0, 1]);
         Assert.Equal(0f, Sum(CaptionedFashion.Layout("")));
         var error = Assert.Throws<ArgumentException>(() => CaptionedFashion.Layout("a dog on the left"));
         Assert.Contains("a dog on the left", error.Message);
@@ -86,10 +87,12 @@ public class ConditioningVariantsTests
         Assert.Equal("projection", json["class_embed_type"]!.ToString());
         Assert.Equal(config.ToJson().ToJsonString(), UNetConfig.FromJson(json).ToJson().ToJsonString());
         json["class_embed_type"] = "timestep";
-        Assert.Contains("class_embed_type", Assert.Throws<NotSupportedException>(() => UNetConfig.FromJson(json)).Message);
+        Assert.Contains("class_embed_type",
+            Assert.Throws<NotSupportedException>(() => UNetConfig.FromJson(json)).Message);
         json["class_embed_type"] = "projection";
         json["mid_block_type"] = "UNetMidBlock2DSimpleCrossAttn";
-        Assert.Contains("mid_block_type", Assert.Throws<NotSupportedException>(() => UNetConfig.FromJson(json)).Message);
+        Assert.Contains("mid_block_type",
+            Assert.Throws<NotSupportedException>(() => UNetConfig.FromJson(json)).Message);
         var noVector = Assert.Throws<ArgumentException>(() => unet.Forward(zeros(1, 4, 7, 14), tensor(10), null));
         Assert.Contains("class labels", noVector.Message);
     }
@@ -102,7 +105,8 @@ public class ConditioningVariantsTests
     public void Each_method_reads_its_condition()
     {
         TorchRuntime.Setup();
-        string[] captions = ["a sneaker on the left and a bag on the right", "a dress on the left and a coat on the right"];
+        string[] captions =
+            ["a sneaker on the left and a bag on the right", "a dress on the left and a coat on the right"];
         var zt = randn(2, 4, 7, 14);
         var t = tensor(500);
         foreach (var method in Enum.GetValues<ConditioningMethod>())
@@ -174,5 +178,31 @@ public class ConditioningVariantsTests
         canvases[0, .., .., 30..40] = tensor(1f);
         canvases[1, .., .., 2..5] = tensor(1f);
         Assert.Equal([Side.Right, Side.Left], TextToImageStudies.InkedSides(canvases));
+    }
+
+    /// <summary>CLIP's encoder is causal: a noun's state cannot see "on the left" after it. The bidirectional
+    /// ablation can; the flag round-trips through config.json and stays out of the JSON (and recipe keys) when
+    /// off.</summary>
+    [Fact]
+    public void A_bidirectional_text_encoder_lets_a_noun_see_the_words_after_it()
+    {
+        TorchRuntime.Setup();
+        var tokenizer = ClipTokenizer.Default.With(maxLength: 20);
+        var ids = tokenizer.EncodeBatch(["a sneaker on the left", "a sneaker on the right"]);   // [2, 20]
+        foreach (bool bidirectional in new[] { false, true })
+        {
+            manual_seed(1);
+            var encoder = new ClipTextModel(TextToImageRecipe.TextConfig with { Bidirectional = bidirectional });
+            using var _ = no_grad();
+            var states = encoder.Forward(ids).LastHiddenState;                                // [2, 20, 32]
+            double noun = (states[0, 2] - states[1, 2]).abs().max().item<float>();           // "sneaker"
+            if (bidirectional) Assert.True(noun > 1e-4, $"the noun's state ignores the side ({noun})");
+            else Assert.Equal(0.0, noun, 6);
+        }
+        var json = (TextToImageRecipe.TextConfig with { Bidirectional = true }).ToJson();
+        Assert.True((bool)json["ldmlab_bidirectional"]!);
+        Assert.True(ClipTextConfig.FromJson(json).Bidirectional);
+        Assert.Null(TextToImageRecipe.TextConfig.ToJson()["ldmlab_bidirectional"]);
+        Assert.DoesNotContain("Bidirectional", System.Text.Json.JsonSerializer.Serialize(TextToImageRecipe.TextConfig));
     }
 }

@@ -65,7 +65,8 @@ public class NotebookTests
             Assert.True(m.Success, $"{name}: no output matches {pattern}");
             return double.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
         }
-        if (name is "01-pixel-vs-latent.ipynb" or "02-autoencoders.ipynb" or "03-latent-statistics-and-snr.ipynb" or "04-noise-schedules.ipynb" or "09-diagnostics.ipynb"
+        if (name is "01-pixel-vs-latent.ipynb" or "02-autoencoders.ipynb" or "03-latent-statistics-and-snr.ipynb"
+            or "04-noise-schedules.ipynb" or "09-diagnostics.ipynb"
             or "05-conditioning-and-cross-attention.ipynb" or "06-end-to-end-sampling.ipynb")
         {
             // each ends with a takeaway computed from its own numbers: the last code cell prints them as bullets

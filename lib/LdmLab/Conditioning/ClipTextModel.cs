@@ -23,6 +23,14 @@ public sealed record ClipTextConfig
     public int EosTokenId { get; init; } = 49407;
     public int PadTokenId { get; init; } = 1;
     public int ProjectionDim { get; init; } = 512;
+    /// <summary>
+    /// LdmLab's ablation, not transformers': no causal mask, every token attends to every other (as the encoders of
+    /// BERT and T5 do), so a noun's state can see the words after it. Written to config.json as
+    /// <c>ldmlab_bidirectional</c> only when set (and left out of recipe keys while false).
+    /// </summary>
+    [System.Text.Json.Serialization.JsonIgnore(
+        Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingDefault)]
+    public bool Bidirectional { get; init; }
 
     /// <summary>Stable Diffusion 1.x's text encoder: CLIP ViT-L/14's text transformer (123,060,480 parameters).</summary>
     public static ClipTextConfig VitL14 => new()
@@ -49,7 +57,9 @@ public sealed record ClipTextConfig
 
     public static ClipTextConfig FromJson(JsonObject o, string source = "config.json")
     {
-        int Int(string key, int fallback) => o[key] is JsonValue v ? (int)v.GetValue<double>() : fallback;
+        int Int(string key, int fallback) => o[key] is JsonValue v
+            ? v.TryGetValue<int>(out var i) ? i : (int)v.GetValue<double>()                // built in memory or parsed
+            : fallback;
         var c = new ClipTextConfig
         {
             VocabSize = Int("vocab_size", 49408), HiddenSize = Int("hidden_size", 512),
@@ -57,7 +67,7 @@ public sealed record ClipTextConfig
             NumAttentionHeads = Int("num_attention_heads", 8), MaxPositionEmbeddings = Int("max_position_embeddings", 77),
             HiddenAct = (string?)o["hidden_act"] ?? "quick_gelu", LayerNormEps = (double?)o["layer_norm_eps"] ?? 1e-5,
             BosTokenId = Int("bos_token_id", 49406), EosTokenId = Int("eos_token_id", 49407), PadTokenId = Int("pad_token_id", 1),
-            ProjectionDim = Int("projection_dim", 512),
+            ProjectionDim = Int("projection_dim", 512), Bidirectional = (bool?)o["ldmlab_bidirectional"] ?? false,
         };
         if (c.HiddenAct is not ("quick_gelu" or "gelu"))
             throw new NotSupportedException($"{source}: hidden_act '{c.HiddenAct}' (supported: quick_gelu, gelu)");
@@ -71,7 +81,14 @@ public sealed record ClipTextConfig
         return c;
     }
 
-    public JsonObject ToJson() => new()
+    public JsonObject ToJson()
+    {
+        var json = Json();
+        if (Bidirectional) json["ldmlab_bidirectional"] = true;
+        return json;
+    }
+
+    JsonObject Json() => new()
     {
         ["architectures"] = new JsonArray("CLIPTextModel"), ["model_type"] = "clip_text_model",
         ["vocab_size"] = VocabSize, ["hidden_size"] = HiddenSize, ["intermediate_size"] = IntermediateSize,
@@ -95,10 +112,13 @@ public sealed class ClipAttention : nn.Module<Tensor, Tensor>
     readonly Linear k_proj, v_proj, q_proj, out_proj;   // declaration order = transformers' state-dict order
     readonly int _heads;
 
-    public ClipAttention(int dim, int heads) : base("CLIPAttention")
+    readonly bool _causal;
+
+    public ClipAttention(int dim, int heads, bool causal = true) : base("CLIPAttention")
     {
         k_proj = nn.Linear(dim, dim); v_proj = nn.Linear(dim, dim); q_proj = nn.Linear(dim, dim); out_proj = nn.Linear(dim, dim);
         _heads = heads;
+        _causal = causal;
         RegisterComponents();
     }
 
@@ -107,7 +127,7 @@ public sealed class ClipAttention : nn.Module<Tensor, Tensor>
         long b = x.shape[0], n = x.shape[1];
         Tensor Heads(Tensor t) => t.reshape(b, n, _heads, -1).transpose(1, 2);   // [B, h, L, d]
         var o = nn.functional.scaled_dot_product_attention(Heads(q_proj.call(x)), Heads(k_proj.call(x)),
-            Heads(v_proj.call(x)), is_casual: true);                               // token i sees tokens ≤ i
+            Heads(v_proj.call(x)), is_casual: _causal);                   // causal: token i sees tokens ≤ i
         return out_proj.call(o.transpose(1, 2).reshape(b, n, -1));
     }
 }
@@ -142,7 +162,7 @@ public sealed class ClipEncoderLayer : nn.Module<Tensor, Tensor>
 
     public ClipEncoderLayer(ClipTextConfig c) : base("CLIPEncoderLayer")
     {
-        self_attn = new ClipAttention(c.HiddenSize, c.NumAttentionHeads);
+        self_attn = new ClipAttention(c.HiddenSize, c.NumAttentionHeads, causal: !c.Bidirectional);
         layer_norm1 = Layers.LayerNorm(c.HiddenSize, c.LayerNormEps);
         mlp = new ClipMlp(c.HiddenSize, c.IntermediateSize, c.HiddenAct);
         layer_norm2 = Layers.LayerNorm(c.HiddenSize, c.LayerNormEps);

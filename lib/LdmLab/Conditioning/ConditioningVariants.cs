@@ -10,7 +10,8 @@ namespace LdmLab.Conditioning;
 /// The ways of section 10.3.3 to put a condition c into the denoiser ε_θ(z_t, t, c), compared in notebook 05 on the
 /// same captioned scenes at the same training budget:
 /// <list type="bullet">
-/// <item>cross-attention: every latent position queries the caption's token states (<see cref="TextConditionedUNet"/>);</item>
+/// <item>cross-attention: every latent position queries the caption's token states
+/// (<see cref="TextConditionedUNet"/>);</item>
 /// <item>FiLM: one vector for the whole caption (the text encoder's pooled state) scales and shifts every channel of
 /// every ResNet block, the same at every position (<see cref="FilmConditionedUNet"/>);</item>
 /// <item>spatial concatenation, addition and gating of a layout map m (the classes the caption puts in each half,
@@ -56,10 +57,10 @@ public sealed class FilmConditionedUNet : ConditionalDenoiser
 
 /// <summary>
 /// Spatial conditioning by a layout map m [B, 10, h, w] (class weights per position, rasterised from the slots'
-/// class weights [B, 2, 10]): concatenation — [z_t; m] into conv_in (LDM's semantic synthesis, SD's inpainting and
-/// depth models); addition — h_ℓ + A_ℓ(m) after each down level (T2I-Adapter's place); gating — h_ℓ ⊙ 2σ(G_ℓ(m)).
-/// A_ℓ and G_ℓ are 3×3 convolutions started at zero, so training starts from the unconditional model (as ControlNet's
-/// zero convolutions do). The null condition is the empty layout.
+/// class weights [B, 2, 10]): concatenation — [z_t; m] into conv_in (LDM's semantic synthesis, SD's inpainting
+/// and depth models); addition — h_ℓ + A_ℓ(m) after each down level (T2I-Adapter's place); gating —
+/// h_ℓ ⊙ 2σ(G_ℓ(m)). A_ℓ and G_ℓ are 3×3 convolutions started at zero, so training starts from the unconditional
+/// model (as ControlNet's zero convolutions do). The null condition is the empty layout.
 /// </summary>
 public sealed class LayoutConditionedUNet : ConditionalDenoiser
 {
@@ -72,17 +73,19 @@ public sealed class LayoutConditionedUNet : ConditionalDenoiser
 
     public LayoutConditionedUNet(UNetConfig unetConfig, ConditioningMethod method) : base(nameof(LayoutConditionedUNet))
     {
-        if (method is not (ConditioningMethod.Concatenation or ConditioningMethod.Addition or ConditioningMethod.Gating))
+        if (method is ConditioningMethod.CrossAttention or ConditioningMethod.Film)
             throw new ArgumentException($"{method} is not a spatial method", nameof(method));
         int latentChannels = unetConfig.OutChannels;
-        int expected = latentChannels + (method == ConditioningMethod.Concatenation ? LayoutChannels : 0);
+        bool concatenate = method == ConditioningMethod.Concatenation;
+        int expected = latentChannels + (concatenate ? LayoutChannels : 0);
         if (unetConfig.InChannels != expected)
             throw new ArgumentException($"{method}: in_channels must be {expected} (latents {latentChannels}" +
-                (method == ConditioningMethod.Concatenation ? $" + layout {LayoutChannels})" : ")"), nameof(unetConfig));
+                (concatenate ? $" + layout {LayoutChannels})" : ")"), nameof(unetConfig));
         unet = new UNet2DConditionModel(unetConfig);
         if (method != ConditioningMethod.Concatenation)
         {
-            var adapters = unetConfig.BlockOutChannels.Select(c => nn.Conv2d(LayoutChannels, c, 3, padding: 1)).ToArray();
+            var adapters = unetConfig.BlockOutChannels
+                .Select(c => nn.Conv2d(LayoutChannels, c, 3, padding: 1)).ToArray();
             using (no_grad())
                 foreach (var conv in adapters)
                 {

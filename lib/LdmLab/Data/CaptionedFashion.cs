@@ -141,7 +141,8 @@ public static class CaptionedFashion
         foreach (var clause in caption.ToLowerInvariant().Split(" and ", StringSplitOptions.TrimEntries))
         {
             if (clause.Length == 0) continue;
-            Side? side = clause.EndsWith("on the left") ? Side.Left : clause.EndsWith("on the right") ? Side.Right : null;
+            Side? side = clause.EndsWith("on the left") ? Side.Left
+                : clause.EndsWith("on the right") ? Side.Right : null;
             int[] classes = ClassesNamed(clause)
                 ?? throw new ArgumentException($"caption '{caption}': '{clause}' names no Fashion-MNIST class or " +
                                                $"superclass ({string.Join(", ", Nouns)}; top, shoe)", nameof(caption));

@@ -31,7 +31,8 @@ public static partial class AutoencoderRecipes
         $"ae-{(spec.Vq ? "vq" : "kl")}-f{spec.F}-c{spec.C}" + (spec.Vq ? $"-k{spec.Codes}" : "") +
         (spec.Vq || spec.Loss.KlWeight == new AutoencoderLossOptions().KlWeight ? "" : $"-klw{spec.Loss.KlWeight:0e0}") +
         (spec.Loss.PerceptualWeight > 0 ? "-perc" : "") + (spec.Loss.DiscriminatorWeight > 0 ? "-adv" : "") +
-        (spec.Config.InChannels == 1 ? spec.Config.SampleSize == 28 ? "-fashion" : $"-fashion{spec.Config.SampleSize}" : "-photo");
+        (spec.Config.InChannels != 1 ? "-photo"
+            : spec.Config.SampleSize == 28 ? "-fashion" : $"-fashion{spec.Config.SampleSize}");
 
     /// <summary>Everything that determines a trained autoencoder: spec (without its name), images' content, seed.</summary>
     public static string Key(AutoencoderSpec spec, Tensor images, long seed) =>

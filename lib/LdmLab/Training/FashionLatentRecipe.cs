@@ -210,7 +210,8 @@ public static class FashionLatentRecipe
     /// config.scaling_factor (1/σ for the recipe VAE, like SD's 0.18215), so that the diffusion model sees unit
     /// variance. Returns the scaled latents and the factor.
     /// </summary>
-    public static (Tensor latents, double scale) ScaledLatents(AutoencoderKL vae, Tensor images, double? scaleFactor = null)
+    public static (Tensor latents, double scale) ScaledLatents(AutoencoderKL vae, Tensor images,
+        double? scaleFactor = null)
     {
         double scale = scaleFactor ?? vae.Config.ScalingFactor;
         var latents = VaeTrainer.EncodeMeans(vae, images) * scale;                 // [N, 4, 7, 7]

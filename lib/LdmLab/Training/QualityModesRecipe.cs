@@ -11,8 +11,8 @@ namespace LdmLab.Training;
 
 /// <summary>
 /// Section 10.3.5, quality against efficiency: the same class-conditional latent diffusion recipe on Fashion-MNIST
-/// padded to 32×32, once per downsampling factor f = 2, 4, 8 (a KL autoencoder with 1, 2 or 3 downsamplings → latents
-/// 4×16×16, 4×8×8, 4×4×4; then the notebooks' denoiser U-Net on them, the same budget for each), so that
+/// padded to 32×32, once per downsampling factor f = 2, 4, 8 (a KL autoencoder with 1, 2 or 3 downsamplings →
+/// latents 4×16×16, 4×8×8, 4×4×4; then the notebooks' denoiser U-Net on them, the same budget for each), so that
 /// the chapter's modes can be measured as (f, steps) pairs: draft = f 8 with 10 steps, balanced = f 4 with 25,
 /// quality = f 2 with 50. The quick profile loads the shipped models (<c>ldmlab train fashion-modes</c>, full recipe).
 /// </summary>
@@ -75,12 +75,14 @@ public static class QualityModesRecipe
         return new ClassConditionedUNet(DenoiserConfig(f), FashionMnist.ClassNames.Length).OnLabDevice();
     }
 
-    /// <summary>Everything that determines a denoiser: f, config, options, seed, its latents' origin, the labels.</summary>
+    /// <summary>Everything that determines a denoiser: f, config, options, seed, its latents' origin, the
+    /// labels.</summary>
     public static string DenoiserKey(int f, Tensor latents, Tensor labels, TrainerOptions options, long seed) =>
         FashionLatentRecipe.Key("modes-denoiser", f, DenoiserConfig(f), options with { Steps = 0 }, seed,
             FashionLatentRecipe.LatentIdentity(latents), ContentHash.Of(labels));
 
-    /// <summary>One f's trained pair: the autoencoder, the denoiser, the latent scale and where they came from.</summary>
+    /// <summary>One f's trained pair: the autoencoder, the denoiser, the latent scale and where they came
+    /// from.</summary>
     public sealed record TrainedMode(int F, AutoencoderKL Vae, ClassConditionedUNet Denoiser, DiffusionTrainingLog Log,
         double Scale, string Source);
 

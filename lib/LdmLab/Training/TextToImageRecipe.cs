@@ -58,7 +58,8 @@ public static class TextToImageRecipe
         CaptionedFashion.Make(train, SceneCount, pairs: 0.5, seed: 0);
 
     /// <summary>The recipe's model, untrained (seeded), on <see cref="Lab.Device"/>.</summary>
-    public static TextConditionedUNet New(long seed = 0) => (TextConditionedUNet)New(ConditioningMethod.CrossAttention, seed);
+    public static TextConditionedUNet New(long seed = 0) =>
+        (TextConditionedUNet)New(ConditioningMethod.CrossAttention, seed);
 
     /// <summary>
     /// The U-Net of each conditioning method: the same channels and levels; cross-attention keeps its transformers,
@@ -137,8 +138,8 @@ public static class TextToImageRecipe
             ? FashionLatentRecipe.Key("text2img", UNetConfig, TextConfig, options with { Steps = 0 }, seed, origin,
                 ContentHash.Of(captions))
             : FashionLatentRecipe.Key("text2img", method.ToString(), UNetConfigFor(method),
-                method == ConditioningMethod.Film ? TextConfig : "no text encoder", options with { Steps = 0 }, seed, origin,
-                ContentHash.Of(captions));
+                method == ConditioningMethod.Film ? TextConfig : "no text encoder", options with { Steps = 0 }, seed,
+                origin, ContentHash.Of(captions));
     }
 
     /// <summary>The model a notebook uses, its training log, and the sentence that says where it came from.</summary>
@@ -182,7 +183,8 @@ public static class TextToImageRecipe
               $"in {run.Elapsed.TotalSeconds:F0} s");
     }
 
-    /// <summary>One training run of the cross-attention model (seeded by the options); EMA weights, eval mode.</summary>
+    /// <summary>One training run of the cross-attention model (seeded by the options); EMA weights, eval
+    /// mode.</summary>
     public static (TextConditionedUNet model, DiffusionTrainingLog log) Train(Tensor latents,
         IReadOnlyList<string> captions, TrainerOptions options, Viz.Progress? progress = null)
     {

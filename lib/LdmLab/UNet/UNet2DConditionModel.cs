@@ -37,7 +37,8 @@ public sealed class UNet2DConditionModel : nn.Module
         time_embedding = new TimestepEmbedding(ch[0], config.TimeEmbedDim);
         if (config.NumClassEmbeds is int k) class_embedding = nn.Embedding(k, config.TimeEmbedDim);
         if (config.ClassEmbedType == "projection")
-            class_embedding = new TimestepEmbedding(config.ProjectionClassEmbeddingsInputDim!.Value, config.TimeEmbedDim);
+            class_embedding = new TimestepEmbedding(config.ProjectionClassEmbeddingsInputDim!.Value,
+                config.TimeEmbedDim);
         if (config.AdditionEmbedType == "text_time")
             add_embedding = new TimestepEmbedding(config.ProjectionClassEmbeddingsInputDim!.Value, config.TimeEmbedDim);
 

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
 
 namespace LdmLab.UNet;
 
@@ -36,7 +37,7 @@ public sealed record UNetConfig
     /// <summary>null, or "projection": a float vector per sample (e.g. a pooled text embedding) through an MLP
     /// (projection_class_embeddings_input_dim → time_embed_dim), added to the time embedding. Left out of a recipe
     /// key's JSON while null, so the keys of models made before it existed stay what they were.</summary>
-    [System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public string? ClassEmbedType { get; init; }
     public string ResnetTimeScaleShift { get; init; } = "default";
     public double ResnetOutScaleFactor { get; init; } = 1.0;
@@ -172,7 +173,8 @@ public sealed record UNetConfig
             throw new NotSupportedException($"{source}: mid_block_type '{MidBlockType}' " +
                                             "(supported: UNetMidBlock2DCrossAttn, UNetMidBlock2D)");
         if (ClassEmbedType is not (null or "projection"))
-            throw new NotSupportedException($"{source}: class_embed_type '{ClassEmbedType}' (supported: null, projection)");
+            throw new NotSupportedException(
+                $"{source}: class_embed_type '{ClassEmbedType}' (supported: null, projection)");
         if (ClassEmbedType == "projection" && (ProjectionClassEmbeddingsInputDim is null || NumClassEmbeds is not null))
             throw new ArgumentException($"{source}: class_embed_type projection needs " +
                                         "projection_class_embeddings_input_dim and no num_class_embeds");
