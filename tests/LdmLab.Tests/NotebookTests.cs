@@ -97,6 +97,9 @@ public class NotebookTests
             var sneakers = System.Text.RegularExpressions.Regex.Match(printed, @"sneakers ([\d.]+)\s?% → ([\d.]+)\s?%");
             Assert.True(sneakers.Success && double.Parse(sneakers.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture)
                         < 0.5 * double.Parse(sneakers.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), printed);
+            // the quality modes: the draft model's samples are recognisable and it is faster than the quality mode
+            Assert.True(Percent(@"Quality: accuracy draft ([\d.]+)\s?%") >= 80, printed);
+            Assert.True(Percent(@"quality \(f 2, 50\) [\d.]+ ms — ([\d.]+)× between the ends") > 1, printed);
         }
         if (name == "02-autoencoders.ipynb")
         {

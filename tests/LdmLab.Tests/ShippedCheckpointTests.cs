@@ -1,4 +1,5 @@
 using LdmLab.Autoencoders;
+using LdmLab.Conditioning;
 using LdmLab.Data;
 using LdmLab.Metrics;
 using LdmLab.Runtime;
@@ -141,12 +142,13 @@ public class ShippedJudgeAndAutoencoderTests
 
     static T Full<T>(Func<T> f) => TestPaths.WithEnvironment("LDMLAB_PROFILE", "full", f);
 
-    static void AssertFirstLosses(IReadOnlyList<double> expected, IReadOnlyList<double> actual)
+    internal static void AssertFirstLosses(IReadOnlyList<double> expected, IReadOnlyList<double> actual,
+        string? name = null)
     {
         Assert.Equal(expected.Count, actual.Count);
         for (int i = 0; i < actual.Count; i++)
             Assert.True(Math.Abs(actual[i] - expected[i]) <= 1e-4 * Math.Abs(expected[i]),
-                $"step {i + 1}: {actual[i]} vs the shipped run's {expected[i]}");
+                $"{name} step {i + 1}: {actual[i]} vs the shipped run's {expected[i]}".TrimStart());
     }
 
     /// <summary>
@@ -192,6 +194,10 @@ public class ShippedJudgeAndAutoencoderTests
             yield return (spec, () => { Crops(); return photoTrain!; }, () => { Crops(); return photoHeldOut!; }, "psnr_db_256_held_out_crops");
         yield return (Full(() => AutoencoderRecipes.Fashion(vq: true)), () => FashionMnist.Load(Split.Train).Images,
             () => FashionMnist.Load(Split.Test, limit: 1000).Images, "psnr_db_first_1000_test");
+        foreach (int f in QualityModesRecipe.Factors)
+            yield return (Full(() => QualityModesRecipe.Autoencoder(f)),
+                () => QualityModesRecipe.Pad(FashionMnist.Load(Split.Train).Images),
+                () => QualityModesRecipe.Pad(FashionMnist.Load(Split.Test, limit: 1000).Images), "psnr_db_first_1000_test");
     }
 
     /// <summary>
@@ -242,33 +248,72 @@ public class ShippedTextToImageTests
     static T Full<T>(Func<T> f) => TestPaths.WithEnvironment("LDMLAB_PROFILE", "full", f);
 
     /// <summary>
-    /// Hash; recipe key (configs, full-profile options, seed, the shipped VAE's latents of the full profile's 60,000
-    /// scenes and their captions); the quick profile loading it with its whole loss log (the loss fell); and the
-    /// recipe's first five steps from seed 0 reproducing the shipped run's first five losses (relative 1e-4).
+    /// For the cross-attention model and each other conditioning method's: hash; recipe key (method, configs,
+    /// full-profile options, seed, the shipped VAE's latents of the full profile's 60,000 scenes and their captions);
+    /// the quick profile loading it with its whole loss log (the loss fell); and the recipe's first five steps from
+    /// seed 0 reproducing the shipped run's first five losses (relative 1e-4).
     /// </summary>
     [Fact]
-    public void The_shipped_text_to_image_model_is_the_recipes_and_its_first_steps_reproduce()
+    public void The_shipped_text_to_image_models_are_the_recipes_and_their_first_steps_reproduce()
     {
         TorchRuntime.Setup();
-        var shipped = ShippedCheckpoint.Find(TextToImageRecipe.Shipped)
-            ?? throw new InvalidOperationException("data/checkpoints/fashion-text2img is missing from this checkout");
-        shipped.Verify();
         var vae = AutoencoderKL.FromPretrained(ShippedCheckpoint.Find(FashionLatentRecipe.ShippedVae)!.Dir);
         vae.eval();
         var scenes = Full(() => TextToImageRecipe.Scenes(FashionMnist.Load(Split.Train)));
         Assert.Equal(60000, scenes.Count);
         var (latents, _) = FashionLatentRecipe.ScaledLatents(vae, scenes.Images);
         var options = Full(() => TextToImageRecipe.Options);
-        Assert.Equal(TextToImageRecipe.Key(latents, scenes.Captions, options, 0), shipped.RecipeKey);
-        Assert.Equal(options.Steps, shipped.Steps);
-        var used = TestPaths.WithEnvironment("LDMLAB_PROFILE", "quick", () => TextToImageRecipe.Load(latents, scenes.Captions));
-        Assert.StartsWith("loaded checkpoint data/checkpoints/fashion-text2img", used.Source);
-        Assert.Equal(shipped.Steps, used.Log.Losses.Count);
-        Assert.True(used.Log.Losses.TakeLast(100).Average() < 0.5 * used.Log.Losses.Take(10).Average(), "the shipped run's loss fell");
+        foreach (var method in Enum.GetValues<ConditioningMethod>())
+        {
+            var name = TextToImageRecipe.ShippedName(method);
+            var shipped = ShippedCheckpoint.Find(name)
+                ?? throw new InvalidOperationException($"data/checkpoints/{name} is missing from this checkout");
+            shipped.Verify();
+            Assert.Equal(TextToImageRecipe.Key(latents, scenes.Captions, options, 0, method), shipped.RecipeKey);
+            Assert.Equal(options.Steps, shipped.Steps);
+            var used = TestPaths.WithEnvironment("LDMLAB_PROFILE", "quick",
+                () => TextToImageRecipe.Load(method, latents, scenes.Captions));
+            Assert.StartsWith($"loaded checkpoint data/checkpoints/{name}", used.Source);
+            Assert.Equal(shipped.Steps, used.Log.Losses.Count);
+            Assert.True(used.Log.Losses.TakeLast(100).Average() < 0.5 * used.Log.Losses.Take(10).Average(),
+                $"{name}: the shipped run's loss fell");
 
-        var (_, log) = TextToImageRecipe.Train(latents, scenes.Captions, options with { Steps = shipped.FirstLosses.Count, Seed = 0 });
-        for (int i = 0; i < log.Losses.Count; i++)
-            Assert.True(Math.Abs(log.Losses[i] - shipped.FirstLosses[i]) <= 1e-4 * Math.Abs(shipped.FirstLosses[i]),
-                $"step {i + 1}: {log.Losses[i]} vs the shipped run's {shipped.FirstLosses[i]}");
+            var (_, log) = TextToImageRecipe.Train(method, latents, scenes.Captions,
+                options with { Steps = shipped.FirstLosses.Count, Seed = 0 });
+            ShippedJudgeAndAutoencoderTests.AssertFirstLosses(shipped.FirstLosses, log.Losses, name);
+        }
+    }
+
+    /// <summary>
+    /// The quality modes' denoisers (f = 2, 4, 8 on 32×32 canvases): hash; recipe key (f, config, full-profile
+    /// options, seed, the shipped autoencoder's latents of the 60,000 padded training images, the labels); the
+    /// recorded latent scale measured again (relative 1e-4); the quick profile loading the pair; and the recipe's first
+    /// five steps reproducing the shipped run's first five losses (relative 1e-4).
+    /// </summary>
+    [Fact]
+    public void The_shipped_quality_mode_denoisers_are_the_recipes_and_their_first_steps_reproduce()
+    {
+        TorchRuntime.Setup();
+        var train = FashionMnist.Load(Split.Train);
+        var images = QualityModesRecipe.Pad(train.Images);
+        var options = Full(() => QualityModesRecipe.DenoiserOptions);
+        foreach (int f in QualityModesRecipe.Factors)
+        {
+            var name = QualityModesRecipe.ShippedDenoiser(f);
+            var shipped = ShippedCheckpoint.Find(name)
+                ?? throw new InvalidOperationException($"data/checkpoints/{name} is missing from this checkout");
+            shipped.Verify();
+            var mode = TestPaths.WithEnvironment("LDMLAB_PROFILE", "quick", () => QualityModesRecipe.Load(f, images, train.Labels));
+            Assert.Contains($"loaded checkpoint data/checkpoints/{name}", mode.Source);
+            Assert.Contains($"loaded checkpoint data/checkpoints/ae-kl-f{f}-c4-fashion32", mode.Source);
+            var (latents, scale) = QualityModesRecipe.Latents(mode.Vae, images);
+            Assert.Equal(new long[] { 60000, 4, 32 / f, 32 / f }, latents.shape);
+            Assert.True(Math.Abs(scale / shipped.Metrics["latent_scale"] - 1) < 1e-4, $"{name}: scale {scale} vs {shipped.Metrics["latent_scale"]}");
+            Assert.Equal(QualityModesRecipe.DenoiserKey(f, latents, train.Labels, options, 0), shipped.RecipeKey);
+            Assert.Equal(options.Steps, mode.Log.Losses.Count);
+            var (_, log) = QualityModesRecipe.TrainDenoiser(f, latents, train.Labels,
+                options with { Steps = shipped.FirstLosses.Count, Seed = 0 });
+            ShippedJudgeAndAutoencoderTests.AssertFirstLosses(shipped.FirstLosses, log.Losses, name);
+        }
     }
 }
