@@ -1,6 +1,5 @@
 using LdmLab.Autoencoders;
 using LdmLab.Conditioning;
-using LdmLab.Diffusion;
 using LdmLab.Diffusion.Schedulers;
 using LdmLab.Data;
 using LdmLab.Training;
@@ -98,19 +97,15 @@ public static class TextToImageStudies
         int steps, double guidance, long seed = 0, int batchSize = 100)
     {
         using var _ = no_grad();
-        var device = model.parameters().First().device;
         var conditions = TextToImageRecipe.Conditions(model, prompts.Select(p => p.Text).ToList());
-        long[] latent = [4, CaptionedScenes.Height / 4, CaptionedScenes.Width / 4];            // the VAE's f = 4
+        long[] grid = [CaptionedScenes.Height / 4, CaptionedScenes.Width / 4];                 // the VAE's f = 4
         var batches = new List<Tensor>();
         for (int start = 0; start < prompts.Count; start += batchSize)
         {
             int n = Math.Min(batchSize, prompts.Count - start);
-            using var generator = new Generator((ulong)(seed + start));
-            var noise = randn([n, .. latent], generator: generator).to(device);                  // [n, 4, 7, 14]
-            var rows = conditions.narrow(0, start, n).to(device);
             var scheduler = Scheduler.Create("DDIMScheduler", TextToImageRecipe.SchedulerConfig());
-            var latents = Sampling.Sample(scheduler,
-                (z, t) => model.Guided(z, tensor((float)t, device: device), rows, guidance), noise, steps);
+            var latents = FashionLatentRecipe.SampleLatents(model, scheduler, conditions.narrow(0, start, n), steps,
+                guidance, seed: seed + start, latentSize: grid);                                 // [n, 4, 7, 14]
             var images = vae.Decode(latents / vae.Config.ScalingFactor).clamp(-1, 1);           // [n, 1, 28, 56]
             batches.Add(images.cpu());
         }
@@ -118,12 +113,13 @@ public static class TextToImageStudies
     }
 
     /// <summary>The side of each canvas that holds more ink (where a one-item prompt's item was drawn).</summary>
-    public static Side[] InkedSides(Tensor canvases)
-    {
-        var leftInk = (CaptionedScenes.SlotOf(canvases, Side.Left) + 1).sum([1, 2, 3]);
-        var rightInk = (CaptionedScenes.SlotOf(canvases, Side.Right) + 1).sum([1, 2, 3]);
-        return leftInk.ge(rightInk).data<bool>().Select(l => l ? Side.Left : Side.Right).ToArray();
-    }
+    public static Side[] InkedSides(Tensor canvases) =>
+        LeftHoldsMoreInk(canvases).data<bool>().Select(l => l ? Side.Left : Side.Right).ToArray();
+
+    /// <summary>[N] bool: the left slot holds at least as much ink as the right one.</summary>
+    static Tensor LeftHoldsMoreInk(Tensor canvases) =>
+        (CaptionedScenes.SlotOf(canvases, Side.Left) + 1).sum([1, 2, 3])
+            .ge((CaptionedScenes.SlotOf(canvases, Side.Right) + 1).sum([1, 2, 3]));
 
     /// <summary>Per one-item prompt that names a side: is the item drawn in that half, and is it the named
     /// class?</summary>
@@ -140,11 +136,8 @@ public static class TextToImageStudies
     /// 28].</summary>
     public static Tensor InkedSlot(Tensor canvases)
     {
-        var left = CaptionedScenes.SlotOf(canvases, Side.Left);
-        var right = CaptionedScenes.SlotOf(canvases, Side.Right);
-        var leftInk = (left + 1).sum([1, 2, 3]);
-        var rightInk = (right + 1).sum([1, 2, 3]);
-        return where(leftInk.ge(rightInk).reshape(-1, 1, 1, 1), left, right);
+        return where(LeftHoldsMoreInk(canvases).reshape(-1, 1, 1, 1), CaptionedScenes.SlotOf(canvases, Side.Left),
+            CaptionedScenes.SlotOf(canvases, Side.Right));
     }
 
     /// <summary>

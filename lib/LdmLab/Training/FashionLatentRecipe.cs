@@ -208,30 +208,37 @@ public static class FashionLatentRecipe
     /// <summary>
     /// Training latents as diffusers scales them: posterior means of <paramref name="images"/> times the VAE's
     /// config.scaling_factor (1/σ for the recipe VAE, like SD's 0.18215), so that the diffusion model sees unit
-    /// variance. Returns the scaled latents and the factor.
+    /// variance. Returns the scaled latents and the factor. With <paramref name="unitVariance"/> the factor is
+    /// measured on these means instead (1/σ, what <see cref="MeasureScalingFactor"/> gives), from one encoding.
     /// </summary>
     public static (Tensor latents, double scale) ScaledLatents(AutoencoderKL vae, Tensor images,
-        double? scaleFactor = null)
+        bool unitVariance = false)
     {
-        double scale = scaleFactor ?? vae.Config.ScalingFactor;
-        var latents = VaeTrainer.EncodeMeans(vae, images) * scale;                 // [N, 4, 7, 7]
+        var means = VaeTrainer.EncodeMeans(vae, images);                          // [N, 4, h, w]
+        double scale = unitVariance ? 1.0 / means.std().item<float>() : vae.Config.ScalingFactor;
+        var latents = means * scale;
         LatentOrigins.AddOrUpdate(latents, Key("latents", ContentHash.Of(vae), ContentHash.Of(images), scale));
         return (latents, scale);
     }
 
-    /// <summary>Samples latents for the given labels with classifier-free guidance; the callback sees every step.</summary>
-    /// <param name="size">The latent grid's side (default: the recipe denoiser's 7).</param>
-    public static Tensor SampleLatents(ClassConditionedUNet model, Diffusion.Schedulers.Scheduler scheduler, Tensor labels, int steps,
-        double guidance, Action<SamplingStep>? callback = null, long seed = 0, int? size = null)
+    /// <summary>
+    /// Samples latents for the given conditions (class labels, prompt rows, layouts) with classifier-free guidance;
+    /// the callback sees every step. The noise is drawn on the CPU from <paramref name="seed"/> (the same samples on
+    /// any device, and the same as <see cref="Pipelines.StableDiffusionPipeline"/>'s for that seed).
+    /// </summary>
+    /// <param name="latentSize">The latent grid [h, w] (default: the recipe denoiser's 7×7).</param>
+    public static Tensor SampleLatents(ConditionalDenoiser model, Diffusion.Schedulers.Scheduler scheduler,
+        Tensor conditions, int steps, double guidance, Action<SamplingStep>? callback = null, long seed = 0,
+        long[]? latentSize = null)
     {
-        int side = size ?? DenoiserConfig.SampleSize;
-        // the noise is drawn on the CPU (the same samples on any device), then everything runs where the model is
+        long[] grid = latentSize ?? [DenoiserConfig.SampleSize, DenoiserConfig.SampleSize];
         var device = model.parameters().First().device;
         using var gen = new TorchSharp.torch.Generator((ulong)seed);
-        var noise = randn([labels.shape[0], DenoiserConfig.InChannels, side, side], generator: gen)
-            .to(device);                                                                              // [B, 4, 7, 7]
-        var y = labels.to(device);
-        return Sampling.Sample(scheduler, (z, t) => model.Guided(z, tensor((float)t, device: device), y, guidance), noise, steps, callback);
+        var noise = randn([conditions.shape[0], DenoiserConfig.InChannels, .. grid], generator: gen)
+            .to(device);                                                                              // [B, 4, h, w]
+        var rows = conditions.to(device);
+        return Sampling.Sample(scheduler, (z, t) => model.Guided(z, tensor((float)t, device: device), rows, guidance),
+            noise, steps, callback);
     }
 
     static AutoencoderKL eval_(this AutoencoderKL vae) { vae.eval(); return vae; }

@@ -118,7 +118,7 @@ public static class QualityModesRecipe
     /// <summary>The autoencoder's scaled latents of the canvases, and the scale: 1/σ of the posterior means (what
     /// diffusers keeps as scaling_factor; the shipped denoiser records it as its latent_scale).</summary>
     public static (Tensor latents, double scale) Latents(AutoencoderKL vae, Tensor images) =>
-        FashionLatentRecipe.ScaledLatents(vae, images, FashionLatentRecipe.MeasureScalingFactor(vae, images));
+        FashionLatentRecipe.ScaledLatents(vae, images, unitVariance: true);
 
     /// <summary>One training run of the denoiser at factor f on scaled latents; the EMA weights in eval mode.</summary>
     public static (ClassConditionedUNet model, DiffusionTrainingLog log) TrainDenoiser(int f, Tensor latents,
@@ -150,7 +150,7 @@ public static class QualityModesRecipe
             long n = Math.Min(batchSize, labels.shape[0] - start);
             var scheduler = Diffusion.Schedulers.Scheduler.Create("DDIMScheduler", TextToImageRecipe.SchedulerConfig());
             var latents = FashionLatentRecipe.SampleLatents(mode.Denoiser, scheduler, labels.narrow(0, start, n), steps,
-                guidance, seed: seed + start, size: Size / mode.F);
+                guidance, seed: seed + start, latentSize: [Size / mode.F, Size / mode.F]);
             batches.Add(mode.Vae.Decode(latents / mode.Scale).clamp(-1, 1).cpu());            // [n, 1, 32, 32]
         }
         return cat(batches.ToArray());
