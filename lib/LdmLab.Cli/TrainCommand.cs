@@ -285,10 +285,11 @@ public static class TrainCommand
         if (only is not null && specs.All(s => AutoencoderRecipes.ShippedName(s) != only))
             throw new CliArgumentException($"--only {only}: not one of {string.Join(", ", specs.Select(AutoencoderRecipes.ShippedName))}");
         var resnet = new ResNet18Features(AutoencoderRecipes.PhotoSize);
-        int trainPhotos = Enumerable.Range(0, photos.Files.Count).Count(i => !AutoencoderRecipes.IsHeldOut(i));
         foreach (var spec in specs.Where(s => only is null || AutoencoderRecipes.ShippedName(s) == only))
             ShipAutoencoder(root, spec, train, heldOut, resnet,
-                $"{train.shape[0]:N0} random 64×64 crops of {trainPhotos} mate-backgrounds photos", $"{heldOut.shape[0]}_held_out_crops");
+                $"{train.shape[0]:N0} random 64×64 crops of {photos.Files.Count} mate-backgrounds photos (short side " +
+                $"{AutoencoderRecipes.PhotoShortSide}), left of each photo's held-out right quarter",
+                $"{heldOut.shape[0]}_held_out_crops");
         return 0;
     }
 

@@ -44,28 +44,67 @@ public class AutoencoderRecipeTests
     }
 
     [Fact]
-    public void Held_out_crops_come_only_from_held_out_photos()
+    public void Held_out_crops_come_only_from_each_photos_held_out_strip()
     {
         TorchRuntime.Setup();
-        // eight photos of one flat colour each: photo i has red = 30·i
+        // three photos 300×70 whose red channel is the column (x) and whose blue channel tells the photo apart
         var dir = TestPaths.TempDir("photo-split");
-        for (int i = 0; i < 8; i++)
+        for (int i = 0; i < 3; i++)
         {
-            using var img = new Image<Rgb24>(80, 70, new Rgb24((byte)(30 * i), 100, 200));
+            using var img = new Image<Rgb24>(300, 70);
+            for (int x = 0; x < 300; x++)
+                for (int y = 0; y < 70; y++) img[x, y] = new Rgb24((byte)(x * 255 / 299), 100, (byte)(100 * i));
             img.SaveAsPng(Path.Combine(dir, $"p{i}.png"));
         }
         var folder = new ImageFolder(dir, shortSide: 70);
+        int strip = ImageFolder.HeldOutWidth(300, 64);
+        Assert.Equal(75, strip);                                    // a quarter of 300, wider than one crop
         var (train, held) = AutoencoderRecipes.PhotoCrops(folder, 40, 20, seed: 3);
         Assert.Equal([40L, 3, 64, 64], train.shape);
-        int Photo(Tensor crop) => (int)Math.Round(((crop[0, 0, 0].item<float>() + 1) * 127.5) / 30);
-        var trainPhotos = Enumerable.Range(0, 40).Select(i => Photo(train[i])).ToHashSet();
-        var heldPhotos = Enumerable.Range(0, 20).Select(i => Photo(held[i])).ToHashSet();
-        Assert.All(heldPhotos, p => Assert.True(AutoencoderRecipes.IsHeldOut(p), $"held-out crop from photo {p}"));
-        Assert.All(trainPhotos, p => Assert.False(AutoencoderRecipes.IsHeldOut(p), $"training crop from held-out photo {p}"));
-        Assert.Equal(2, heldPhotos.Count);
-        // deterministic per seed
+        Assert.Equal([20L, 3, 64, 64], held.shape);
+        // the column of a crop's pixel from its red value in [-1, 1] (byte rounding: ±1.2 columns)
+        double Column(Tensor value) => (value.item<float>() + 1) / 2 * 299;
+        for (int i = 0; i < 40; i++)
+            Assert.True(Column(train[i, 0, 0, 63]) < 300 - strip + 1.5, $"training crop {i} reaches into the strip");
+        for (int i = 0; i < 20; i++)
+            Assert.True(Column(held[i, 0, 0, 0]) > 300 - strip - 1.5, $"held-out crop {i} starts left of the strip");
+        // every photo gives both kinds
+        int Photo(Tensor crop) => (int)Math.Round((crop[2, 0, 0].item<float>() + 1) * 127.5 / 100);
+        Assert.Equal(3, Enumerable.Range(0, 40).Select(i => Photo(train[i])).Distinct().Count());
+        Assert.Equal(3, Enumerable.Range(0, 20).Select(i => Photo(held[i])).Distinct().Count());
+        // deterministic per seed; fewer held-out crops are the first of more
         Assert.Equal(0, (AutoencoderRecipes.PhotoCrops(folder, 40, 20, seed: 3).train - train).abs().max().item<float>());
+        var fewer = AutoencoderRecipes.PhotoCrops(folder, 10, 8, seed: 3).heldOut;
+        Assert.Equal(0, (fewer - held.narrow(0, 0, 8)).abs().max().item<float>());
         Assert.Throws<ArgumentOutOfRangeException>(() => folder.RandomCrops(1, 16, new Random(0), [9]));
+        // too narrow for a training crop left of the strip: a clear error naming the photo
+        var narrow = new ImageFolder(dir, shortSide: 64);           // 274 wide: 274 − 68 − 64 ≥ 0 still fits
+        Assert.Equal([1L, 3, 64, 64], narrow.RandomCrops(1, 64, new Random(0), region: CropRegion.Training).shape);
+        var tiny = TestPaths.TempDir("photo-narrow");
+        using (var img = new Image<Rgb24>(100, 70)) img.SaveAsPng(Path.Combine(tiny, "n.png"));
+        var error = Assert.Throws<DatasetException>(() =>
+            new ImageFolder(tiny, shortSide: 70).RandomCrops(1, 64, new Random(0), region: CropRegion.Training));
+        Assert.Contains("n.png", error.Message);
+    }
+
+    [Fact]
+    public void A_narrow_posterior_start_sets_only_the_log_variance_half()
+    {
+        TorchRuntime.Setup();
+        var vae = new AutoencoderKL(AutoencoderRecipes.PhotoConfig(4, 4));
+        var options = AutoencoderRecipes.PhotoOptions;
+        Assert.Equal(-8, options.InitialLogVariance);
+        var trainer = new AutoencoderTrainer(vae, new AutoencoderLossOptions(), options with { Steps = 1 });
+        Assert.Equal(0, trainer.CompletedSteps);
+        var bias = vae.named_parameters().First(kv => kv.name == "quant_conv.bias").parameter;
+        Assert.All(bias.narrow(0, 4, 4).data<float>().ToArray(), b => Assert.Equal(-8f, b));
+        Assert.True(bias.narrow(0, 0, 4).abs().max().item<float>() < 1f);
+        using var _ = no_grad();
+        var q = vae.Encode(zeros(2, 3, 64, 64));
+        Assert.True(q.Std.mean().item<float>() < 0.1f, $"posterior σ {q.Std.mean().item<float>()} after a −8 start");
+        // a null start leaves diffusers' initialisation and the recipe keys of other autoencoders unchanged
+        var json = System.Text.Json.JsonSerializer.Serialize(new AutoencoderTrainerOptions());
+        Assert.DoesNotContain("InitialLogVariance", json);
     }
 
     [Fact]

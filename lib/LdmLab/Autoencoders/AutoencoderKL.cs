@@ -204,6 +204,17 @@ public sealed class AutoencoderKL : nn.Module
         Config = Config with { ScalingFactor = scalingFactor };
     }
 
+    /// <summary>
+    /// Starts the posterior at log σ² ≈ <paramref name="logVariance"/>: fills the log-variance half of quant_conv's
+    /// bias (channels c … 2c − 1 of the moments, as <see cref="DiagonalGaussian"/> splits them). A training choice,
+    /// not diffusers' initialisation (0).
+    /// </summary>
+    public void SetPosteriorLogVarianceBias(double logVariance)
+    {
+        using var _ = no_grad();
+        quant_conv.bias!.narrow(0, Config.LatentChannels, Config.LatentChannels).fill_(logVariance);
+    }
+
     public DiagonalGaussian Encode(Tensor x, IDictionary<string, Tensor>? record = null)
     {
         encoder.Record = record;

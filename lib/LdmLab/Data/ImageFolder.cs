@@ -6,6 +6,17 @@ using static TorchSharp.torch;
 
 namespace LdmLab.Data;
 
+/// <summary>Where in a photo <see cref="ImageFolder.RandomCrops"/> may cut.</summary>
+public enum CropRegion
+{
+    /// <summary>Anywhere.</summary>
+    Whole,
+    /// <summary>Wholly left of the held-out strip.</summary>
+    Training,
+    /// <summary>Inside the held-out strip (the rightmost quarter).</summary>
+    HeldOut,
+}
+
 /// <summary>
 /// Real photographs from a folder (default: Debian's mate-backgrounds), as N×N RGB crops in [-1, 1].
 /// Each photo is first scaled so that its shorter side is <see cref="ShortSide"/> pixels, then cropped.
@@ -67,9 +78,11 @@ public sealed class ImageFolder
 
     /// <summary>
     /// <paramref name="count"/> random size×size crops from random photos (all, or only those in
-    /// <paramref name="photos"/>, e.g. a training split): [count,3,size,size].
+    /// <paramref name="photos"/>), from the whole photo or from one side of its held-out split (see
+    /// <see cref="HeldOutWidth"/>): [count,3,size,size].
     /// </summary>
-    public Tensor RandomCrops(int count, int size, Random rng, IReadOnlyList<int>? photos = null)
+    public Tensor RandomCrops(int count, int size, Random rng, IReadOnlyList<int>? photos = null,
+        CropRegion region = CropRegion.Whole)
     {
         photos ??= Enumerable.Range(0, Files.Count).ToList();
         if (photos.Count == 0 || photos.Any(p => p < 0 || p >= Files.Count))
@@ -79,13 +92,31 @@ public sealed class ImageFolder
         using var scope = NewDisposeScope();
         for (int i = 0; i < count; i++)
         {
-            var img = Photo(photos[rng.Next(photos.Count)]);
-            int x = rng.Next(img.Width - size + 1), y = rng.Next(img.Height - size + 1);
+            int photo = photos[rng.Next(photos.Count)];
+            var img = Photo(photo);
+            // the columns a crop may start at: all, left of the held-out strip, or inside it
+            int strip = HeldOutWidth(img.Width, size);
+            var (first, last) = region switch
+            {
+                CropRegion.Training => (0, img.Width - strip - size),
+                CropRegion.HeldOut => (img.Width - strip, img.Width - size),
+                _ => (0, img.Width - size),
+            };
+            if (last < first)
+                throw new DatasetException(Files[photo], $"{img.Width}×{img.Height} after scaling is too narrow for " +
+                    $"{size}-pixel crops on both sides of a {strip}-pixel held-out strip");
+            int x = first + rng.Next(last - first + 1), y = rng.Next(img.Height - size + 1);
             using var crop = img.Clone(c => c.Crop(new Rectangle(x, y, size, size)));
             crops.Add(Viz.Images.ToTensor(crop));
         }
         return stack(crops).MoveToOuterDisposeScope();
     }
+
+    /// <summary>
+    /// The held-out strip of a photo for crops of <paramref name="size"/>: its rightmost quarter, at least one crop
+    /// wide. Training crops lie wholly left of it, so no held-out pixel is ever trained on.
+    /// </summary>
+    public static int HeldOutWidth(int width, int size) => Math.Max(size, width / 4);
 
     /// <summary>The centre size×size crop of every photo: [Files.Count,3,size,size].</summary>
     public Tensor CenterCrops(int size)

@@ -75,21 +75,33 @@ public static partial class AutoencoderRecipes
 {
     public const int PhotoSize = 64;
 
-    /// <summary>RGB autoencoder for 64×64 crops: blocks 8-16-32 then 32s, one more block per factor of 2 in f.</summary>
+    /// <summary>
+    /// RGB autoencoder for 64×64 crops: blocks 8-16-32 then 32s, one more block per factor of 2 in f. GroupNorm has
+    /// one group: with 8 groups of 8 channels (one channel a group, an instance norm) the norm before conv_out erases
+    /// each crop's mean colour, and the models scored below a flat crop of that colour (15.8 dB against 21.2 dB with
+    /// one group, KL-f8-c4 at 1,000 steps).
+    /// </summary>
     public static AutoencoderKLConfig PhotoConfig(int f, int latentChannels)
     {
         if (f < 2 || (f & (f - 1)) != 0) throw new ArgumentOutOfRangeException(nameof(f), f, "f must be a power of two ≥ 2");
         int blocks = (int)Math.Log2(f) + 1;
         return new AutoencoderKLConfig
         {
-            InChannels = 3, OutChannels = 3, LatentChannels = latentChannels, LayersPerBlock = 1, NormNumGroups = 8, SampleSize = PhotoSize,
+            InChannels = 3, OutChannels = 3, LatentChannels = latentChannels, LayersPerBlock = 1, NormNumGroups = 1,
+            SampleSize = PhotoSize,
             BlockOutChannels = Enumerable.Range(0, blocks).Select(i => Math.Min(8 << i, 32)).ToArray(), ScalingFactor = 1.0,
         };
     }
 
+    /// <summary>
+    /// The photo autoencoders' training: 2,000 steps of 8 crops in full. KL models start with a narrow posterior
+    /// (log σ² = −8 rather than 0): Adam moves the log-variance by about the learning rate a step, so from σ = 1 the
+    /// first thousand steps decode mostly noise (+1.4 dB at 1,000 steps measured).
+    /// </summary>
     public static AutoencoderTrainerOptions PhotoOptions => new()
     {
-        Steps = Lab.Pick(quick: 8, full: 1000), BatchSize = 8, LearningRate = 2e-3, DiscriminatorLearningRate = 2e-4,
+        Steps = Lab.Pick(quick: 8, full: 2000), InitialLogVariance = -8, BatchSize = 8, LearningRate = 2e-3,
+        DiscriminatorLearningRate = 2e-4,
         WarmupSteps = Lab.Pick(quick: 2, full: 100), DeadCodePatience = Lab.Pick(quick: 4, full: 100),
     };
 
@@ -133,18 +145,18 @@ public static partial class AutoencoderRecipes
         };
     }).ToList();
 
-    /// <summary>Photos whose index is 3 mod 4 are held out (never cropped for training).</summary>
-    public static bool IsHeldOut(int photo) => photo % 4 == 3;
-
-    /// <summary>Random 64×64 training crops from the training photos and held-out crops from the others; deterministic per seed.</summary>
+    /// <summary>
+    /// Random 64×64 training crops and held-out crops from every photo: training crops lie wholly left of each photo's
+    /// held-out strip (its rightmost quarter, <see cref="Data.ImageFolder.HeldOutWidth"/>), held-out crops inside it;
+    /// deterministic per seed; the first k held-out crops do not depend on how many are drawn. (Holding out whole
+    /// photos instead left 9 training photos: the models memorised their colours and scored below a flat crop of the
+    /// mean colour on the other three.)
+    /// </summary>
     public static (Tensor train, Tensor heldOut) PhotoCrops(Data.ImageFolder folder, int trainCount, int heldOutCount, long seed = 0)
     {
-        var all = Enumerable.Range(0, folder.Files.Count).ToList();
-        var trainPhotos = all.Where(i => !IsHeldOut(i)).ToList();
-        var heldPhotos = all.Where(IsHeldOut).ToList();
-        if (heldPhotos.Count == 0 || trainPhotos.Count == 0) throw new Data.DatasetException(folder.Files[0], "need at least 4 photos for a training / held-out split");
-        var rng = new Random((int)seed);
-        return (folder.RandomCrops(trainCount, PhotoSize, rng, trainPhotos), folder.RandomCrops(heldOutCount, PhotoSize, rng, heldPhotos));
+        // the held-out crops draw from their own stream, so a smaller set (quick) is the start of a larger one (full)
+        return (folder.RandomCrops(trainCount, PhotoSize, new Random((int)seed), region: Data.CropRegion.Training),
+            folder.RandomCrops(heldOutCount, PhotoSize, new Random((int)seed + 1), region: Data.CropRegion.HeldOut));
     }
 
     /// <summary>Fashion-MNIST: the recipe VAE's architecture (8-16-32, f = 4, 4×7×7), as KL or VQ (256 codes).</summary>
