@@ -187,7 +187,8 @@ public class NotebookTests
         var cfg = typeof(NotebookTests).Assembly.GetCustomAttributes(typeof(System.Reflection.AssemblyConfigurationAttribute), false)
             .OfType<System.Reflection.AssemblyConfigurationAttribute>().FirstOrDefault()?.Configuration;
         if (cfg == "Release") return true;
-        var p = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("dotnet", ["build", Path.Combine(TestPaths.RepoRoot, "lib", "LdmLab", "LdmLab.csproj"), "-c", "Release", "-v", "q"]))!;
+        var p = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("dotnet",
+            ["build", Path.Combine(TestPaths.RepoRoot, "lib", "LdmLab", "LdmLab.csproj"), "-c", "Release", "-v", "q"]))!;
         p.WaitForExit();
         return p.ExitCode == 0 ? true : throw new InvalidOperationException("dotnet build lib/LdmLab -c Release failed");
     });

@@ -73,7 +73,8 @@ public sealed class DownEncoderBlock2D : nn.Module<Tensor, Tensor>
 
     public DownEncoderBlock2D(int inChannels, int outChannels, int layers, int groups, bool addDownsample) : base(nameof(DownEncoderBlock2D))
     {
-        resnets = nn.ModuleList(Enumerable.Range(0, layers).Select(j => new ResnetBlock2D(j == 0 ? inChannels : outChannels, outChannels, null, groups, 1e-6)).ToArray());
+        resnets = nn.ModuleList(Enumerable.Range(0, layers)
+            .Select(j => new ResnetBlock2D(j == 0 ? inChannels : outChannels, outChannels, null, groups, 1e-6)).ToArray());
         if (addDownsample) downsamplers = nn.ModuleList(new Downsample2D(outChannels, outChannels, 0));
         RegisterComponents();
     }
@@ -93,7 +94,8 @@ public sealed class UpDecoderBlock2D : nn.Module<Tensor, Tensor>
 
     public UpDecoderBlock2D(int inChannels, int outChannels, int layers, int groups, bool addUpsample) : base(nameof(UpDecoderBlock2D))
     {
-        resnets = nn.ModuleList(Enumerable.Range(0, layers).Select(j => new ResnetBlock2D(j == 0 ? inChannels : outChannels, outChannels, null, groups, 1e-6)).ToArray());
+        resnets = nn.ModuleList(Enumerable.Range(0, layers)
+            .Select(j => new ResnetBlock2D(j == 0 ? inChannels : outChannels, outChannels, null, groups, 1e-6)).ToArray());
         if (addUpsample) upsamplers = nn.ModuleList(new Upsample2D(outChannels, outChannels));
         RegisterComponents();
     }

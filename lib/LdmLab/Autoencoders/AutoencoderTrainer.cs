@@ -81,7 +81,8 @@ public sealed class AutoencoderTrainer
         if (loss.DiscriminatorWeight > 0)
         {
             _disc = new PatchGan(channels, loss.DiscriminatorWidth, loss.DiscriminatorLayers, loss.SpectralNorm);
-            _optD = new AdamW(_disc.named_parameters().Select(kv => ("disc." + kv.name, kv.parameter)), options.DiscriminatorLearningRate, beta1: 0.5, beta2: 0.9);
+            _optD = new AdamW(_disc.named_parameters().Select(kv => ("disc." + kv.name, kv.parameter)),
+                options.DiscriminatorLearningRate, beta1: 0.5, beta2: 0.9);
         }
     }
 

@@ -10,7 +10,8 @@ namespace LdmLab.Training;
 /// One autoencoder of the chapter's experiments: KL or VQ, its architecture (f = 2^(blocks − 1), c latent channels),
 /// codebook size for VQ, loss and training settings. <see cref="Name"/> labels it in tables.
 /// </summary>
-public sealed record AutoencoderSpec(string Name, bool Vq, AutoencoderKLConfig Config, int Codes, AutoencoderLossOptions Loss, AutoencoderTrainerOptions Options)
+public sealed record AutoencoderSpec(string Name, bool Vq, AutoencoderKLConfig Config, int Codes, AutoencoderLossOptions Loss,
+    AutoencoderTrainerOptions Options)
 {
     public int F => Config.DownsamplingFactor;
     public int C => Config.LatentChannels;
@@ -129,7 +130,8 @@ public static partial class AutoencoderRecipes
     ];
 
     /// <summary>The loss ablation at KL f = 8, c = 4: pixel only, + perceptual, + perceptual + adversarial.</summary>
-    public static IReadOnlyList<AutoencoderSpec> LossAblation() => [Photo(false, 8), Photo(false, 8, perceptual: true), Photo(false, 8, perceptual: true, adversarial: true)];
+    public static IReadOnlyList<AutoencoderSpec> LossAblation() =>
+        [Photo(false, 8), Photo(false, 8, perceptual: true), Photo(false, 8, perceptual: true, adversarial: true)];
 
     /// <summary>
     /// The KL-weight sweep of section 10.2.3 on Fashion-MNIST: the recipe VAE (f = 4, c = 4) at KL weights 10⁻⁶ (the
@@ -173,10 +175,12 @@ public static partial class AutoencoderRecipes
     /// everything that determines it) or trains it there with checkpoints every quarter of the run; a run that was
     /// stopped resumes from its last checkpoint.
     /// </summary>
-    public static TrainedAutoencoder LoadOrTrain(AutoencoderSpec spec, Tensor images, Viz.Progress? progress = null, ResNet18Features? perceptual = null, long seed = 0)
+    public static TrainedAutoencoder LoadOrTrain(AutoencoderSpec spec, Tensor images, Viz.Progress? progress = null,
+        ResNet18Features? perceptual = null, long seed = 0)
     {
         if (images.dim() != 4 || images.shape[1] != spec.Config.InChannels || images.shape[2] % spec.F != 0 || images.shape[3] % spec.F != 0)
-            throw new ArgumentException($"{spec.Name}: expected images [N, {spec.Config.InChannels}, H, W] with H and W multiples of f = {spec.F}, got [{string.Join(", ", images.shape)}]", nameof(images));
+            throw new ArgumentException($"{spec.Name}: expected images [N, {spec.Config.InChannels}, H, W] with H and W " +
+                $"multiples of f = {spec.F}, got [{string.Join(", ", images.shape)}]", nameof(images));
         if (Lab.Profile == Profile.Quick && seed == 0 && ShippedCheckpoint.Find(ShippedName(spec)) is { } shipped)
             return LoadShipped(spec, shipped);
         var dir = Path.Combine(FashionLatentRecipe.CacheRoot, "ae-" + Key(spec, images, seed));

@@ -123,7 +123,8 @@ public static class FashionLatentRecipe
     /// else trained; EMA weights are what it returns.
     /// </summary>
     public static (ClassConditionedUNet model, DiffusionTrainingLog log) LoadOrTrainDenoiser(Tensor latents, Tensor labels, NoiseSchedule schedule,
-        PredictionType prediction = PredictionType.Epsilon, double? minSnrGamma = null, TrainerOptions? options = null, Viz.Progress? progress = null, long seed = 0)
+        PredictionType prediction = PredictionType.Epsilon, double? minSnrGamma = null, TrainerOptions? options = null,
+        Viz.Progress? progress = null, long seed = 0)
     {
         options ??= DenoiserOptions;
         // One folder per step count inside a folder per setting: a longer run starts from the longest shorter run's
@@ -139,13 +140,15 @@ public static class FashionLatentRecipe
             if (shorter.d is not null)
             {
                 Directory.CreateDirectory(dir);
-                File.Copy(Path.Combine(shorter.d, LatentDiffusionTrainer.CheckpointFile), Path.Combine(dir, LatentDiffusionTrainer.CheckpointFile + ".tmp"), true);
+                File.Copy(Path.Combine(shorter.d, LatentDiffusionTrainer.CheckpointFile),
+                    Path.Combine(dir, LatentDiffusionTrainer.CheckpointFile + ".tmp"), true);
                 File.Move(Path.Combine(dir, LatentDiffusionTrainer.CheckpointFile + ".tmp"), Path.Combine(dir, LatentDiffusionTrainer.CheckpointFile), true);
             }
         }
         manual_seed(seed);
         var model = NewDenoiser();
-        var trainer = new LatentDiffusionTrainer(model, new DiffusionObjective(schedule, prediction, minSnrGamma), options with { CheckpointDir = dir, CheckpointEvery = 500, Seed = seed });
+        var trainer = new LatentDiffusionTrainer(model, new DiffusionObjective(schedule, prediction, minSnrGamma),
+            options with { CheckpointDir = dir, CheckpointEvery = 500, Seed = seed });
         var log = trainer.Train(latents, labels, progress);
         trainer.Ema.CopyTo(model);
         model.eval();
