@@ -27,6 +27,9 @@ public static class Commands
                                            checkpoint (default data/checkpoints/NAME, see data/README.md);
                                            --method: fashion-text2img's conditioning (default cross-attention;
                                            the others write fashion-text2img-METHOD)
+                       [--schedule scaled-linear|linear|cosine|snr-adaptive|zero-snr|all]
+                                           fashion-denoiser's noise schedule (default scaled-linear; the others
+                                           write fashion-denoiser-SCHEDULE, notebook 04's study)
           ldmlab checkpoint-soak DIR       diagnostics: save a 16 MB training checkpoint into DIR over and over until
                                            killed, printing each saved step (the crash-safety test kills it mid-save)
         """;

@@ -9,10 +9,12 @@ using static TorchSharp.torch;
 namespace LdmLab.Cli;
 
 /// <summary>
-/// `ldmlab train fashion-vae|fashion-denoiser|fashion-classifier|fashion-vq|photo-autoencoders [--out DIR] [--only NAME]`:
+/// `ldmlab train fashion-vae|fashion-denoiser|fashion-classifier|fashion-vq|photo-autoencoders [--out DIR]
+/// [--only NAME] [--schedule S]`:
 /// trains a recipe with its full-profile settings on the full data set and writes a shipped checkpoint (model folder +
 /// checkpoint.json, see <see cref="ShippedCheckpoint"/>), default data/checkpoints/NAME. The run checkpoints into
-/// DIR.partial and resumes from it; DIR is replaced only at the end. fashion-vq and photo-autoencoders write one folder
+/// DIR.partial and resumes from it; DIR is replaced only at the end. fashion-vq, photo-autoencoders, fashion-modes and
+/// fashion-denoiser (one per --schedule) write one folder
 /// per model (<see cref="AutoencoderRecipes.ShippedName"/>) under DIR (default data/checkpoints), skip models already
 /// shipped with the same recipe key, and train only NAME with --only.
 /// </summary>
@@ -30,14 +32,16 @@ public static class TrainCommand
     {
         if (args.Length == 0 || !Recipes.Contains(args[0]))
             throw new CliArgumentException($"usage: ldmlab train {string.Join("|", Recipes)} [--out DIR] " +
-                $"[--only NAME] [--method {string.Join("|", Methods)} (fashion-text2img)]");
+                $"[--only NAME] [--method {string.Join("|", Methods)} (fashion-text2img)] " +
+                "[--schedule scaled-linear|linear|cosine|snr-adaptive|zero-snr|all (fashion-denoiser)]");
         string? Option(string name)
         {
             int at = Array.IndexOf(args, name);
             if (at < 0) return null;
             return at + 1 < args.Length ? args[at + 1] : throw new CliArgumentException($"{name} needs a value");
         }
-        bool perModel = args[0] is FashionVq or PhotoAutoencoders or FashionModes;
+        bool perModel = args[0] is FashionVq or PhotoAutoencoders or FashionModes
+            or FashionLatentRecipe.ShippedDenoiser;
         var method = Option("--method") is { } named
             ? Enum.GetValues<ConditioningMethod>().Where(m => Name(m) == named).Cast<ConditioningMethod?>()
                   .FirstOrDefault() ?? Unknown(named)
@@ -47,13 +51,14 @@ public static class TrainCommand
                             ?? throw new CliArgumentException("not inside the LdmLab checkout: pass --out DIR"),
                 "data", "checkpoints", perModel ? "" : args[0] == TextToImageRecipe.Shipped
                     ? TextToImageRecipe.ShippedName(method) : args[0]));
+        var schedules = args[0] == FashionLatentRecipe.ShippedDenoiser ? Schedules(Option("--schedule")) : [];
         Environment.SetEnvironmentVariable("LDMLAB_PROFILE", "full");   // the full recipe, whatever the caller's profile
         TorchRuntime.Setup();
         Lab.SetThreads();
         return args[0] switch
         {
             FashionLatentRecipe.ShippedVae => Vae(outDir),
-            FashionLatentRecipe.ShippedDenoiser => Denoiser(outDir),
+            FashionLatentRecipe.ShippedDenoiser => Denoisers(outDir, schedules),
             ClassifierRecipe.Shipped => Classifier(outDir),
             TextToImageRecipe.Shipped => TextToImage(outDir, method),
             FashionVq => FashionVqModel(outDir),
@@ -81,44 +86,43 @@ public static class TrainCommand
     }
 
     /// <summary>
-    /// The latent denoiser on the shipped VAE's latents of all 60,000 training images (SD's scaled-linear schedule,
-    /// ε-prediction), trained in a private cache folder; the EMA weights and the loss log are shipped.
+    /// The latent denoisers of notebook 04's schedule study (<see cref="FashionLatentRecipe.StudySchedules"/>), each on
+    /// the shipped VAE's latents of all 60,000 training images with <see cref="FashionLatentRecipe.PredictionFor"/> its
+    /// schedule, trained in a private cache folder; the EMA weights (float16) and the loss log are shipped.
+    /// --schedule NAME|all picks them (default: SD's scaled-linear, <c>fashion-denoiser</c>); a model already shipped
+    /// with the same recipe key is skipped.
     /// </summary>
-    static int Denoiser(string outDir)
+    static int Denoisers(string root, IReadOnlyList<(string Name, Diffusion.NoiseSchedule Schedule)> chosen)
     {
         var vaeCheckpoint = ShippedCheckpoint.Find(FashionLatentRecipe.ShippedVae)
             ?? throw new CliArgumentException("train fashion-vae first: the denoiser learns the shipped VAE's latents");
         vaeCheckpoint.Verify();
-        var vae = Autoencoders.AutoencoderKL.FromPretrained(vaeCheckpoint.Dir);
+        var vae = AutoencoderKL.FromPretrained(vaeCheckpoint.Dir);
         vae.eval();
         var train = FashionMnist.Load(Split.Train);
         var (latents, scale) = FashionLatentRecipe.ScaledLatents(vae, train.Images);
-        var schedule = Diffusion.NoiseSchedule.ScaledLinear();
         var options = FashionLatentRecipe.DenoiserOptions;
-        Console.WriteLine($"training {FashionLatentRecipe.ShippedDenoiser}: {options.Steps} steps, batch {options.BatchSize}, " +
-                          $"{latents.shape[0]:N0} latents (scale {scale:F4}) → {outDir}");
-        var cache = outDir + ".partial";
-        Environment.SetEnvironmentVariable("LDMLAB_CACHE", cache);
-        var (model, log) = FashionLatentRecipe.LoadOrTrainDenoiser(latents, train.Labels, schedule,
-            progress: new Viz.Progress(FashionLatentRecipe.ShippedDenoiser, options.Steps, Viz.Progress.Console, TimeSpan.FromSeconds(30)));
-        var staging = outDir + ".new";
-        if (Directory.Exists(staging)) Directory.Delete(staging, true);
-        Directory.CreateDirectory(staging);
-        const string weights = "denoiser.safetensors";
-        Interop.StateDicts.Save(model, Path.Combine(staging, weights));
-        log.Save(Path.Combine(staging, FashionLatentRecipe.DenoiserLogFile));
-        var key = FashionLatentRecipe.DenoiserKey(latents, train.Labels, schedule, Training.PredictionType.Epsilon, null, options, 0);
-        var metrics = new Dictionary<string, double>
+        foreach (var (name, noise) in chosen)
         {
-            ["train_loss_last_100_steps"] = Math.Round(log.Losses.TakeLast(100).Average(), 5),
-            ["latent_scale"] = scale,
-        };
-        var shipped = ShippedCheckpoint.Write(staging, "FashionLatentRecipe.Denoiser (full profile)", key, options.Steps, 0, weights,
-            log.Losses.Take(FirstLossesKept).ToList(), metrics,
-            $"the shipped VAE's latents of Fashion-MNIST train (60,000), VAE sha256 {vaeCheckpoint.WeightsSha256[..12]}", Machine());
-        Replace(staging, outDir);
-        Directory.Delete(cache, true);
-        Console.WriteLine($"wrote {outDir}: final loss {metrics["train_loss_last_100_steps"]}, sha256 {shipped.WeightsSha256}");
+            var outDir = Path.Combine(root, name);
+            var prediction = FashionLatentRecipe.PredictionFor(noise);
+            var key = FashionLatentRecipe.DenoiserKey(latents, train.Labels, noise, prediction, null, options, 0);
+            if (ShippedCheckpoint.Find(name) is { } existing && existing.Dir == outDir && existing.RecipeKey == key)
+            {
+                Console.WriteLine($"{name}: already shipped with recipe key {key}, skipped");
+                continue;
+            }
+            Console.WriteLine($"training {name} ({noise.Name}, {prediction}): {options.Steps} steps, batch " +
+                              $"{options.BatchSize}, {latents.shape[0]:N0} latents (scale {scale:F4}) → {outDir}");
+            var cache = outDir + ".partial";
+            Environment.SetEnvironmentVariable("LDMLAB_CACHE", cache);
+            var (model, log) = FashionLatentRecipe.LoadOrTrainDenoiser(latents, train.Labels, noise, prediction,
+                progress: new Viz.Progress(name, options.Steps, Viz.Progress.Console, TimeSpan.FromSeconds(60)));
+            ShipDenoiser(outDir, model, log, scale, $"FashionLatentRecipe.Denoiser {noise.Name} (full profile)", key,
+                $"the shipped VAE's latents of Fashion-MNIST train (60,000), VAE sha256 " +
+                $"{vaeCheckpoint.WeightsSha256[..12]}; {prediction} target");
+            Directory.Delete(cache, true);
+        }
         return 0;
     }
 
@@ -229,28 +233,50 @@ public static class TrainCommand
             var (model, log) = QualityModesRecipe.TrainDenoiser(f, latents, train.Labels,
                 options with { CheckpointDir = outDir + ".partial", CheckpointEvery = 250, Seed = 0 },
                 new Viz.Progress(name, options.Steps, Viz.Progress.Console, TimeSpan.FromSeconds(60)));
-            var staging = outDir + ".new";
-            if (Directory.Exists(staging)) Directory.Delete(staging, true);
-            Directory.CreateDirectory(staging);
-            Interop.SafeTensors.Save(Path.Combine(staging, QualityModesRecipe.DenoiserWeightsFile),
-                model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.to_type(ScalarType.Float16)));
-            log.Save(Path.Combine(staging, FashionLatentRecipe.DenoiserLogFile));
-            var metrics = new Dictionary<string, double>
-            {
-                ["train_loss_last_100_steps"] = Math.Round(log.Losses.TakeLast(100).Average(), 5),
-                ["latent_scale"] = scale,
-                ["training_seconds"] = Math.Round(log.Elapsed.TotalSeconds),
-            };
-            var shipped = ShippedCheckpoint.Write(staging, $"QualityModesRecipe f = {f} (full profile)", key,
-                options.Steps, 0, QualityModesRecipe.DenoiserWeightsFile, log.Losses.Take(FirstLossesKept).ToList(),
-                metrics, $"the latents of {AutoencoderRecipes.ShippedName(spec)} of Fashion-MNIST train padded to " +
-                         "32×32 (60,000); weights stored in float16", Machine());
-            Replace(staging, outDir);
+            ShipDenoiser(outDir, model, log, scale, $"QualityModesRecipe f = {f} (full profile)", key,
+                $"the latents of {AutoencoderRecipes.ShippedName(spec)} of Fashion-MNIST train padded to 32×32 (60,000)");
             Directory.Delete(outDir + ".partial", true);
-            Console.WriteLine($"wrote {outDir}: final loss {metrics["train_loss_last_100_steps"]}, " +
-                              $"sha256 {shipped.WeightsSha256}");
         }
         return 0;
+    }
+
+    /// <summary>
+    /// Ships a trained class-conditional denoiser: its EMA weights in float16, its loss log, its loss over the last 100
+    /// steps, latent scale and training time, staged beside <paramref name="outDir"/> and moved over it at the end.
+    /// </summary>
+    static void ShipDenoiser(string outDir, ClassConditionedUNet model, DiffusionTrainingLog log, double scale,
+        string recipe, string key, string trainedOn)
+    {
+        var staging = outDir + ".new";
+        if (Directory.Exists(staging)) Directory.Delete(staging, true);
+        Directory.CreateDirectory(staging);
+        Interop.SafeTensors.Save(Path.Combine(staging, FashionLatentRecipe.DenoiserWeightsFile),
+            model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.to_type(ScalarType.Float16)));
+        log.Save(Path.Combine(staging, FashionLatentRecipe.DenoiserLogFile));
+        var metrics = new Dictionary<string, double>
+        {
+            ["train_loss_last_100_steps"] = Math.Round(log.Losses.TakeLast(100).Average(), 5),
+            ["latent_scale"] = scale,
+            ["training_seconds"] = Math.Round(log.Elapsed.TotalSeconds),
+        };
+        var shipped = ShippedCheckpoint.Write(staging, recipe, key, log.Losses.Count, 0,
+            FashionLatentRecipe.DenoiserWeightsFile, log.Losses.Take(FirstLossesKept).ToList(), metrics,
+            trainedOn + "; weights stored in float16", Machine());
+        Replace(staging, outDir);
+        Console.WriteLine($"wrote {outDir}: final loss {metrics["train_loss_last_100_steps"]}, sha256 {shipped.WeightsSha256}");
+    }
+
+    /// <summary>The study schedules --schedule names (default: SD's scaled-linear; all: the five).</summary>
+    public static IReadOnlyList<(string Name, Diffusion.NoiseSchedule Schedule)> Schedules(string? schedule)
+    {
+        var all = FashionLatentRecipe.StudySchedules;
+        string Short(string name) => name == FashionLatentRecipe.ShippedDenoiser ? "scaled-linear"
+            : name[(FashionLatentRecipe.ShippedDenoiser.Length + 1)..];
+        return schedule is null ? all.Where(s => s.Name == FashionLatentRecipe.ShippedDenoiser).ToList()
+            : schedule == "all" ? all
+            : all.Where(s => Short(s.Name) == schedule).ToList() is { Count: 1 } one ? one
+            : throw new CliArgumentException($"--schedule {schedule}: not one of all, " +
+                                             string.Join(", ", all.Select(s => Short(s.Name))));
     }
 
     /// <summary>Runs <paramref name="f"/> with the quick profile, where recipes load what is shipped.</summary>

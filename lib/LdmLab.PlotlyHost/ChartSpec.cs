@@ -8,6 +8,7 @@ public sealed class ChartSpec
     public string? XTitle { get; set; }
     public string? YTitle { get; set; }
     public bool LogY { get; set; }
+    public bool LogX { get; set; }
     public int Width { get; set; } = 640;
     public int Height { get; set; } = 420;
     public List<SeriesSpec> Series { get; set; } = new();

@@ -29,7 +29,10 @@ public static class Entry
                 LineDash: StyleParam.DrawingStyle.Dash, LineColor: Color.fromString("black")) });
         }
         chart = CS.GenericChartExtensions.WithSize(chart, spec.Width, spec.Height);
-        if (spec.XTitle is not null) chart = CS.GenericChartExtensions.WithXAxisStyle<double, double, string>(chart, TitleText: spec.XTitle);
+        if (spec.XTitle is not null || spec.LogX)
+            chart = CS.GenericChartExtensions.WithXAxisStyle<double, double, string>(chart,
+                TitleText: spec.XTitle ?? "",
+                AxisType: spec.LogX ? StyleParam.AxisType.Log : StyleParam.AxisType.Linear);
         if (spec.YTitle is not null || spec.LogY)
             chart = CS.GenericChartExtensions.WithYAxisStyle<double, double, string>(chart, TitleText: spec.YTitle ?? "",
                 AxisType: spec.LogY ? StyleParam.AxisType.Log : StyleParam.AxisType.Linear);

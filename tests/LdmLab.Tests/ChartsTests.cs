@@ -15,6 +15,11 @@ public class ChartsTests
         var heat = Charts.Heatmap("h", new double[,] { { 1, 2 }, { 3, 4 } }, ["a", "b"], ["c", "d"]);
         Assert.Contains("heatmap", heat.ChartOnly);
         Assert.Contains("histogram", Charts.Histogram("hist", [("x", [1.0, 2, 2, 3])]).ChartOnly);
+        // a log step axis (training steps 20, 40, 1,000 on one chart): the x axis, and only it, is logarithmic
+        var steps = Charts.Lines("FD", [new Series("cosine", [20, 40, 1000], [30, 20, 2])], "steps", "FD", logX: true);
+        Assert.Matches("\"xaxis\":\\{(\\{[^{}]*\\}|[^{}])*\"type\":\"log\"", steps.ChartOnly);
+        Assert.DoesNotMatch("\"yaxis\":\\{(\\{[^{}]*\\}|[^{}])*\"type\":\"log\"", steps.ChartOnly);
+        Assert.DoesNotContain("\"type\":\"log\"", chart.ChartOnly);
 
         // FSharp.Core 10.1 lives in the plotly context only; the host's default context never sees it.
         var plotly = Assert.Single(AssemblyLoadContext.All, c => c.Name == "ldmlab-plotly");

@@ -112,4 +112,21 @@ public class CliTests
         finally { Console.SetOut(saved); }
         Assert.Contains("ConvBench", sw.ToString());
     }
+
+    /// <summary>`ldmlab train fashion-denoiser --schedule S`: the study's names, all five, the default, and a typo
+    /// refused before anything runs, with the names it accepts.</summary>
+    [Fact]
+    public void Train_fashion_denoiser_names_the_schedules_it_accepts()
+    {
+        Assert.Equal(["fashion-denoiser"], TrainCommand.Schedules(null).Select(s => s.Name));
+        Assert.Equal(5, TrainCommand.Schedules("all").Count);
+        var zero = Assert.Single(TrainCommand.Schedules("zero-snr"));
+        Assert.Equal("fashion-denoiser-zero-snr", zero.Name);
+        Assert.Equal(0f, zero.Schedule.AlphasCumprod[^1]);
+        var error = Assert.Throws<CliArgumentException>(
+            () => TrainCommand.Run(["fashion-denoiser", "--schedule", "cosin", "--out", TestPaths.TempDir("no-train")]));
+        Assert.Contains("--schedule cosin", error.Message);
+        Assert.Contains("linear, cosine, scaled-linear, snr-adaptive, zero-snr", error.Message);
+        Assert.Equal(2, Commands.Run(["train", "fashion-denoiser", "--schedule", "cosin"]));
+    }
 }

@@ -73,9 +73,16 @@ public class NotebookTests
             var takeaway = StreamText(cells.Last(c => (string?)c?["cell_type"] == "code"));
             Assert.True(takeaway.Split('•').Length >= 4, $"{name}: the takeaway cell printed no computed points: {takeaway}");
         }
-        // the shipped denoiser's samples are recognisable: the independent judge names the intended class ≥ 80 % of the time
+        // 04: every schedule has its full-recipe row beside the quick ones, and SD's schedule's samples are
+        // recognisable: the independent judge names the intended class ≥ 80 % of the time
         if (name == "04-noise-schedules.ipynb")
-            Assert.True(Percent(@"shipped scaled-linear model [^\n]*?reaches\s+([\d.]+)\s?% intended-class") >= 80, printed);
+        {
+            Assert.Equal(5, System.Text.RegularExpressions.Regex.Matches(printed,
+                @"\(\S+-prediction\), trained by the full recipe, reaches [\d.]+\s?% intended-class").Count);
+            Assert.True(Percent(@"scaled_linear \(ε-prediction\), trained by the full recipe, reaches ([\d.]+)\s?%")
+                        >= 80, printed);
+            Assert.Contains("the schedules rank by Fréchet distance", printed);
+        }
         if (name == "09-diagnostics.ipynb")
             Assert.True(Percent(@"intended-class accuracy [\d.]+\s?% at w = 1, ([\d.]+)\s?% at w = 3") >= 80, printed);
         // the text-to-image model: nouns' attention maps point at their half above chance (50 % ± 2.5 points over 400

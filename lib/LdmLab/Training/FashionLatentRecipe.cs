@@ -177,33 +177,69 @@ public static class FashionLatentRecipe
     public static string LatentIdentity(Tensor latents) =>
         LatentOrigins.TryGetValue(latents, out var origin) ? origin : ContentHash.Of(latents);
 
-    /// <summary>The name of the shipped latent denoiser under data/checkpoints.</summary>
+    /// <summary>The name of the shipped latent denoiser (SD's scaled-linear schedule) under data/checkpoints.</summary>
     public const string ShippedDenoiser = "fashion-denoiser";
 
-    /// <summary>The denoiser a notebook uses, its training log, and a sentence that says where it came from.</summary>
-    public sealed record TrainedDenoiser(ClassConditionedUNet Model, DiffusionTrainingLog Log, string Source);
+    /// <summary>
+    /// The five schedules of notebook 04's convergence study (exercise 10.3.2), by the name of their shipped
+    /// denoiser: DDPM's linear, the cosine of Nichol &amp; Dhariwal, SD's scaled-linear, the chapter's SNR-adaptive one
+    /// for unit-variance latents (−20 dB at t = T) and scaled-linear rescaled to zero terminal SNR (Lin et al. 2023).
+    /// </summary>
+    public static IReadOnlyList<(string Name, NoiseSchedule Schedule)> StudySchedules =>
+    [
+        (ShippedDenoiser + "-linear", NoiseSchedule.Linear()), (ShippedDenoiser + "-cosine", NoiseSchedule.Cosine()),
+        (ShippedDenoiser, NoiseSchedule.ScaledLinear()),
+        (ShippedDenoiser + "-snr-adaptive", NoiseSchedule.SnrAdaptive(1.0)),
+        (ShippedDenoiser + "-zero-snr", NoiseSchedule.ScaledLinear(zeroTerminalSnr: true)),
+    ];
+
+    /// <summary>The shipped denoiser's name for a schedule of the study (matched by its β's), else null.</summary>
+    public static string? ShippedDenoiserName(NoiseSchedule schedule)
+    {
+        var betas = ContentHash.Of(schedule.Betas);
+        return StudySchedules.FirstOrDefault(s => ContentHash.Of(s.Schedule.Betas) == betas).Name;
+    }
 
     /// <summary>
-    /// The class-conditional denoiser for a notebook. Quick profile with the default setting (SD's scaled-linear
-    /// schedule, ε-prediction, no min-SNR weighting, the recipe's options): the shipped checkpoint, trained by the
+    /// What the recipe's denoiser regresses under a schedule: v = √ᾱ ε − √(1−ᾱ) z₀ when ᾱ_T = 0 (at zero terminal SNR
+    /// z_T is pure noise, so ε-prediction carries no information about z₀ there; Lin et al. 2023), else ε.
+    /// </summary>
+    public static PredictionType PredictionFor(NoiseSchedule schedule) =>
+        schedule.AlphasCumprod[^1] == 0 ? PredictionType.VPrediction : PredictionType.Epsilon;
+
+    /// <summary>The denoiser a notebook uses, its training log, and a sentence that says where it came from.</summary>
+    /// <param name="Shipped">Loaded from data/checkpoints (the full recipe), not trained or cached in this
+    /// profile.</param>
+    public sealed record TrainedDenoiser(ClassConditionedUNet Model, DiffusionTrainingLog Log, string Source,
+        bool Shipped = false);
+
+    /// <summary>
+    /// The class-conditional denoiser for a notebook, trained with <see cref="PredictionFor"/> the schedule. Quick
+    /// profile, seed 0 and a schedule of <see cref="StudySchedules"/>: its shipped checkpoint, trained by the
     /// full-profile recipe on the shipped VAE's latents of all 60,000 training images (EMA weights, hash-checked, with
     /// its loss log). Otherwise <see cref="LoadOrTrainDenoiser"/>.
     /// </summary>
     public static TrainedDenoiser Denoiser(Tensor latents, Tensor labels, NoiseSchedule schedule,
         Viz.Progress? progress = null, long seed = 0)
     {
-        bool defaultSetting = ContentHash.Of(schedule.Betas) == ContentHash.Of(NoiseSchedule.ScaledLinear().Betas) && seed == 0;
-        if (Lab.Profile == Profile.Quick && defaultSetting && ShippedCheckpoint.Find(ShippedDenoiser) is { } shipped)
+        if (Lab.Profile == Profile.Quick && seed == 0 && ShippedDenoiserName(schedule) is { } name
+            && ShippedCheckpoint.Find(name) is { } shipped)
         {
             return new TrainedDenoiser(shipped.LoadInto(NewDenoiser()),
-                DiffusionTrainingLog.Load(Path.Combine(shipped.Dir, DenoiserLogFile)), shipped.Describe());
+                DiffusionTrainingLog.Load(Path.Combine(shipped.Dir, DenoiserLogFile)), shipped.Describe(),
+                Shipped: true);
         }
-        var (trained, run) = LoadOrTrainDenoiser(latents, labels, schedule, progress: progress, seed: seed);
+        var (trained, run) = LoadOrTrainDenoiser(latents, labels, schedule, PredictionFor(schedule), progress: progress,
+            seed: seed);
         return new TrainedDenoiser(trained, run, run.ResumedFromStep >= run.Losses.Count
             ? "loaded from the cache (trained earlier with the same settings and latents)"
             : $"trained {run.Losses.Count - run.ResumedFromStep:N0} steps ({Lab.Profile.ToString().ToLowerInvariant()} profile) " +
               $"in {run.Elapsed.TotalSeconds:F0} s");
     }
+
+    /// <summary>The shipped denoisers' weights file (float16 from the schedule study on; fashion-denoiser's is
+    /// float32).</summary>
+    public const string DenoiserWeightsFile = "denoiser.safetensors";
 
     /// <summary>The shipped denoiser's loss and learning-rate log, beside its weights.</summary>
     public const string DenoiserLogFile = "training-log.safetensors";

@@ -41,8 +41,12 @@ public static class Charts
     static readonly JsonSerializerOptions Json = new() { PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
 
     public static ChartHtml Lines(string title, IEnumerable<Series> series, string? xTitle = null, string? yTitle = null,
-        bool logY = false, IEnumerable<HLine>? hlines = null, string mode = "lines") =>
-        Render(new { kind = mode, title, xTitle, yTitle, logY, series = Wire(series), hLines = hlines?.Select(h => new { y = h.Y, label = h.Label }).ToArray() ?? [] }, title);
+        bool logY = false, IEnumerable<HLine>? hlines = null, string mode = "lines", bool logX = false) =>
+        Render(new
+        {
+            kind = mode, title, xTitle, yTitle, logY, logX, series = Wire(series),
+            hLines = hlines?.Select(h => new { y = h.Y, label = h.Label }).ToArray() ?? [],
+        }, title);
 
     public static ChartHtml Scatter(string title, IEnumerable<Series> series, string? xTitle = null, string? yTitle = null) =>
         Lines(title, series, xTitle, yTitle, mode: "markers");
