@@ -66,7 +66,6 @@ public static class QualityModesRecipe
     public static TrainerOptions DenoiserOptions => FashionLatentRecipe.DenoiserOptions;
 
     public static string ShippedDenoiser(int f) => $"fashion-denoiser-f{f}-32";
-    public const string DenoiserWeightsFile = FashionLatentRecipe.DenoiserWeightsFile;
 
     /// <summary>The denoiser at factor f, untrained (seeded), on <see cref="Lab.Device"/>.</summary>
     public static ClassConditionedUNet NewDenoiser(int f, long seed = 0)
