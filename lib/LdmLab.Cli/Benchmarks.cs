@@ -198,7 +198,7 @@ public class UNetBench
     public void Setup()
     {
         TorchRuntime.Setup();
-        _unet = new UNet2DConditionModel(LdmLab.Training.FashionLatentRecipe.DenoiserConfig);
+        _unet = new UNet2DConditionModel(FashionLatentRecipe.DenoiserConfig);
         _z = randn(64, 4, 7, 7); _t = randint(0, 1000, [64], dtype: ScalarType.Int64); _c = randn(64, 1, 64);
     }
 

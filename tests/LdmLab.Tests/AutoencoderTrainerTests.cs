@@ -1,3 +1,4 @@
+using LdmLab.Training;
 using LdmLab.Autoencoders;
 using LdmLab.Data;
 using LdmLab.Runtime;

@@ -1,6 +1,3 @@
-using System.Text.Json.Nodes;
-using LdmLab.Autoencoders;
-using LdmLab.Pipelines;
 using LdmLab.UNet;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -12,7 +9,7 @@ namespace LdmLab.Conditioning;
 /// CLIP text encoder (transformers' CLIPTextModel, names and all) → its last hidden states [B, L, d] as the U-Net's
 /// cross-attention context (section 10.4.3–10.4.5). Conditions are rows of token ids [B, L]; the null condition is
 /// the empty prompt's ids, so condition dropout trains the unconditional branch of classifier-free guidance as SD
-/// does. <see cref="ToPipeline"/> gives a <see cref="StableDiffusionPipeline"/> over the same modules.
+/// does. Pipelines.TextConditionedPipelines.ToPipeline gives a StableDiffusionPipeline over the same modules.
 /// </summary>
 public sealed class TextConditionedUNet : ConditionalDenoiser
 {
@@ -47,11 +44,4 @@ public sealed class TextConditionedUNet : ConditionalDenoiser
 
     /// <summary>The empty prompt's ids [L] ("" = start, end, padding), the unconditional condition.</summary>
     public override Tensor NullCondition => Tokenize([""])[0];
-
-    /// <summary>
-    /// A diffusers-layout pipeline over this model's text encoder and U-Net (the same modules, not copies), with the
-    /// given VAE and scheduler: prompts, negative prompts, any sampler, img2img.
-    /// </summary>
-    public StableDiffusionPipeline ToPipeline(AutoencoderKL vae, string schedulerClass, JsonObject schedulerConfig) =>
-        new(Tokenizer, text_encoder, unet, vae, schedulerClass, schedulerConfig);
 }

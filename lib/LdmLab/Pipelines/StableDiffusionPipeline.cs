@@ -269,3 +269,15 @@ public sealed class StableDiffusionPipeline
         Data.AtomicFile.WriteAllText(Path.Combine(dir, "model_index.json"), index.ToJsonString(Indented));
     }
 }
+
+/// <summary>The lab's text-conditioned models as diffusers pipelines.</summary>
+public static class TextConditionedPipelines
+{
+    /// <summary>
+    /// A diffusers-layout pipeline over this model's text encoder and U-Net (the same modules, not copies), with the
+    /// given VAE and scheduler: prompts, negative prompts, any sampler, img2img.
+    /// </summary>
+    public static StableDiffusionPipeline ToPipeline(this TextConditionedUNet model, AutoencoderKL vae,
+        string schedulerClass, JsonObject schedulerConfig) =>
+        new(model.Tokenizer, model.TextEncoder, model.Backbone, vae, schedulerClass, schedulerConfig);
+}

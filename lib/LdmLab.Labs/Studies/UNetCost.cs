@@ -1,9 +1,4 @@
-using LdmLab.Metrics;
-using LdmLab.Training;
-using TorchSharp;
-using static TorchSharp.torch;
-
-namespace LdmLab.UNet;
+namespace LdmLab.Labs;
 
 /// <summary>One measured training step of a U-Net on [batch, channels, size, size] inputs.</summary>
 public sealed record StepMeasurement(string Label, int Channels, int Size, int Batch, double MedianSeconds, long? PeakBytes, CostProfile Forward)

@@ -1,10 +1,8 @@
 using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using LdmLab.Data;
-using LdmLab.Interop;
 
-namespace LdmLab.Training;
+namespace LdmLab.Labs;
 
 /// <summary>
 /// A model trained once by the project's own full-profile recipe and shipped in the repository

@@ -1,8 +1,4 @@
-using LdmLab.Data;
-using LdmLab.Runtime;
-using static TorchSharp.torch;
-
-namespace LdmLab.Training;
+namespace LdmLab.Labs;
 
 /// <summary>
 /// The independent judge of generated Fashion-MNIST images: a <see cref="FashionClassifier"/> (width 32, two convs

@@ -1,13 +1,4 @@
-using LdmLab.Autoencoders;
-using LdmLab.Conditioning;
-using LdmLab.Data;
-using LdmLab.Diffusion;
-using LdmLab.Runtime;
-using LdmLab.UNet;
-using TorchSharp;
-using static TorchSharp.torch;
-
-namespace LdmLab.Training;
+namespace LdmLab.Labs;
 
 /// <summary>
 /// Section 10.3.5, quality against efficiency: the same class-conditional latent diffusion recipe on Fashion-MNIST

@@ -4,7 +4,9 @@ using LdmLab.Diffusion;
 using LdmLab.Diffusion.Schedulers;
 using static TorchSharp.torch;
 
-namespace LdmLab.Interop;
+using LdmLab.Interop;
+
+namespace LdmLab.ParityChecks;
 
 /// <summary>One compared tensor: its name, the largest absolute difference and the tolerance it had to meet.</summary>
 public sealed record ParityCheck(string Name, double MaxAbsDiff, double Tolerance, string? Note = null)

@@ -1,9 +1,9 @@
 using LdmLab.Interop;
-using LdmLab.Training;
+using LdmLab.Autoencoders;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace LdmLab.Autoencoders;
+namespace LdmLab.Training;
 
 public enum ReconstructionLoss { L1, L2 }
 

@@ -3,7 +3,9 @@ using System.Text.Json.Nodes;
 using LdmLab.Conditioning;
 using static TorchSharp.torch;
 
-namespace LdmLab.Interop;
+using LdmLab.Interop;
+
+namespace LdmLab.ParityChecks;
 
 /// <summary>The text path's fixtures: CLIP tokenizer cases (clip-tokenizer format) and CLIPTextModel folders.</summary>
 public static class TextParity

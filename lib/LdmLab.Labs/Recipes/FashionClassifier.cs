@@ -1,9 +1,6 @@
-using LdmLab.Nn;
-using TorchSharp;
 using TorchSharp.Modules;
-using static TorchSharp.torch;
 
-namespace LdmLab.Training;
+namespace LdmLab.Labs;
 
 /// <summary>
 /// A small CNN for 28×28 grey images: three stages at 28², 14², 7² of <c>convsPerStage</c> conv → GroupNorm → SiLU

@@ -1,12 +1,4 @@
-using LdmLab.Autoencoders;
-using LdmLab.Conditioning;
-using LdmLab.Diffusion.Schedulers;
-using LdmLab.Data;
-using LdmLab.Training;
-using TorchSharp;
-using static TorchSharp.torch;
-
-namespace LdmLab.Pipelines;
+namespace LdmLab.Labs;
 
 /// <summary>A prompt with what it asks for: the class per slot (−1: any or none), and the side a one-item prompt
 /// names (null: none).</summary>

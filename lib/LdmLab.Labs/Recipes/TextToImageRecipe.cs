@@ -1,15 +1,6 @@
 using System.Text.Json.Nodes;
-using LdmLab.Autoencoders;
-using LdmLab.Conditioning;
-using LdmLab.Data;
-using LdmLab.Diffusion;
-using LdmLab.Pipelines;
-using LdmLab.Runtime;
-using LdmLab.UNet;
-using TorchSharp;
-using static TorchSharp.torch;
 
-namespace LdmLab.Training;
+namespace LdmLab.Labs;
 
 /// <summary>
 /// The text-to-image lab's model (notebooks 05 and 06): captioned Fashion-MNIST scenes on a 28×56 canvas

@@ -1,16 +1,8 @@
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
-using LdmLab.Autoencoders;
-using LdmLab.Conditioning;
-using LdmLab.Data;
-using LdmLab.Diffusion;
-using LdmLab.Runtime;
-using LdmLab.UNet;
-using TorchSharp;
-using static TorchSharp.torch;
 
-namespace LdmLab.Training;
+namespace LdmLab.Labs;
 
 /// <summary>
 /// The chapter's running example: Fashion-MNIST → KL-VAE (f = 4, 4 latent channels: 28×28 → 4×7×7) → a

@@ -1,11 +1,11 @@
 using System.Text.Json.Serialization;
 using LdmLab.Interop;
 using LdmLab.Metrics;
-using LdmLab.Training;
+using LdmLab.Autoencoders;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace LdmLab.Autoencoders;
+namespace LdmLab.Training;
 
 /// <summary>
 /// The autoencoder objective of latent diffusion (CompVis' LPIPSWithDiscriminator / VQLPIPSWithDiscriminator):

@@ -1,10 +1,4 @@
-using LdmLab.Autoencoders;
-using LdmLab.Metrics;
-using LdmLab.Runtime;
-using TorchSharp;
-using static TorchSharp.torch;
-
-namespace LdmLab.Training;
+namespace LdmLab.Labs;
 
 /// <summary>
 /// One autoencoder of the chapter's experiments: KL or VQ, its architecture (f = 2^(blocks − 1), c latent channels),

@@ -1,9 +1,4 @@
-using LdmLab.Autoencoders;
-using LdmLab.Runtime;
-using TorchSharp;
-using static TorchSharp.torch;
-
-namespace LdmLab.Training;
+namespace LdmLab.Labs;
 
 /// <summary>
 /// The autoencoders of notebook 02 as shipped checkpoints: each one trained once by its full-profile recipe

@@ -5,7 +5,9 @@ using LdmLab.Pipelines;
 using LdmLab.UNet;
 using static TorchSharp.torch;
 
-namespace LdmLab.Interop;
+using LdmLab.Interop;
+
+namespace LdmLab.ParityChecks;
 
 /// <summary>
 /// End-to-end pipeline fixtures (tiny-pipeline format): info.json names the component folders, the prompts, the

@@ -3,7 +3,9 @@ using System.Text.Json.Nodes;
 using LdmLab.UNet;
 using static TorchSharp.torch;
 
-namespace LdmLab.Interop;
+using LdmLab.Interop;
+
+namespace LdmLab.ParityChecks;
 
 /// <summary>Model fixtures: a diffusers model folder with tensors.safetensors (inputs, outputs, intermediates).</summary>
 public static class ModelParity
