@@ -107,7 +107,7 @@ public sealed class ImageFolder
                     $"{size}-pixel crops on both sides of a {strip}-pixel held-out strip");
             int x = first + rng.Next(last - first + 1), y = rng.Next(img.Height - size + 1);
             using var crop = img.Clone(c => c.Crop(new Rectangle(x, y, size, size)));
-            crops.Add(Viz.Images.ToTensor(crop));
+            crops.Add(ImageTensors.FromImage(crop));
         }
         return stack(crops).MoveToOuterDisposeScope();
     }
@@ -126,7 +126,7 @@ public sealed class ImageFolder
         {
             var img = Photo(i);
             using var crop = img.Clone(c => c.Crop(new Rectangle((img.Width - size) / 2, (img.Height - size) / 2, size, size)));
-            return Viz.Images.ToTensor(crop);
+            return ImageTensors.FromImage(crop);
         }).ToList();
         return stack(crops).MoveToOuterDisposeScope();
     }

@@ -59,7 +59,7 @@ public static class Sampling
             x.Dispose();
             x = next;
         }
-        Metrics.ProcessMemory.Release();   // glibc keeps the freed step buffers otherwise (RSS at its high-water mark)
+        Runtime.ProcessMemory.Release();   // glibc keeps the freed step buffers otherwise (RSS at its high-water mark)
         return x;
     }
 }

@@ -38,11 +38,21 @@ public static class StateDicts
             .Select(k => $"{keyPrefix}{k}: file [{string.Join(",", tensors[k].shape)}], model [{string.Join(",", sd[k].shape)}]")
             .ToList();
         if (missing.Count + unexpected.Count + misShaped.Count > 0)
-            throw new DatasetException(source, "weights do not fit the model:" + Training.KeyReport.Lines(missing, unexpected, misShaped));
+            throw new DatasetException(source, "weights do not fit the model:" + KeyReport.Lines(missing, unexpected, misShaped));
         using var _ = no_grad();
         foreach (var (k, t) in sd) t.copy_(tensors[k].to_type(t.dtype));
     }
 
     public static void Save(nn.Module module, string path) =>
         SafeTensors.Save(path, module.state_dict().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value)), new Dictionary<string, string> { ["format"] = "pt" });
+}
+
+/// <summary>The "missing / unexpected / wrong shape" listing every loader prints (first ten of each).</summary>
+public static class KeyReport
+{
+    public static string Lines(IReadOnlyCollection<string> missing, IReadOnlyCollection<string> unexpected,
+        IReadOnlyCollection<string> misShaped) =>
+        (missing.Count > 0 ? $"\n  missing ({missing.Count}): {string.Join(", ", missing.Take(10))}" : "") +
+        (unexpected.Count > 0 ? $"\n  unexpected ({unexpected.Count}): {string.Join(", ", unexpected.Take(10))}" : "") +
+        (misShaped.Count > 0 ? $"\n  wrong shape ({misShaped.Count}): {string.Join("; ", misShaped.Take(10))}" : "");
 }

@@ -15,7 +15,7 @@ public sealed record LayerCost(string Name, string Kind, double Flops, double Ou
 /// Q·Kᵀ and P·V, 2·n·m·d FLOPs each per head).
 /// <para>Activation memory = the elements of every counted layer output and attention matrix: the tensors autograd
 /// keeps for the backward pass. Functional intermediates (SiLU, residual sums, the GEGLU product) are not counted,
-/// so this is a lower bound; <see cref="ProcessMemory"/> measures the real peak where the OS reports it.</para>
+/// so this is a lower bound; <see cref="Runtime.ProcessMemory"/> measures the real peak where the OS reports it.</para>
 /// </summary>
 public sealed record CostProfile(IReadOnlyList<LayerCost> Layers)
 {
@@ -100,49 +100,5 @@ public static class ComputeCost
             if (a.Name != b.Name) throw new ArgumentException($"layer order differs: {a.Name} vs {b.Name}");
             return b with { Flops = Scale(a.Flops, b.Flops, b.Name), OutputElements = Scale(a.OutputElements, b.OutputElements, b.Name) };
         }).ToList());
-    }
-}
-
-/// <summary>
-/// The real peak memory of a piece of work, from the kernel's high-water mark (Linux): reset VmHWM (write 5 to
-/// /proc/self/clear_refs), give freed heap back (malloc_trim), run, then peak − resident-before. Null where unsupported.
-/// </summary>
-public static class ProcessMemory
-{
-    [DllImport("libc", EntryPoint = "malloc_trim")] static extern int MallocTrim(nuint pad);
-
-    public static bool Supported => OperatingSystem.IsLinux() && File.Exists("/proc/self/clear_refs");
-
-    /// <summary>Resident set size now (VmRSS), in bytes; null where /proc/self/status does not exist.</summary>
-    public static long? ResidentBytes => OperatingSystem.IsLinux() && File.Exists("/proc/self/status") ? StatusKb("VmRSS") * 1024 : null;
-
-    /// <summary>
-    /// Hands freed native memory back to the OS: a full GC (finalizes tensors that escaped a dispose scope), then
-    /// glibc's malloc_trim(0), which returns the free pages of every arena. glibc keeps freed blocks otherwise, so RSS
-    /// after a loop stays at its high-water mark although every tensor was disposed. The loops call it when they end.
-    /// </summary>
-    public static void Release()
-    {
-        GC.Collect(); GC.WaitForPendingFinalizers();
-        if (!OperatingSystem.IsLinux()) return;
-        try { MallocTrim(0); } catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException) { }
-    }
-
-    public static long? PeakIncrease(Action work)
-    {
-        if (!Supported) { work(); return null; }
-        Release();
-        try { File.WriteAllText("/proc/self/clear_refs", "5"); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { work(); return null; }
-        long before = StatusKb("VmRSS");
-        work();
-        return (StatusKb("VmHWM") - before) * 1024;
-    }
-
-    static long StatusKb(string key)
-    {
-        foreach (var line in File.ReadLines("/proc/self/status"))
-            if (line.StartsWith(key + ":")) return long.Parse(line[(key.Length + 1)..].Trim().Split(' ')[0]);
-        throw new InvalidOperationException($"/proc/self/status has no {key}");
     }
 }

@@ -1,3 +1,4 @@
+using LdmLab.Interop;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;

@@ -79,13 +79,3 @@ public sealed class Checkpoint : IDisposable
         foreach (var t in Tensors.Values) t.Dispose();
     }
 }
-
-/// <summary>The "missing / unexpected / wrong shape" listing every loader prints (first ten of each).</summary>
-public static class KeyReport
-{
-    public static string Lines(IReadOnlyCollection<string> missing, IReadOnlyCollection<string> unexpected,
-        IReadOnlyCollection<string> misShaped) =>
-        (missing.Count > 0 ? $"\n  missing ({missing.Count}): {string.Join(", ", missing.Take(10))}" : "") +
-        (unexpected.Count > 0 ? $"\n  unexpected ({unexpected.Count}): {string.Join(", ", unexpected.Take(10))}" : "") +
-        (misShaped.Count > 0 ? $"\n  wrong shape ({misShaped.Count}): {string.Join("; ", misShaped.Take(10))}" : "");
-}

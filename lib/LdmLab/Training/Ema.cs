@@ -1,3 +1,4 @@
+using LdmLab.Interop;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -44,7 +44,7 @@ public static class TrainingLoop
             }
         }
         if (settings.CheckpointDir is { } final && !savedLast) save(final);
-        Metrics.ProcessMemory.Release();
+        Runtime.ProcessMemory.Release();
         return completedSteps;
     }
 

@@ -106,14 +106,8 @@ public static class Images
         return label[..Math.Min(keep, label.Length)] + "…";
     }
 
-    /// <summary>An RGB image as a [3,H,W] float tensor in [-1, 1].</summary>
-    public static Tensor ToTensor(Image<Rgb24> image)
-    {
-        int w = image.Width, h = image.Height;
-        var buf = new byte[w * h * 3];
-        image.CopyPixelDataTo(buf);
-        return tensor(buf, [h, w, 3], ScalarType.Byte).permute(2, 0, 1).to_type(ScalarType.Float32).div_(127.5).sub_(1.0);
-    }
+    /// <summary>An RGB image as a [3,H,W] float tensor in [-1, 1] (<see cref="Data.ImageTensors.FromImage"/>).</summary>
+    public static Tensor ToTensor(Image<Rgb24> image) => Data.ImageTensors.FromImage(image);
 
     /// <summary>A [3,H,W] or [1,H,W] tensor in [lo, hi] as an RGB image.</summary>
     public static Image<Rgb24> ToImage(Tensor chw, double lo = -1, double hi = 1)
