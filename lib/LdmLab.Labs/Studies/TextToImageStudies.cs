@@ -90,16 +90,17 @@ public static class TextToImageStudies
     {
         using var _ = no_grad();
         var conditions = TextToImageRecipe.Conditions(model, prompts.Select(p => p.Text).ToList());
-        long[] grid = [CaptionedScenes.Height / 4, CaptionedScenes.Width / 4];                 // the VAE's f = 4
+        var pipeline = new LatentDiffusionPipeline(model, vae, "DDIMScheduler", TextToImageRecipe.SchedulerConfig());
+        int f = 1 << (vae.Config.BlockOutChannels.Length - 1);                      // the VAE's downsampling factor
         var batches = new List<Tensor>();
         for (int start = 0; start < prompts.Count; start += batchSize)
         {
             int n = Math.Min(batchSize, prompts.Count - start);
-            var scheduler = Scheduler.Create("DDIMScheduler", TextToImageRecipe.SchedulerConfig());
-            var latents = FashionLatentRecipe.SampleLatents(model, scheduler, conditions.narrow(0, start, n), steps,
-                guidance, seed: seed + start, latentSize: grid);                                 // [n, 4, 7, 14]
-            var images = vae.Decode(latents / vae.Config.ScalingFactor).clamp(-1, 1);           // [n, 1, 28, 56]
-            batches.Add(images.cpu());
+            batches.Add(pipeline.Generate(conditions.narrow(0, start, n), new LatentGenerationOptions
+            {
+                Steps = steps, GuidanceScale = guidance, Seed = seed + start,
+                LatentSize = [CaptionedScenes.Height / f, CaptionedScenes.Width / f],                // [7, 14]
+            }).Images!.cpu());                                                                 // [n, 1, 28, 56]
         }
         return cat(batches.ToArray());
     }

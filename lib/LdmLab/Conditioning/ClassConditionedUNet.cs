@@ -18,18 +18,22 @@ public abstract class ConditionalDenoiser(string name) : nn.Module(name)
     /// <summary>The unconditional condition as one row (a scalar label, a [L] row of ids).</summary>
     public abstract Tensor NullCondition { get; }
 
+    /// <summary>The U-Net that predicts the latents' noise (its out_channels are the latent channels).</summary>
+    public abstract UNet2DConditionModel Backbone { get; }
+
+    /// <summary>The latents it denoises: channels and the (square) sample size it was configured for.</summary>
+    public (int Channels, int SampleSize) LatentShape => (Backbone.Config.OutChannels, Backbone.Config.SampleSize);
+
     /// <summary>
-    /// Classifier-free guidance in one batched call: ε̂ = ε̂(∅) + w (ε̂(c) − ε̂(∅)), with ∅ the null condition or the
-    /// given <paramref name="negative"/> conditions [B, …] (negative prompts). w = 1 is the plain conditional output.
+    /// Classifier-free guidance (<see cref="Diffusion.Guidance"/>): ε̂ = ε̂(∅) + w (ε̂(c) − ε̂(∅)), with ∅ the null
+    /// condition or the given <paramref name="negative"/> conditions [B, …] (negative prompts). w ≤ 1 is the plain
+    /// conditional output.
     /// </summary>
     public Tensor Guided(Tensor zt, Tensor t, Tensor conditions, double guidanceScale, Tensor? negative = null)
     {
-        if (guidanceScale == 1.0) return Forward(zt, t, conditions);
-        long b = zt.shape[0];
+        if (!Diffusion.Guidance.Enabled(guidanceScale)) return Forward(zt, t, conditions);
         var unconditional = negative ?? NullCondition.to(conditions.device).expand(conditions.shape);
-        var both = Forward(cat([zt, zt]), t.dim() == 0 ? t : cat([t, t]), cat([unconditional, conditions]));
-        var parts = both.split(b);                                                   // [ε̂(∅); ε̂(c)]
-        return parts[0] + guidanceScale * (parts[1] - parts[0]);
+        return Diffusion.Guidance.Apply(Forward, zt, t, conditions, unconditional, guidanceScale);
     }
 }
 
@@ -44,7 +48,7 @@ public sealed class ClassConditionedUNet : ConditionalDenoiser
     readonly Embedding class_context;
     public int NumClasses { get; }
     public long NullLabel => NumClasses;
-    public UNet2DConditionModel Backbone => unet;
+    public override UNet2DConditionModel Backbone => unet;
 
     public ClassConditionedUNet(UNetConfig config, int numClasses) : base(nameof(ClassConditionedUNet))
     {

@@ -32,7 +32,7 @@ public sealed class FilmConditionedUNet : ConditionalDenoiser
     readonly UNet2DConditionModel unet;
 
     public ClipTokenizer Tokenizer { get; }
-    public UNet2DConditionModel Backbone => unet;
+    public override UNet2DConditionModel Backbone => unet;
 
     public FilmConditionedUNet(UNetConfig unetConfig, ClipTextConfig textConfig) : base(nameof(FilmConditionedUNet))
     {
@@ -68,7 +68,7 @@ public sealed class LayoutConditionedUNet : ConditionalDenoiser
     readonly ModuleList<Conv2d>? layout_adapters;
 
     public ConditioningMethod Method { get; }
-    public UNet2DConditionModel Backbone => unet;
+    public override UNet2DConditionModel Backbone => unet;
     public static int LayoutChannels => CaptionedFashion.Nouns.Length;
 
     public LayoutConditionedUNet(UNetConfig unetConfig, ConditioningMethod method) : base(nameof(LayoutConditionedUNet))

@@ -179,6 +179,9 @@ public sealed class CrossAttentionRecorder : IDisposable
         return where(union.gt(0), intersection / union.clamp_min(1), zeros_like(union));
     }
 
+    /// <summary>Stops recording; what was recorded stays readable until <see cref="Dispose"/>.</summary>
+    public void Stop() => _observing.Dispose();
+
     public void Dispose()
     {
         _observing.Dispose();

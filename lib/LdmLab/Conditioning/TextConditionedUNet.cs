@@ -19,7 +19,7 @@ public sealed class TextConditionedUNet : ConditionalDenoiser
     /// <summary>The CLIP tokenizer cut to the text encoder's positions.</summary>
     public ClipTokenizer Tokenizer { get; }
     public ClipTextModel TextEncoder => text_encoder;
-    public UNet2DConditionModel Backbone => unet;
+    public override UNet2DConditionModel Backbone => unet;
 
     public TextConditionedUNet(UNetConfig unetConfig, ClipTextConfig textConfig, ClipTokenizer? tokenizer = null)
         : base(nameof(TextConditionedUNet))

@@ -125,62 +125,39 @@ public sealed class StableDiffusionPipeline
         return cat(rows.ToArray(), 0);
     }
 
-    /// <summary>Text to image.</summary>
+    /// <summary>Text to image: prompt embeddings → <see cref="LatentDiffusionPipeline.Generate"/> → images in [0, 1].</summary>
     public PipelineOutput Generate(GenerationOptions o)
     {
         using var _ = no_grad();
         var (cond, uncond) = Embeddings(o);
-        int b = (int)cond.shape[0];
         int height = o.Height ?? Unet.Config.SampleSize * VaeScaleFactor, width = o.Width ?? Unet.Config.SampleSize * VaeScaleFactor;
         if (height % VaeScaleFactor != 0 || width % VaeScaleFactor != 0)
             throw new ArgumentException($"height and width must be multiples of {VaeScaleFactor} (got {height}×{width})");
-        long[] shape = [b, Unet.Config.InChannels, height / VaeScaleFactor, width / VaeScaleFactor];
-        Tensor noise;
-        if (o.Latents is { } given)
+        var output = Core().Generate(cond, CoreOptions(o, uncond) with
         {
-            if (!given.shape.SequenceEqual(shape))
-                throw new ArgumentException($"latents must be [{string.Join(", ", shape)}], got [{string.Join(", ", given.shape)}]");
-            noise = given.to(Device);
-        }
-        else
-        {
-            using var seeded = SeededGenerator(o);
-            noise = randn(shape, generator: o.Generator ?? seeded).to(Device);
-        }
-        var scheduler = NewScheduler();
-        if (scheduler is DdimScheduler ddim) ddim.Eta = o.Eta;
-        var latents = Sampling.Sample(scheduler, Denoiser(cond, uncond, o.GuidanceScale), noise, o.Steps, Callback(o));
-        return new PipelineOutput(Decode(latents), latents, cond, uncond);
+            LatentSize = [height / VaeScaleFactor, width / VaeScaleFactor], Latents = o.Latents,
+        });
+        return new PipelineOutput(ToUnitRange(output.Images!), output.Latents, cond, uncond);
     }
 
     /// <summary>
-    /// Image to image (diffusers' StableDiffusionImg2ImgPipeline): the image [B, 3, H, W] in [−1, 1] is encoded (a
-    /// posterior sample × scaling_factor), noised to the timestep that <paramref name="strength"/> selects
-    /// (the first int(steps·strength) of the steps are skipped from the end) and denoised from there.
+    /// Image to image (diffusers' StableDiffusionImg2ImgPipeline) through
+    /// <see cref="LatentDiffusionPipeline.ImageToImage"/>: the image [B, 3, H, W] in [−1, 1] is encoded, noised to
+    /// the timestep that <paramref name="strength"/> selects and denoised from there.
     /// </summary>
     public PipelineOutput ImageToImage(Tensor image, double strength, GenerationOptions o)
     {
         if (strength is < 0 or > 1) throw new ArgumentOutOfRangeException(nameof(strength), strength, "strength must lie in [0, 1]");
         using var _ = no_grad();
         var (cond, uncond) = Embeddings(o);
-        if (image.dim() != 4 || image.shape[1] != Vae.Config.InChannels || image.shape[0] != cond.shape[0])
-            throw new ArgumentException($"image must be [{cond.shape[0]}, {Vae.Config.InChannels}, H, W] in [-1, 1], " +
-                                        $"got [{string.Join(", ", image.shape)}]");
-        var posterior = Vae.Encode(image.to(Device));
-        using var seeded = SeededGenerator(o);
-        var gen = o.Generator ?? seeded;
-        var x0 = posterior.Sample(randn(posterior.Mean.shape, generator: gen).to(Device)) * Vae.Config.ScalingFactor;
-        var noise = randn(x0.shape, generator: gen).to(Device);
-        var scheduler = NewScheduler();
-        if (scheduler is DdimScheduler ddim) ddim.Eta = o.Eta;
-        var latents = Sampling.Img2Img(scheduler, Denoiser(cond, uncond, o.GuidanceScale), x0, noise, o.Steps, strength, Callback(o));
-        return new PipelineOutput(Decode(latents), latents, cond, uncond);
+        var output = Core().ImageToImage(cond, image, strength, CoreOptions(o, uncond));
+        return new PipelineOutput(ToUnitRange(output.Images!), output.Latents, cond, uncond);
     }
 
     (Tensor cond, Tensor? uncond) Embeddings(GenerationOptions o)
     {
         var cond = o.PromptEmbeds?.to(Device) ?? EncodePrompts(o.Prompts, o.WeightedPrompts);
-        if (o.GuidanceScale <= 1) return (cond, null);
+        if (!Guidance.Enabled(o.GuidanceScale)) return (cond, null);
         if (o.NegativePromptEmbeds is { } given) return (cond, given.to(Device));
         var negatives = o.NegativePrompts ?? Enumerable.Repeat("", (int)cond.shape[0]).ToArray();
         if (negatives.Length != cond.shape[0])
@@ -188,29 +165,24 @@ public sealed class StableDiffusionPipeline
         return (cond, EncodePrompts(negatives, o.WeightedPrompts));
     }
 
-    /// <summary>Classifier-free guidance in one batched U-Net call: [uncond; cond] → ε̂(∅) + w (ε̂(c) − ε̂(∅)).</summary>
-    Denoiser Denoiser(Tensor cond, Tensor? uncond, double scale) => (z, t) =>
+    /// <summary>The generic pipeline over this one's U-Net (prompt embeddings as conditions), VAE and scheduler.</summary>
+    LatentDiffusionPipeline Core() =>
+        _core ??= new(new EmbeddingConditionedUNet(Unet, () => EncodePrompts([""])[0]), Vae, NewScheduler);
+
+    LatentDiffusionPipeline? _core;
+
+    static LatentGenerationOptions CoreOptions(GenerationOptions o, Tensor? uncond) => new()
     {
-        if (uncond is null) return Unet.Forward(z, tensor((float)t, device: z.device), cond);
-        var both = Unet.Forward(cat([z, z]), tensor((float)t, device: z.device), cat([uncond, cond]));
-        var parts = both.chunk(2);
-        return parts[0] + scale * (parts[1] - parts[0]);
+        Steps = o.Steps, GuidanceScale = o.GuidanceScale, Negative = uncond, Seed = o.Seed, Generator = o.Generator,
+        Eta = o.Eta, Callback = o.Callback is null ? null
+            : s => o.Callback(new PipelineStep(s.Index, s.Timestep, s.PrevSample, s.PredOriginalSample)),
     };
 
-    static Action<SamplingStep>? Callback(GenerationOptions o) =>
-        o.Callback is null ? null : s => o.Callback(new PipelineStep(s.Index, s.Timestep, s.PrevSample, s.PredOriginalSample));
-
-    /// <summary>A CPU generator for <see cref="GenerationOptions.Seed"/> when no generator was passed (the caller disposes it).</summary>
-    static Generator? SeededGenerator(GenerationOptions o) =>
-        o.Generator is null && o.Seed is long seed ? new Generator((ulong)seed) : null;
+    /// <summary>[−1, 1] → [0, 1], as diffusers' image processor postprocesses.</summary>
+    static Tensor ToUnitRange(Tensor images) => (images / 2 + 0.5).clamp(0, 1);
 
     /// <summary>Latents → images in [0, 1]: decode(z / scaling_factor), then (x/2 + 0.5) clamped.</summary>
-    public Tensor Decode(Tensor latents)
-    {
-        using var _ = no_grad();
-        var x = Vae.Decode(latents / Vae.Config.ScalingFactor);
-        return (x / 2 + 0.5).clamp(0, 1);
-    }
+    public Tensor Decode(Tensor latents) => ToUnitRange(Core().Decode(latents));
 
     static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
@@ -268,6 +240,31 @@ public sealed class StableDiffusionPipeline
         };
         Data.AtomicFile.WriteAllText(Path.Combine(dir, "model_index.json"), index.ToJsonString(Indented));
     }
+}
+
+/// <summary>
+/// A U-Net conditioned on prompt embeddings [B, L, d] as a <see cref="ConditionalDenoiser"/>, so that Stable
+/// Diffusion samples through <see cref="LatentDiffusionPipeline"/>; the null condition is the empty prompt's
+/// embedding (<paramref name="nullEmbedding"/>, computed when first asked for).
+/// </summary>
+public sealed class EmbeddingConditionedUNet : ConditionalDenoiser
+{
+    readonly UNet2DConditionModel unet;
+    readonly Lazy<Tensor> _null;
+
+    public EmbeddingConditionedUNet(UNet2DConditionModel unet, Func<Tensor> nullEmbedding)
+        : base(nameof(EmbeddingConditionedUNet))
+    {
+        this.unet = unet;
+        _null = new Lazy<Tensor>(nullEmbedding);
+        RegisterComponents();
+    }
+
+    public override UNet2DConditionModel Backbone => unet;
+
+    public override Tensor Forward(Tensor zt, Tensor t, Tensor embeddings) => unet.Forward(zt, t, embeddings);
+
+    public override Tensor NullCondition => _null.Value;
 }
 
 /// <summary>The lab's text-conditioned models as diffusers pipelines.</summary>

@@ -1,0 +1,189 @@
+using System.Diagnostics;
+using LdmLab.Autoencoders;
+using LdmLab.Conditioning;
+using LdmLab.Diffusion;
+using LdmLab.Diffusion.Schedulers;
+using static TorchSharp.torch;
+
+namespace LdmLab.Pipelines;
+
+/// <summary>The options of one <see cref="LatentDiffusionPipeline"/> call; diffusers' names and defaults.</summary>
+public sealed record LatentGenerationOptions
+{
+    public int Steps { get; init; } = 50;
+    /// <summary>w in ε̂ = ε̂(∅) + w (ε̂(c) − ε̂(∅)) (<see cref="Guidance"/>); w ≤ 1 runs the conditional pass alone.</summary>
+    public double GuidanceScale { get; init; } = 7.5;
+    /// <summary>∅ rows [B, …] (negative prompts or conditions); null: the denoiser's null condition.</summary>
+    public Tensor? Negative { get; init; }
+    /// <summary>Seeds a CPU torch.Generator for x_T (diffusers' CPU draws: the same noise on every device); null with
+    /// no <see cref="Generator"/>: torch's global generator, as diffusers without a generator.</summary>
+    public long? Seed { get; init; }
+    /// <summary>Draws x_T from this generator instead of <see cref="Seed"/> (the caller owns it).</summary>
+    public Generator? Generator { get; init; }
+    /// <summary>x_T, before scaling by the scheduler's init_noise_sigma (diffusers' latents argument).</summary>
+    public Tensor? Latents { get; init; }
+    /// <summary>The latent grid [h, w]; default the denoiser's sample size (square).</summary>
+    public long[]? LatentSize { get; init; }
+    /// <summary>DDIM's η (0: deterministic); other schedulers ignore it.</summary>
+    public double Eta { get; init; }
+    /// <summary>Sees every step (its tensors are disposed after it returns: copy what you keep).</summary>
+    public Action<SamplingStep>? Callback { get; init; }
+    /// <summary>Decode at most this many latents per VAE call (null: all at once).</summary>
+    public int? DecodeBatchSize { get; init; }
+    /// <summary>Record every cross-attention layer's maps while sampling (<see cref="LatentGenerationOutput.Attention"/>).</summary>
+    public bool RecordAttention { get; init; }
+}
+
+/// <summary>
+/// The decoded images [B, C, H, W] in [−1, 1] (null when the pipeline has no autoencoder), the final latents
+/// [B, c, h, w], the attention recording when asked for (the caller disposes it) and where the time went.
+/// </summary>
+public sealed record LatentGenerationOutput(Tensor? Images, Tensor Latents, CrossAttentionRecorder? Attention,
+    TimeSpan SamplingTime, TimeSpan DecodingTime);
+
+/// <summary>
+/// Latent diffusion inference for any <see cref="ConditionalDenoiser"/> (class labels, prompts, layouts, prompt
+/// embeddings), any autoencoder and any scheduler — the one generation loop of LdmLab:
+/// <code>
+/// z_T ~ N(0, I)                     drawn on the CPU from the seed, moved to the denoiser's device
+/// for t in scheduler.timesteps:     ε̂ = guided denoiser(z_t, t, c)         (classifier-free guidance)
+///     z_{t−1} = scheduler.step(ε̂, t, z_t)
+/// x = decoder(z_0 / scaling_factor)  the scale lives in the autoencoder's config, as in diffusers
+/// </code>
+/// Every call builds a fresh scheduler, so multistep history never leaks between calls.
+/// <see cref="StableDiffusionPipeline"/> is its text-conditioned form.
+/// </summary>
+public sealed class LatentDiffusionPipeline
+{
+    readonly Func<Scheduler> _newScheduler;
+
+    public ConditionalDenoiser Denoiser { get; }
+    /// <summary>The decoder of the latents; null for a pipeline that only samples latents.</summary>
+    public AutoencoderKL? Vae { get; }
+
+    /// <param name="newScheduler">A fresh scheduler per call (e.g. <c>() =&gt; Scheduler.Create(cls, config)</c>).</param>
+    public LatentDiffusionPipeline(ConditionalDenoiser denoiser, AutoencoderKL? vae, Func<Scheduler> newScheduler)
+    {
+        Denoiser = denoiser;
+        Vae = vae;
+        _newScheduler = newScheduler;
+    }
+
+    public LatentDiffusionPipeline(ConditionalDenoiser denoiser, AutoencoderKL? vae, string schedulerClass,
+        System.Text.Json.Nodes.JsonObject schedulerConfig)
+        : this(denoiser, vae, () => Scheduler.Create(schedulerClass, schedulerConfig))
+    {
+        _ = _newScheduler();                      // fail now on an unsupported scheduler, not at the first call
+    }
+
+    public Device Device => Denoiser.parameters().First().device;
+
+    /// <summary>Conditions [B, …] → latents, then images; see <see cref="LatentGenerationOptions"/>.</summary>
+    public LatentGenerationOutput Generate(Tensor conditions, LatentGenerationOptions o)
+    {
+        using var _ = no_grad();
+        var device = Device;
+        var rows = conditions.to(device);
+        var noise = InitialNoise(rows.shape[0], o).to(device);                                   // [B, c, h, w]
+        var recorder = o.RecordAttention
+            ? new CrossAttentionRecorder(Denoiser, (int)noise.shape[2], (int)noise.shape[3],
+                guidanceBatch: Guidance.Enabled(o.GuidanceScale))
+            : null;
+        var scheduler = NewScheduler(o);
+        var clock = Stopwatch.StartNew();
+        var latents = Sampling.Sample(scheduler, GuidedDenoiser(rows, o), noise, o.Steps, o.Callback);
+        Runtime.Lab.Synchronize();
+        var sampling = clock.Elapsed;
+        recorder?.Stop();
+        clock.Restart();
+        var images = Vae is null ? null : Decode(latents, o.DecodeBatchSize);
+        Runtime.Lab.Synchronize();
+        return new LatentGenerationOutput(images, latents, recorder, sampling, clock.Elapsed);
+    }
+
+    /// <summary>
+    /// Image to image (SDEdit; diffusers' img2img): the images [B, C, H, W] in [−1, 1] are encoded (a posterior
+    /// sample × scaling_factor), noised to the timestep that <paramref name="strength"/> selects (the first
+    /// int(steps·strength) of the steps are skipped from the end) and denoised from there. The posterior sample and
+    /// then the noise are drawn from one generator (the seed's), as diffusers draws them.
+    /// </summary>
+    public LatentGenerationOutput ImageToImage(Tensor conditions, Tensor images, double strength,
+        LatentGenerationOptions o)
+    {
+        if (strength is < 0 or > 1)
+            throw new ArgumentOutOfRangeException(nameof(strength), strength, "strength must lie in [0, 1]");
+        var vae = Vae ?? throw new InvalidOperationException("image to image needs an autoencoder to encode with");
+        using var _ = no_grad();
+        var device = Device;
+        var rows = conditions.to(device);
+        if (images.dim() != 4 || images.shape[1] != vae.Config.InChannels || images.shape[0] != rows.shape[0])
+            throw new ArgumentException($"image must be [{rows.shape[0]}, {vae.Config.InChannels}, H, W] in [-1, 1], " +
+                                        $"got [{string.Join(", ", images.shape)}]", nameof(images));
+        var posterior = vae.Encode(images.to(device));
+        using var seeded = o.Generator is null && o.Seed is long seed ? new Generator((ulong)seed) : null;
+        var generator = o.Generator ?? seeded;
+        var x0 = posterior.Sample(randn(posterior.Mean.shape, generator: generator).to(device))
+                 * vae.Config.ScalingFactor;                                                     // [B, c, h, w]
+        var noise = randn(x0.shape, generator: generator).to(device);
+        var scheduler = NewScheduler(o);
+        var clock = Stopwatch.StartNew();
+        var latents = Sampling.Img2Img(scheduler, GuidedDenoiser(rows, o), x0, noise, o.Steps, strength, o.Callback);
+        Runtime.Lab.Synchronize();
+        var sampling = clock.Elapsed;
+        clock.Restart();
+        var decoded = Decode(latents, o.DecodeBatchSize);
+        Runtime.Lab.Synchronize();
+        return new LatentGenerationOutput(decoded, latents, null, sampling, clock.Elapsed);
+    }
+
+    /// <summary>Latents [B, c, h, w] → images in [−1, 1]: decode(z / scaling_factor), clamped.</summary>
+    public Tensor Decode(Tensor latents, int? batchSize = null)
+    {
+        var vae = Vae ?? throw new InvalidOperationException("this pipeline has no autoencoder to decode with");
+        using var _ = no_grad();
+        int n = (int)latents.shape[0], batch = Math.Max(1, batchSize ?? n);
+        var parts = new List<Tensor>();
+        for (int start = 0; start < n; start += batch)
+            parts.Add(vae.Decode(latents.narrow(0, start, Math.Min(batch, n - start)) / vae.Config.ScalingFactor)
+                .clamp(-1, 1));                                                               // [b, C, H, W]
+        return parts.Count == 1 ? parts[0] : cat(parts.ToArray());
+    }
+
+    /// <summary>The scheduler for one call: fresh, with DDIM's η from the options.</summary>
+    Scheduler NewScheduler(LatentGenerationOptions o)
+    {
+        var scheduler = _newScheduler();
+        if (scheduler is DdimScheduler ddim) ddim.Eta = o.Eta;
+        return scheduler;
+    }
+
+    /// <summary>The sampler's view of the denoiser: guided by the options' scale and ∅ rows, on the rows' device.</summary>
+    Diffusion.Denoiser GuidedDenoiser(Tensor rows, LatentGenerationOptions o)
+    {
+        var negative = o.Negative?.to(rows.device);
+        if (negative is not null && negative.shape[0] != rows.shape[0])
+            throw new ArgumentException($"{negative.shape[0]} negative rows for {rows.shape[0]} conditions " +
+                                        "(give one each, or none)", nameof(o));
+        return (z, t) => Denoiser.Guided(z, tensor((float)t, device: z.device), rows, o.GuidanceScale, negative);
+    }
+
+    /// <summary>x_T [B, c, h, w] on the CPU: the given latents, or N(0, I) from the seed or the generator.</summary>
+    Tensor InitialNoise(long batch, LatentGenerationOptions o)
+    {
+        var config = Denoiser.LatentShape;
+        long[] grid = o.LatentSize ?? [config.SampleSize, config.SampleSize];
+        if (grid.Length != 2) throw new ArgumentException("LatentSize is [height, width]", nameof(o));
+        long[] shape = [batch, config.Channels, .. grid];
+        if (o.Latents is { } given)
+        {
+            if (!given.shape.SequenceEqual(shape))
+                throw new ArgumentException($"latents must be [{string.Join(", ", shape)}], got " +
+                                            $"[{string.Join(", ", given.shape)}]", nameof(o));
+            return given;
+        }
+        if (o.Generator is { } generator) return randn(shape, generator: generator);
+        if (o.Seed is not long seed) return randn(shape);
+        using var seeded = new Generator((ulong)seed);
+        return randn(shape, generator: seeded);
+    }
+}
