@@ -39,6 +39,9 @@ public static class Commands
         try
         {
             if (args.Length == 0 || args[0] is "-h" or "--help" or "help") { Console.WriteLine(Usage); return args.Length == 0 ? 2 : 0; }
+            // the one place the CLI reads LDMLAB_* settings; commands pass changes on through Lab.Settings
+            try { Lab.Settings = RunSettings.FromEnvironment(); }
+            catch (ArgumentException e) { return Fail(e.Message); }
             return args[0] switch
             {
                 "info" => Info(),

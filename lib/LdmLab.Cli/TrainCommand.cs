@@ -52,7 +52,7 @@ public static class TrainCommand
                 "data", "checkpoints", perModel ? "" : args[0] == TextToImageRecipe.Shipped
                     ? TextToImageRecipe.ShippedName(method) : args[0]));
         var schedules = args[0] == FashionLatentRecipe.ShippedDenoiser ? Schedules(Option("--schedule")) : [];
-        Environment.SetEnvironmentVariable("LDMLAB_PROFILE", "full");   // the full recipe, whatever the caller's profile
+        Lab.Settings = Lab.Settings with { Profile = Profile.Full };  // the full recipe, whatever the caller's profile
         TorchRuntime.Setup();
         Lab.SetThreads();
         return args[0] switch
@@ -78,11 +78,28 @@ public static class TrainCommand
 
     static string Machine() => $"{Runtime.OneDnn.CpuIsa()}, {Environment.ProcessorCount} cores, {get_num_threads()} threads";
 
-    /// <summary>The model folder is written beside the target and moved over it at the end.</summary>
-    static void Replace(string staging, string outDir)
+    /// <summary>
+    /// Ships a model as <paramref name="outDir"/> through <see cref="ArtifactStore.Ship"/> (staged, verified,
+    /// replaced) with this machine and the first losses of its run recorded, and says so.
+    /// </summary>
+    static ShippedCheckpoint Ship(string outDir, string recipe, string key, int steps, long seed, string weightsFile,
+        IEnumerable<double> losses, IReadOnlyDictionary<string, double> metrics, string trainedOn,
+        Action<string> writeModel, string summary)
     {
-        if (Directory.Exists(outDir)) Directory.Delete(outDir, true);
-        Directory.Move(staging, outDir);
+        var shipped = ArtifactStore.Ship(Path.GetDirectoryName(outDir)!, Path.GetFileName(outDir),
+            new ShipRecord(recipe, key, steps, seed, weightsFile, losses.Take(FirstLossesKept).ToList(), metrics,
+                trainedOn, Machine()), writeModel);
+        Console.WriteLine($"wrote {outDir}: {summary}, sha256 {shipped.WeightsSha256}");
+        return shipped;
+    }
+
+    /// <summary>Whether NAME is already shipped under <paramref name="root"/> with this recipe key (then it is skipped).
+    /// </summary>
+    static bool AlreadyShipped(string root, string name, string key)
+    {
+        if (!ArtifactStore.Current.IsShipped(name, key, root)) return false;
+        Console.WriteLine($"{name}: already shipped with recipe key {key}, skipped");
+        return true;
     }
 
     /// <summary>
@@ -107,21 +124,15 @@ public static class TrainCommand
             var outDir = Path.Combine(root, name);
             var prediction = FashionLatentRecipe.PredictionFor(noise);
             var key = FashionLatentRecipe.DenoiserKey(latents, train.Labels, noise, prediction, null, options, 0);
-            if (ShippedCheckpoint.Find(name) is { } existing && existing.Dir == outDir && existing.RecipeKey == key)
-            {
-                Console.WriteLine($"{name}: already shipped with recipe key {key}, skipped");
-                continue;
-            }
+            if (AlreadyShipped(root, name, key)) continue;
             Console.WriteLine($"training {name} ({noise.Name}, {prediction}): {options.Steps} steps, batch " +
                               $"{options.BatchSize}, {latents.shape[0]:N0} latents (scale {scale:F4}) → {outDir}");
-            var cache = outDir + ".partial";
-            Environment.SetEnvironmentVariable("LDMLAB_CACHE", cache);
-            var (model, log) = FashionLatentRecipe.LoadOrTrainDenoiser(latents, train.Labels, noise, prediction,
-                progress: new Viz.Progress(name, options.Steps, Viz.Progress.Console, TimeSpan.FromSeconds(60)));
+            var (model, log) = (Lab.Settings with { CacheDir = ArtifactStore.PartialDir(root, name) }).Apply(() =>
+                FashionLatentRecipe.LoadOrTrainDenoiser(latents, train.Labels, noise, prediction,
+                    progress: new Viz.Progress(name, options.Steps, Viz.Progress.Console, TimeSpan.FromSeconds(60))));
             ShipDenoiser(outDir, model, log, scale, $"FashionLatentRecipe.Denoiser {noise.Name} (full profile)", key,
                 $"the shipped VAE's latents of Fashion-MNIST train (60,000), VAE sha256 " +
                 $"{vaeCheckpoint.WeightsSha256[..12]}; {prediction} target");
-            Directory.Delete(cache, true);
         }
         return 0;
     }
@@ -136,20 +147,15 @@ public static class TrainCommand
         var (model, log) = ClassifierRecipe.Train(train, steps,
             new Viz.Progress(ClassifierRecipe.Shipped, steps, Viz.Progress.Console, TimeSpan.FromSeconds(30)));
         double accuracy = ClassifierTraining.Accuracy(model, test.Images, test.Labels);
-        var staging = outDir + ".new";
-        if (Directory.Exists(staging)) Directory.Delete(staging, true);
-        Directory.CreateDirectory(staging);
-        Interop.StateDicts.Save(model, Path.Combine(staging, ClassifierRecipe.WeightsFile));
         var metrics = new Dictionary<string, double>
         {
             ["test_accuracy_10000"] = Math.Round(accuracy, 5),
             ["train_loss_last_100_steps"] = Math.Round(log.Losses.TakeLast(100).Average(), 5),
         };
-        var shipped = ShippedCheckpoint.Write(staging, "ClassifierRecipe (full profile)", ClassifierRecipe.Key(train, steps), steps,
-            ClassifierRecipe.Seed, ClassifierRecipe.WeightsFile, log.Losses.Take(FirstLossesKept).ToList(), metrics,
-            "Fashion-MNIST train (60,000 images)", Machine());
-        Replace(staging, outDir);
-        Console.WriteLine($"wrote {outDir}: test accuracy {accuracy:P2}, sha256 {shipped.WeightsSha256}");
+        Ship(outDir, "ClassifierRecipe (full profile)", ClassifierRecipe.Key(train, steps), steps, ClassifierRecipe.Seed,
+            ClassifierRecipe.WeightsFile, log.Losses, metrics, "Fashion-MNIST train (60,000 images)",
+            dir => Interop.StateDicts.Save(model, Path.Combine(dir, ClassifierRecipe.WeightsFile)),
+            $"test accuracy {accuracy:P2}");
         return 0;
     }
 
@@ -171,13 +177,13 @@ public static class TrainCommand
         var name = TextToImageRecipe.ShippedName(method);
         Console.WriteLine($"training {name} ({Name(method)}): {options.Steps} steps, batch {options.BatchSize}, " +
                           $"{latents.shape[0]:N0} scenes, latents {string.Join("×", latents.shape.Skip(1))} → {outDir}");
-        var cache = outDir + ".partial";
-        var run = options with { CheckpointDir = cache, CheckpointEvery = 250, Seed = 0 };
+        var run = options with
+        {
+            CheckpointDir = ArtifactStore.PartialDir(Path.GetDirectoryName(outDir)!, Path.GetFileName(outDir)),
+            CheckpointEvery = 250, Seed = 0,
+        };
         var (model, log) = TextToImageRecipe.Train(method, latents, scenes.Captions, run,
             new Viz.Progress(name, options.Steps, Viz.Progress.Console, TimeSpan.FromSeconds(60)));
-        var staging = outDir + ".new";
-        if (Directory.Exists(staging)) Directory.Delete(staging, true);
-        TextToImageRecipe.SaveShipped(model, log, staging);
         var metrics = new Dictionary<string, double>
         {
             ["train_loss_last_100_steps"] = Math.Round(log.Losses.TakeLast(100).Average(), 5),
@@ -185,14 +191,12 @@ public static class TrainCommand
             ["training_seconds"] = Math.Round(log.Elapsed.TotalSeconds),
             ["parameters"] = model.parameters().Sum(p => p.numel()),
         };
-        var shipped = ShippedCheckpoint.Write(staging, $"TextToImageRecipe {Name(method)} (full profile)",
+        Ship(outDir, $"TextToImageRecipe {Name(method)} (full profile)",
             TextToImageRecipe.Key(latents, scenes.Captions, options, 0, method), options.Steps, 0,
-            TextToImageRecipe.WeightsFile, log.Losses.Take(FirstLossesKept).ToList(), metrics,
+            TextToImageRecipe.WeightsFile, log.Losses, metrics,
             $"the shipped VAE's latents of {scenes.Count:N0} captioned 28×56 scenes from Fashion-MNIST train, VAE sha256 " +
-            vaeCheckpoint.WeightsSha256[..12], Machine());
-        Replace(staging, outDir);
-        Directory.Delete(cache, true);
-        Console.WriteLine($"wrote {outDir}: final loss {metrics["train_loss_last_100_steps"]}, sha256 {shipped.WeightsSha256}");
+            vaeCheckpoint.WeightsSha256[..12], dir => TextToImageRecipe.SaveShipped(model, log, dir),
+            $"final loss {metrics["train_loss_last_100_steps"]}");
         return 0;
     }
 
@@ -211,31 +215,26 @@ public static class TrainCommand
         var images = QualityModesRecipe.Pad(train.Images);                                    // [60000, 1, 32, 32]
         var test = QualityModesRecipe.Pad(FashionMnist.Load(Split.Test, limit: 1000).Images);
         var resnet = new ResNet18Features(AutoencoderRecipes.PhotoSize);
-        Environment.SetEnvironmentVariable("LDMLAB_CHECKPOINTS", root);     // the autoencoders just shipped, read back
+        var readBack = Lab.Settings with { CheckpointsDir = root, Profile = Profile.Quick };  // the ones just shipped
         foreach (int f in factors)
         {
             var spec = QualityModesRecipe.Autoencoder(f);
             ShipAutoencoder(root, spec, images, test, resnet, "Fashion-MNIST train (60,000 images) padded to 32×32",
                 "first_1000_test");
-            var vae = (AutoencoderKL)QuickProfile(() => AutoencoderRecipes.LoadOrTrain(spec, images)).Model;
+            var vae = (AutoencoderKL)readBack.Apply(() => AutoencoderRecipes.LoadOrTrain(spec, images)).Model;
             var (latents, scale) = QualityModesRecipe.Latents(vae, images);
             var options = QualityModesRecipe.DenoiserOptions;
             var name = QualityModesRecipe.ShippedDenoiser(f);
             var outDir = Path.Combine(root, name);
             var key = QualityModesRecipe.DenoiserKey(f, latents, train.Labels, options, 0);
-            if (ShippedCheckpoint.Find(name) is { } existing && existing.Dir == outDir && existing.RecipeKey == key)
-            {
-                Console.WriteLine($"{name}: already shipped with recipe key {key}, skipped");
-                continue;
-            }
+            if (AlreadyShipped(root, name, key)) continue;
             Console.WriteLine($"training {name}: {options.Steps} steps, batch {options.BatchSize}, latents " +
                               $"{string.Join("×", latents.shape.Skip(1))} (scale {scale:F4}) → {outDir}");
             var (model, log) = QualityModesRecipe.TrainDenoiser(f, latents, train.Labels,
-                options with { CheckpointDir = outDir + ".partial", CheckpointEvery = 250, Seed = 0 },
+                options with { CheckpointDir = ArtifactStore.PartialDir(root, name), CheckpointEvery = 250, Seed = 0 },
                 new Viz.Progress(name, options.Steps, Viz.Progress.Console, TimeSpan.FromSeconds(60)));
             ShipDenoiser(outDir, model, log, scale, $"QualityModesRecipe f = {f} (full profile)", key,
                 $"the latents of {AutoencoderRecipes.ShippedName(spec)} of Fashion-MNIST train padded to 32×32 (60,000)");
-            Directory.Delete(outDir + ".partial", true);
         }
         return 0;
     }
@@ -247,23 +246,19 @@ public static class TrainCommand
     static void ShipDenoiser(string outDir, ClassConditionedUNet model, DiffusionTrainingLog log, double scale,
         string recipe, string key, string trainedOn)
     {
-        var staging = outDir + ".new";
-        if (Directory.Exists(staging)) Directory.Delete(staging, true);
-        Directory.CreateDirectory(staging);
-        Interop.SafeTensors.Save(Path.Combine(staging, FashionLatentRecipe.DenoiserWeightsFile),
-            model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.to_type(ScalarType.Float16)));
-        log.Save(Path.Combine(staging, FashionLatentRecipe.DenoiserLogFile));
         var metrics = new Dictionary<string, double>
         {
             ["train_loss_last_100_steps"] = Math.Round(log.Losses.TakeLast(100).Average(), 5),
             ["latent_scale"] = scale,
             ["training_seconds"] = Math.Round(log.Elapsed.TotalSeconds),
         };
-        var shipped = ShippedCheckpoint.Write(staging, recipe, key, log.Losses.Count, 0,
-            FashionLatentRecipe.DenoiserWeightsFile, log.Losses.Take(FirstLossesKept).ToList(), metrics,
-            trainedOn + "; weights stored in float16", Machine());
-        Replace(staging, outDir);
-        Console.WriteLine($"wrote {outDir}: final loss {metrics["train_loss_last_100_steps"]}, sha256 {shipped.WeightsSha256}");
+        Ship(outDir, recipe, key, log.Losses.Count, 0, FashionLatentRecipe.DenoiserWeightsFile, log.Losses, metrics,
+            trainedOn + "; weights stored in float16", dir =>
+            {
+                Interop.SafeTensors.Save(Path.Combine(dir, FashionLatentRecipe.DenoiserWeightsFile),
+                    model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.to_type(ScalarType.Float16)));
+                log.Save(Path.Combine(dir, FashionLatentRecipe.DenoiserLogFile));
+            }, $"final loss {metrics["train_loss_last_100_steps"]}");
     }
 
     /// <summary>The study schedules --schedule names (default: SD's scaled-linear; all: the five).</summary>
@@ -277,14 +272,6 @@ public static class TrainCommand
             : all.Where(s => Short(s.Name) == schedule).ToList() is { Count: 1 } one ? one
             : throw new CliArgumentException($"--schedule {schedule}: not one of all, " +
                                              string.Join(", ", all.Select(s => Short(s.Name))));
-    }
-
-    /// <summary>Runs <paramref name="f"/> with the quick profile, where recipes load what is shipped.</summary>
-    static T QuickProfile<T>(Func<T> f)
-    {
-        Environment.SetEnvironmentVariable("LDMLAB_PROFILE", "quick");
-        try { return f(); }
-        finally { Environment.SetEnvironmentVariable("LDMLAB_PROFILE", "full"); }
     }
 
     /// <summary>The VQ twin of the Fashion VAE (notebook 02), on all 60,000 training images.</summary>
@@ -325,19 +312,12 @@ public static class TrainCommand
         var name = AutoencoderRecipes.ShippedName(spec);
         var outDir = Path.Combine(root, name);
         var key = AutoencoderRecipes.Key(spec, train, 0);
-        if (ShippedCheckpoint.Find(name) is { } existing && existing.Dir == outDir && existing.RecipeKey == key)
-        {
-            Console.WriteLine($"{name}: already shipped with recipe key {key}, skipped");
-            return;
-        }
+        if (AlreadyShipped(root, name, key)) return;
         Console.WriteLine($"training {name} ({spec.Name}, {spec.Losses}): {spec.Options.Steps} steps, batch {spec.Options.BatchSize} → {outDir}");
-        Environment.SetEnvironmentVariable("LDMLAB_CACHE", outDir + ".partial");
-        var ae = AutoencoderRecipes.LoadOrTrain(spec, train,
-            new Viz.Progress(name, spec.Options.Steps, Viz.Progress.Console, TimeSpan.FromSeconds(60)), resnet);
+        var ae = (Lab.Settings with { CacheDir = ArtifactStore.PartialDir(root, name) }).Apply(() =>
+            AutoencoderRecipes.LoadOrTrain(spec, train,
+                new Viz.Progress(name, spec.Options.Steps, Viz.Progress.Console, TimeSpan.FromSeconds(60)), resnet));
         var report = AutoencoderRecipes.Evaluate(ae, heldOut, resnet);
-        var staging = outDir + ".new";
-        if (Directory.Exists(staging)) Directory.Delete(staging, true);
-        AutoencoderRecipes.WriteShipped(ae, staging);
         var metrics = new Dictionary<string, double>
         {
             [$"psnr_db_{evaluatedOn}"] = Math.Round(report.Psnr, 3),
@@ -347,12 +327,9 @@ public static class TrainCommand
             ["train_l1_last_50_steps"] = Math.Round(ae.Log.TakeLast(50).Average(s => s.Reconstruction), 5),
         };
         if (report.CodebookUsage is double usage) metrics[$"codebook_usage_{evaluatedOn}"] = Math.Round(usage, 4);
-        var shipped = ShippedCheckpoint.Write(staging, $"AutoencoderRecipes {spec.Name} (full profile)", key, spec.Options.Steps, 0,
-            AutoencoderRecipes.ShippedWeightsFile, ae.Log.Take(FirstLossesKept).Select(s => s.Reconstruction).ToList(), metrics,
-            trainedOn, Machine());
-        Replace(staging, outDir);
-        Directory.Delete(outDir + ".partial", true);
-        Console.WriteLine($"wrote {outDir}: PSNR {report.Psnr:F2} dB on {heldOut.shape[0]} images, sha256 {shipped.WeightsSha256}");
+        Ship(outDir, $"AutoencoderRecipes {spec.Name} (full profile)", key, spec.Options.Steps, 0,
+            AutoencoderRecipes.ShippedWeightsFile, ae.Log.Select(s => s.Reconstruction), metrics, trainedOn,
+            dir => AutoencoderRecipes.WriteShipped(ae, dir), $"PSNR {report.Psnr:F2} dB on {heldOut.shape[0]} images");
     }
 
     static int Vae(string outDir)
@@ -360,7 +337,7 @@ public static class TrainCommand
         var train = FashionMnist.Load(Split.Train);
         var test = FashionMnist.Load(Split.Test, limit: 1000);
         const long seed = 0;
-        var partial = outDir + ".partial";
+        var partial = ArtifactStore.PartialDir(Path.GetDirectoryName(outDir)!, Path.GetFileName(outDir));
         var options = FashionLatentRecipe.VaeOptions with
         {
             Seed = seed, CheckpointDir = partial, CheckpointEvery = 250,
@@ -379,21 +356,16 @@ public static class TrainCommand
             var recon = VaeTrainer.DecodeBatched(vae, VaeTrainer.EncodeMeans(vae, test.Images)).clamp(-1, 1);
             psnr = ImageQuality.Psnr(recon, test.Images).mean().item<float>();
         }
-        var staging = outDir + ".new";
-        if (Directory.Exists(staging)) Directory.Delete(staging, true);
-        vae.SavePretrained(staging);
         var metrics = new Dictionary<string, double>
         {
             ["test_psnr_db_first_1000"] = Math.Round(psnr, 3),
             ["train_reconstruction_l1_last_100_steps"] = Math.Round(log.Reconstruction.TakeLast(100).Average(), 5),
             ["scaling_factor"] = vae.Config.ScalingFactor,
         };
-        var shipped = ShippedCheckpoint.Write(staging, "FashionLatentRecipe.Vae (full profile)",
-            FashionLatentRecipe.VaeKey(train.Images, seed), options.Steps, seed, AutoencoderKL.WeightsName,
-            log.Reconstruction.Take(FirstLossesKept).ToList(), metrics, "Fashion-MNIST train (60,000 images)", Machine());
-        Replace(staging, outDir);
-        Directory.Delete(partial, true);
-        Console.WriteLine($"wrote {outDir}: test PSNR {psnr:F2} dB, scaling_factor {vae.Config.ScalingFactor:F4}, sha256 {shipped.WeightsSha256}");
+        Ship(outDir, "FashionLatentRecipe.Vae (full profile)", FashionLatentRecipe.VaeKey(train.Images, seed),
+            options.Steps, seed, AutoencoderKL.WeightsName, log.Reconstruction, metrics,
+            "Fashion-MNIST train (60,000 images)", vae.SavePretrained,
+            $"test PSNR {psnr:F2} dB, scaling_factor {vae.Config.ScalingFactor:F4}");
         return 0;
     }
 }

@@ -22,7 +22,7 @@ public class AutoencoderRecipeTests
         return (rand([n, 3, 16, 16], generator: g) * 2 - 1);
     }
 
-    static T WithCache<T>(string dir, Func<T> f) => TestPaths.WithEnvironment("LDMLAB_CACHE", dir, f);
+    static T WithCache<T>(string dir, Func<T> f) => TestPaths.WithSettings(s => s with { CacheDir = dir }, f);
 
     [Fact]
     public void Photo_configs_have_the_asked_factor_and_channels()
@@ -170,7 +170,7 @@ public class AutoencoderRecipeTests
 /// <summary>Caches keyed by content: the same shapes with other data, or other upstream latents, never hit.</summary>
 public class CacheKeyTests
 {
-    static T WithCache<T>(string dir, Func<T> f) => TestPaths.WithEnvironment("LDMLAB_CACHE", dir, f);
+    static T WithCache<T>(string dir, Func<T> f) => TestPaths.WithSettings(s => s with { CacheDir = dir }, f);
 
     static Tensor Fashion(int n, int offset)
     {

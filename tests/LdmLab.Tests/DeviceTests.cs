@@ -18,11 +18,11 @@ public class DeviceTests
     static T OnDevice<T>(string device, Func<T> f)
     {
         TorchRuntime.Setup();
-        return TestPaths.WithEnvironment("LDMLAB_DEVICE", device, f);
+        return TestPaths.WithSettings(s => s with { Device = device }, f);
     }
 
     [Fact]
-    public void Lab_device_follows_LDMLAB_DEVICE()
+    public void Lab_device_follows_the_run_settings()
     {
         Assert.Equal(DeviceType.META, OnDevice("meta", () => Lab.Device.type));
         Assert.Equal(DeviceType.CPU, OnDevice("cpu", () => Lab.Device.type));

@@ -48,13 +48,14 @@ public class QualityModesTests
         var (latents, scale) = QualityModesRecipe.Latents(vae, images);
         Assert.Equal(new long[] { 64, 4, 4, 4 }, latents.shape);
         Assert.Equal(1.0, latents.std().item<float>(), 2);                              // 1/σ scaling
+        Assert.Equal(scale, vae.Config.ScalingFactor);                        // kept where every decoder reads it
         var options = new TrainerOptions { Steps = 20, BatchSize = 16, WarmupSteps = 2, LearningRate = 1e-3 };
         var (model, log) = QualityModesRecipe.TrainDenoiser(8, latents, data.Labels, options);
         Assert.Equal(20, log.Losses.Count);
         Assert.All(log.Losses, l => Assert.True(double.IsFinite(l)));
         var error = Assert.Throws<ArgumentException>(() => QualityModesRecipe.TrainDenoiser(4, latents, data.Labels, options));
         Assert.Contains("8×8", error.Message);
-        var mode = new QualityModesRecipe.TrainedMode(8, vae, model, log, scale, "test");
+        var mode = new QualityModesRecipe.TrainedMode(8, vae, model, log, "test");
         var canvases = QualityModesRecipe.Sample(mode, tensor(new long[] { 0, 7, 9 }), steps: 3, guidance: 2);
         Assert.Equal(new long[] { 3, 1, 32, 32 }, canvases.shape);
         Assert.True(canvases.abs().max().item<float>() <= 1);

@@ -87,6 +87,29 @@ public class RuntimeTests
     }
 
     [Fact]
+    public void Run_settings_are_read_from_the_environment_in_one_place()
+    {
+        var vars = new Dictionary<string, string>
+        {
+            ["LDMLAB_PROFILE"] = "full", ["LDMLAB_CACHE"] = "/tmp/c", ["LDMLAB_CHECKPOINTS"] = "/tmp/k",
+            ["LDMLAB_DEVICE"] = "meta", ["LDMLAB_THREADS"] = "3", ["LDMLAB_SEED"] = "7",
+        };
+        var s = RunSettings.FromEnvironment(n => vars.GetValueOrDefault(n));
+        Assert.Equal(new RunSettings(Profile.Full, "/tmp/c", "/tmp/k", "meta", 3, 7), s);
+        var defaults = RunSettings.FromEnvironment(_ => null);
+        Assert.Equal(RunSettings.Defaults, defaults);
+        vars["LDMLAB_THREADS"] = "0";
+        var e = Assert.Throws<ArgumentException>(() => RunSettings.FromEnvironment(n => vars.GetValueOrDefault(n)));
+        Assert.Contains("LDMLAB_THREADS='0'", e.Message);
+        // settings apply to a piece of work and are restored after it, also when it throws
+        var before = Lab.Settings;
+        Assert.Equal(Profile.Full, (before with { Profile = Profile.Full }).Apply(() => Lab.Profile));
+        Assert.Throws<InvalidOperationException>(() => (before with { Device = "meta" }).Apply<int>(
+            () => throw new InvalidOperationException()));
+        Assert.Same(before, Lab.Settings);
+    }
+
+    [Fact]
     public void Device_is_cpu_without_cuda_and_threads_apply()
     {
         if (!cuda.is_available()) Assert.Equal(DeviceType.CPU, Lab.Device.type);

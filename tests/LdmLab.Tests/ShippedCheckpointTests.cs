@@ -20,7 +20,7 @@ public class ShippedCheckpointTests
         ShippedCheckpoint.Find(FashionLatentRecipe.ShippedVae)
         ?? throw new InvalidOperationException("data/checkpoints/fashion-vae is missing from this checkout");
 
-    static T Full<T>(Func<T> f) => TestPaths.WithEnvironment("LDMLAB_PROFILE", "full", f);
+    static T Full<T>(Func<T> f) => TestPaths.WithSettings(s => s with { Profile = Profile.Full }, f);
 
     [Fact]
     public void The_shipped_fashion_vae_is_the_recipes_and_reaches_its_recorded_metrics()
@@ -77,7 +77,7 @@ public class ShippedCheckpointTests
         var bytes = File.ReadAllBytes(weights);
         bytes[^3] ^= 0x40;
         File.WriteAllBytes(weights, bytes);
-        var e = TestPaths.WithEnvironment("LDMLAB_CHECKPOINTS", root, () =>
+        var e = TestPaths.WithSettings(s => s with { CheckpointsDir = root }, () =>
             Assert.Throws<DatasetException>(() => FashionLatentRecipe.Vae(zeros(2, 1, 28, 28))));
         Assert.Contains(weights, e.Message);
         Assert.Contains("SHA-256", e.Message);
@@ -88,7 +88,7 @@ public class ShippedCheckpointTests
     public void The_quick_profile_uses_the_shipped_vae_and_says_so()
     {
         TorchRuntime.Setup();
-        var used = TestPaths.WithEnvironment("LDMLAB_PROFILE", "quick", () => FashionLatentRecipe.Vae(zeros(2, 1, 28, 28)));
+        var used = TestPaths.WithSettings(s => s with { Profile = Profile.Quick }, () => FashionLatentRecipe.Vae(zeros(2, 1, 28, 28)));
         Assert.Null(used.Log);
         Assert.StartsWith("loaded checkpoint data/checkpoints/fashion-vae, trained 3,000 steps", used.Source);
         Assert.Contains("LDMLAB_PROFILE=full retrains it", used.Source);
@@ -123,7 +123,7 @@ public class ShippedCheckpointTests
             Assert.Equal(FashionLatentRecipe.DenoiserKey(latents, train.Labels, schedule, prediction, null, options, 0),
                 shipped.RecipeKey);
             Assert.Equal(options.Steps, shipped.Steps);
-            var used = TestPaths.WithEnvironment("LDMLAB_PROFILE", "quick",
+            var used = TestPaths.WithSettings(s => s with { Profile = Profile.Quick },
                 () => FashionLatentRecipe.Denoiser(latents, train.Labels, schedule));
             Assert.True(used.Shipped, name);
             Assert.Equal(shipped.Steps, used.Log.Losses.Count);
@@ -150,7 +150,7 @@ public class ShippedJudgeAndAutoencoderTests
     static ShippedCheckpoint Require(string name) =>
         ShippedCheckpoint.Find(name) ?? throw new InvalidOperationException($"data/checkpoints/{name} is missing from this checkout");
 
-    static T Full<T>(Func<T> f) => TestPaths.WithEnvironment("LDMLAB_PROFILE", "full", f);
+    static T Full<T>(Func<T> f) => TestPaths.WithSettings(s => s with { Profile = Profile.Full }, f);
 
     internal static void AssertFirstLosses(IReadOnlyList<double> expected, IReadOnlyList<double> actual,
         string? name = null)
@@ -176,7 +176,7 @@ public class ShippedJudgeAndAutoencoderTests
         var train = FashionMnist.Load(Split.Train);
         Assert.Equal(Full(() => ClassifierRecipe.Key(train, ClassifierRecipe.Steps)), shipped.RecipeKey);
         Assert.Equal(Full(() => ClassifierRecipe.Steps), shipped.Steps);
-        var judge = TestPaths.WithEnvironment("LDMLAB_PROFILE", "quick", () => ClassifierRecipe.Load(train));
+        var judge = TestPaths.WithSettings(s => s with { Profile = Profile.Quick }, () => ClassifierRecipe.Load(train));
         Assert.StartsWith("loaded checkpoint data/checkpoints/fashion-classifier, trained 3,000 steps", judge.Source);
         var test = FashionMnist.Load(Split.Test);
         double accuracy = ClassifierTraining.Accuracy(judge.Model, test.Images, test.Labels);
@@ -231,8 +231,8 @@ public class ShippedJudgeAndAutoencoderTests
             var train = trainImages();
             Assert.Equal(AutoencoderRecipes.Key(spec, train, 0), shipped.RecipeKey);
             Assert.Equal(spec.Options.Steps, shipped.Steps);
-            var quickSpec = TestPaths.WithEnvironment("LDMLAB_PROFILE", "quick", () => spec with { Options = spec.Options with { Steps = 8 } });
-            var loaded = TestPaths.WithEnvironment("LDMLAB_PROFILE", "quick", () => AutoencoderRecipes.LoadOrTrain(quickSpec, train));
+            var quickSpec = TestPaths.WithSettings(s => s with { Profile = Profile.Quick }, () => spec with { Options = spec.Options with { Steps = 8 } });
+            var loaded = TestPaths.WithSettings(s => s with { Profile = Profile.Quick }, () => AutoencoderRecipes.LoadOrTrain(quickSpec, train));
             Assert.StartsWith($"loaded checkpoint data/checkpoints/{name}", loaded.Source);
             Assert.Equal(shipped.Steps, loaded.Log.Count);
             Assert.Equal(shipped.Steps, loaded.Spec.Options.Steps);
@@ -243,7 +243,7 @@ public class ShippedJudgeAndAutoencoderTests
             Assert.True(Math.Abs(psnr - shipped.Metrics[metric]) <= 0.01, $"{name}: PSNR {psnr:F3} vs the recorded {shipped.Metrics[metric]:F3}");
 
             if (spec.Loss.PerceptualWeight > 0) resnet ??= new ResNet18Features(AutoencoderRecipes.PhotoSize);
-            var replay = TestPaths.WithEnvironment("LDMLAB_CACHE", cache, () => Full(() => AutoencoderRecipes.LoadOrTrain(
+            var replay = TestPaths.WithSettings(s => s with { CacheDir = cache }, () => Full(() => AutoencoderRecipes.LoadOrTrain(
                 spec with { Options = spec.Options with { Steps = shipped.FirstLosses.Count } }, train, perceptual: resnet)));
             AssertFirstLosses(shipped.FirstLosses, replay.Log.Select(s => s.Reconstruction).ToList());
         }
@@ -255,7 +255,7 @@ public class ShippedJudgeAndAutoencoderTests
 [Collection("environment")]
 public class ShippedTextToImageTests
 {
-    static T Full<T>(Func<T> f) => TestPaths.WithEnvironment("LDMLAB_PROFILE", "full", f);
+    static T Full<T>(Func<T> f) => TestPaths.WithSettings(s => s with { Profile = Profile.Full }, f);
 
     /// <summary>
     /// For the cross-attention model and each other conditioning method's: hash; recipe key (method, configs,
@@ -281,7 +281,7 @@ public class ShippedTextToImageTests
             shipped.Verify();
             Assert.Equal(TextToImageRecipe.Key(latents, scenes.Captions, options, 0, method), shipped.RecipeKey);
             Assert.Equal(options.Steps, shipped.Steps);
-            var used = TestPaths.WithEnvironment("LDMLAB_PROFILE", "quick",
+            var used = TestPaths.WithSettings(s => s with { Profile = Profile.Quick },
                 () => TextToImageRecipe.Load(method, latents, scenes.Captions));
             Assert.StartsWith($"loaded checkpoint data/checkpoints/{name}", used.Source);
             Assert.Equal(shipped.Steps, used.Log.Losses.Count);
@@ -313,7 +313,7 @@ public class ShippedTextToImageTests
             var shipped = ShippedCheckpoint.Find(name)
                 ?? throw new InvalidOperationException($"data/checkpoints/{name} is missing from this checkout");
             shipped.Verify();
-            var mode = TestPaths.WithEnvironment("LDMLAB_PROFILE", "quick", () => QualityModesRecipe.Load(f, images, train.Labels));
+            var mode = TestPaths.WithSettings(s => s with { Profile = Profile.Quick }, () => QualityModesRecipe.Load(f, images, train.Labels));
             Assert.Contains($"loaded checkpoint data/checkpoints/{name}", mode.Source);
             Assert.Contains($"loaded checkpoint data/checkpoints/ae-kl-f{f}-c4-fashion32", mode.Source);
             var (latents, scale) = QualityModesRecipe.Latents(mode.Vae, images);

@@ -1,3 +1,5 @@
+using LdmLab.Runtime;
+
 namespace LdmLab.Tests;
 
 static class TestPaths
@@ -12,12 +14,7 @@ static class TestPaths
         return d;
     }
 
-    /// <summary>Runs <paramref name="f"/> with an environment variable set, then restores it.</summary>
-    public static T WithEnvironment<T>(string name, string? value, Func<T> f)
-    {
-        var saved = Environment.GetEnvironmentVariable(name);
-        Environment.SetEnvironmentVariable(name, value);
-        try { return f(); }
-        finally { Environment.SetEnvironmentVariable(name, saved); }
-    }
+    /// <summary>Runs <paramref name="f"/> with the run settings changed (<see cref="RunSettings.Apply"/>), then
+    /// restores them.</summary>
+    public static T WithSettings<T>(Func<RunSettings, RunSettings> change, Func<T> f) => change(Lab.Settings).Apply(f);
 }

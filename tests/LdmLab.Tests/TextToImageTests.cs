@@ -163,7 +163,7 @@ public class TextToImageTests
             Prompts = prompts.Select(p => p.Text).ToArray(), Steps = 20, GuidanceScale = 5,
             Height = 28, Width = 28, Seed = 0,
         });
-        var judge = TestPaths.WithEnvironment("LDMLAB_PROFILE", "quick", () => ClassifierRecipe.Load(train)).Model;
+        var judge = TestPaths.WithSettings(s => s with { Profile = Profile.Quick }, () => ClassifierRecipe.Load(train)).Model;
         var asked = tensor(prompts.Select(p => (long)p.Item).ToArray());
         double accuracy = ClassifierTraining.Accuracy(judge, output.Images * 2 - 1, asked);
         Assert.True(accuracy >= 0.5, $"intended-class accuracy {accuracy:P0} after 600 steps from scratch");

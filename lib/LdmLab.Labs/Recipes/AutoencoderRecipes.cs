@@ -175,20 +175,24 @@ public static partial class AutoencoderRecipes
         if (images.dim() != 4 || images.shape[1] != spec.Config.InChannels || images.shape[2] % spec.F != 0 || images.shape[3] % spec.F != 0)
             throw new ArgumentException($"{spec.Name}: expected images [N, {spec.Config.InChannels}, H, W] with H and W " +
                 $"multiples of f = {spec.F}, got [{string.Join(", ", images.shape)}]", nameof(images));
-        if (Lab.Profile == Profile.Quick && seed == 0 && ShippedCheckpoint.Find(ShippedName(spec)) is { } shipped)
-            return LoadShipped(spec, shipped);
-        var dir = Path.Combine(FashionLatentRecipe.CacheRoot, "ae-" + Key(spec, images, seed));
-        Directory.CreateDirectory(dir);
-        manual_seed(seed);
-        var model = NewModel(spec);
-        model.to(Runtime.Lab.Device);
-        var options = spec.Options with { CheckpointDir = dir, CheckpointEvery = Math.Max(1, spec.Options.Steps / 4), Seed = seed };
-        var trainer = new AutoencoderTrainer(model, spec.Loss, options, perceptual);
-        var sw = System.Diagnostics.Stopwatch.StartNew();
-        bool complete = Checkpoint.StepOf(Path.Combine(dir, AutoencoderTrainer.CheckpointFile)) >= spec.Options.Steps;
-        var log = trainer.Train(images, progress);
-        model.eval();
-        return new TrainedAutoencoder(spec, model, log, complete ? null : sw.Elapsed);
+        return ArtifactStore.Current.Resolve(ShippedName(spec), seed, shipped => LoadShipped(spec, shipped), () =>
+        {
+            var dir = ArtifactStore.Current.CacheEntry("ae", Key(spec, images, seed));
+            Directory.CreateDirectory(dir);
+            manual_seed(seed);
+            var model = NewModel(spec);
+            model.to(Lab.Device);
+            var options = spec.Options with
+            {
+                CheckpointDir = dir, CheckpointEvery = Math.Max(1, spec.Options.Steps / 4), Seed = seed,
+            };
+            var trainer = new AutoencoderTrainer(model, spec.Loss, options, perceptual);
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            bool complete = Checkpoint.StepOf(Path.Combine(dir, AutoencoderTrainer.CheckpointFile)) >= spec.Options.Steps;
+            var log = trainer.Train(images, progress);
+            model.eval();
+            return new TrainedAutoencoder(spec, model, log, complete ? null : sw.Elapsed);
+        });
     }
 
     sealed record Reference(ResNet18Features Features, int BatchSize, Tensor Pooled, List<Tensor[]> Taps);

@@ -34,23 +34,24 @@ public static class ClassifierRecipe
     /// </summary>
     public static Judge Load(FashionMnist train, Viz.Progress? progress = null)
     {
-        if (Lab.Profile == Profile.Quick && ShippedCheckpoint.Find(Shipped) is { } shipped)
+        return ArtifactStore.Current.Resolve(Shipped, seed: 0, shipped => new Judge(shipped.LoadInto(New()),
+            shipped.Describe()), () =>
         {
-            return new Judge(shipped.LoadInto(New()), shipped.Describe());
-        }
-        var path = Path.Combine(FashionLatentRecipe.CacheRoot, "fashion-classifier-" + Key(train, Steps), WeightsFile);
-        if (File.Exists(path))
-        {
-            var cached = New();
-            Interop.StateDicts.Load(cached, path);
-            cached.eval();
-            return new Judge(cached, "loaded from the cache (trained earlier with the same settings and images)");
-        }
-        var (trained, log) = Train(train, Steps, progress);
-        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-        Interop.StateDicts.Save(trained, path);
-        return new Judge(trained, $"trained {Steps:N0} steps ({Lab.Profile.ToString().ToLowerInvariant()} profile) on " +
-                                  $"{train.Images.shape[0]:N0} images in {log.Elapsed.TotalSeconds:F0} s");
+            var path = Path.Combine(ArtifactStore.Current.CacheEntry("fashion-classifier", Key(train, Steps)),
+                WeightsFile);
+            if (File.Exists(path))
+            {
+                var cached = New();
+                Interop.StateDicts.Load(cached, path);
+                cached.eval();
+                return new Judge(cached, "loaded from the cache (trained earlier with the same settings and images)");
+            }
+            var (trained, log) = Train(train, Steps, progress);
+            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+            Interop.StateDicts.Save(trained, path);
+            return new Judge(trained, $"trained {Steps:N0} steps ({Lab.Profile.ToString().ToLowerInvariant()} " +
+                                      $"profile) on {train.Images.shape[0]:N0} images in {log.Elapsed.TotalSeconds:F0} s");
+        });
     }
 
     /// <summary>A training run of the recipe (seeded), in eval mode at the end; <paramref name="stopAfter"/> stops it early.</summary>

@@ -37,9 +37,9 @@ public static class FashionLatentRecipe
         EmaDecay = Lab.Pick(quick: 0.9, full: 0.999), ConditionDropout = 0.1,
     };
 
-    public static string CacheRoot =>
-        Environment.GetEnvironmentVariable("LDMLAB_CACHE") is { Length: > 0 } c ? c
-        : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "ldmlab");
+    /// <summary>Where trained models are cached (<see cref="ArtifactStore.CacheRoot"/> of the settings in
+    /// force).</summary>
+    public static string CacheRoot => ArtifactStore.Current.CacheRoot;
 
     /// <summary>
     /// A short hash of everything that determines a trained model — settings, and the content hashes of the data and
@@ -58,7 +58,7 @@ public static class FashionLatentRecipe
     /// </summary>
     public static (AutoencoderKL vae, bool trained, VaeTrainer.Log? log) LoadOrTrainVae(Tensor images, Viz.Progress? progress = null, long seed = 0)
     {
-        var dir = Path.Combine(CacheRoot, "fashion-vae-" + VaeKey(images, seed));
+        var dir = ArtifactStore.Current.CacheEntry("fashion-vae", VaeKey(images, seed));
         var options = VaeOptions with { Seed = seed, CheckpointDir = dir, CheckpointEvery = Math.Max(1, VaeOptions.Steps / 4) };
         if (File.Exists(Path.Combine(dir, AutoencoderKL.WeightsName)))
             return (AutoencoderKL.FromPretrained(dir).eval_().OnLabDevice(), false, null);
@@ -85,19 +85,18 @@ public static class FashionLatentRecipe
     /// 60,000 training images (hash-checked), when this checkout has it. Otherwise <see cref="LoadOrTrainVae"/>: the
     /// cache, or a training run on <paramref name="images"/> with this profile's settings (full: 3,000 steps).
     /// </summary>
-    public static TrainedVae Vae(Tensor images, Viz.Progress? progress = null, long seed = 0)
-    {
-        if (Lab.Profile == Profile.Quick && seed == 0 && ShippedCheckpoint.Find(ShippedVae) is { } shipped)
-        {
-            shipped.Verify();
-            return new TrainedVae(AutoencoderKL.FromPretrained(shipped.Dir).eval_().OnLabDevice(), shipped.Describe(), null);
-        }
-        var (vae, trained, log) = LoadOrTrainVae(images, progress, seed);
-        return new TrainedVae(vae, trained
-            ? $"trained {VaeOptions.Steps:N0} steps ({Lab.Profile.ToString().ToLowerInvariant()} profile) on " +
-              $"{images.shape[0]:N0} images in {log!.Elapsed.TotalSeconds:F0} s"
-            : "loaded from the cache (trained earlier with the same settings and images)", log);
-    }
+    public static TrainedVae Vae(Tensor images, Viz.Progress? progress = null, long seed = 0) =>
+        ArtifactStore.Current.Resolve(ShippedVae, seed,
+            shipped => new TrainedVae(AutoencoderKL.FromPretrained(shipped.Dir).eval_().OnLabDevice(), shipped.Describe(),
+                null),
+            () =>
+            {
+                var (vae, trained, log) = LoadOrTrainVae(images, progress, seed);
+                return new TrainedVae(vae, trained
+                    ? $"trained {VaeOptions.Steps:N0} steps ({Lab.Profile.ToString().ToLowerInvariant()} profile) on " +
+                      $"{images.shape[0]:N0} images in {log!.Elapsed.TotalSeconds:F0} s"
+                    : "loaded from the cache (trained earlier with the same settings and images)", log);
+            });
 
     /// <summary>The recipe's VAE, untrained, on <see cref="Lab.Device"/>.</summary>
     public static AutoencoderKL NewVae() => new AutoencoderKL(VaeConfig).OnLabDevice();
@@ -121,7 +120,8 @@ public static class FashionLatentRecipe
         options ??= DenoiserOptions;
         // One folder per step count inside a folder per setting: a longer run starts from the longest shorter run's
         // checkpoint (staged evaluation), and a shorter request never gets a model trained further than asked.
-        var family = Path.Combine(CacheRoot, "fashion-ldm-" + DenoiserKey(latents, labels, schedule, prediction, minSnrGamma, options, seed));
+        var family = ArtifactStore.Current.CacheEntry("fashion-ldm",
+            DenoiserKey(latents, labels, schedule, prediction, minSnrGamma, options, seed));
         var dir = Path.Combine(family, $"steps-{options.Steps}");
         if (!File.Exists(Path.Combine(dir, LatentDiffusionTrainer.CheckpointFile)) && Directory.Exists(family))
         {
@@ -212,22 +212,19 @@ public static class FashionLatentRecipe
     /// its loss log). Otherwise <see cref="LoadOrTrainDenoiser"/>.
     /// </summary>
     public static TrainedDenoiser Denoiser(Tensor latents, Tensor labels, NoiseSchedule schedule,
-        Viz.Progress? progress = null, long seed = 0)
-    {
-        if (Lab.Profile == Profile.Quick && seed == 0 && ShippedDenoiserName(schedule) is { } name
-            && ShippedCheckpoint.Find(name) is { } shipped)
-        {
-            return new TrainedDenoiser(shipped.LoadInto(NewDenoiser()),
-                DiffusionTrainingLog.Load(Path.Combine(shipped.Dir, DenoiserLogFile)), shipped.Describe(),
-                Shipped: true);
-        }
-        var (trained, run) = LoadOrTrainDenoiser(latents, labels, schedule, PredictionFor(schedule), progress: progress,
-            seed: seed);
-        return new TrainedDenoiser(trained, run, run.ResumedFromStep >= run.Losses.Count
-            ? "loaded from the cache (trained earlier with the same settings and latents)"
-            : $"trained {run.Losses.Count - run.ResumedFromStep:N0} steps ({Lab.Profile.ToString().ToLowerInvariant()} profile) " +
-              $"in {run.Elapsed.TotalSeconds:F0} s");
-    }
+        Viz.Progress? progress = null, long seed = 0) =>
+        ArtifactStore.Current.Resolve(ShippedDenoiserName(schedule), seed,
+            shipped => new TrainedDenoiser(shipped.LoadInto(NewDenoiser()),
+                DiffusionTrainingLog.Load(Path.Combine(shipped.Dir, DenoiserLogFile)), shipped.Describe(), Shipped: true),
+            () =>
+            {
+                var (trained, run) = LoadOrTrainDenoiser(latents, labels, schedule, PredictionFor(schedule),
+                    progress: progress, seed: seed);
+                return new TrainedDenoiser(trained, run, run.ResumedFromStep >= run.Losses.Count
+                    ? "loaded from the cache (trained earlier with the same settings and latents)"
+                    : $"trained {run.Losses.Count - run.ResumedFromStep:N0} steps " +
+                      $"({Lab.Profile.ToString().ToLowerInvariant()} profile) in {run.Elapsed.TotalSeconds:F0} s");
+            });
 
     /// <summary>The shipped denoisers' weights file (float16 from the schedule study on; fashion-denoiser's is
     /// float32).</summary>
@@ -240,37 +237,34 @@ public static class FashionLatentRecipe
     /// Training latents as diffusers scales them: posterior means of <paramref name="images"/> times the VAE's
     /// config.scaling_factor (1/σ for the recipe VAE, like SD's 0.18215), so that the diffusion model sees unit
     /// variance. Returns the scaled latents and the factor. With <paramref name="unitVariance"/> the factor is
-    /// measured on these means instead (1/σ, what <see cref="MeasureScalingFactor"/> gives), from one encoding.
+    /// measured on these means instead (1/σ, what <see cref="MeasureScalingFactor"/> gives), from one encoding, and
+    /// written into the VAE's config.scaling_factor, where every decoder reads it.
     /// </summary>
     public static (Tensor latents, double scale) ScaledLatents(AutoencoderKL vae, Tensor images,
         bool unitVariance = false)
     {
         var means = VaeTrainer.EncodeMeans(vae, images);                          // [N, 4, h, w]
-        double scale = unitVariance ? 1.0 / means.std().item<float>() : vae.Config.ScalingFactor;
+        if (unitVariance) vae.UseScalingFactor(1.0 / means.std().item<float>());  // the scale lives in the config
+        double scale = vae.Config.ScalingFactor;
         var latents = means * scale;
         LatentOrigins.AddOrUpdate(latents, Key("latents", ContentHash.Of(vae), ContentHash.Of(images), scale));
         return (latents, scale);
     }
 
     /// <summary>
-    /// Samples latents for the given conditions (class labels, prompt rows, layouts) with classifier-free guidance;
-    /// the callback sees every step. The noise is drawn on the CPU from <paramref name="seed"/> (the same samples on
-    /// any device, and the same as <see cref="Pipelines.StableDiffusionPipeline"/>'s for that seed).
+    /// Samples latents for the given conditions (class labels, prompt rows, layouts) with classifier-free guidance
+    /// through <see cref="LatentDiffusionPipeline"/>; the callback sees every step. The noise is drawn on the CPU from
+    /// <paramref name="seed"/> (the same samples on any device, and the same as
+    /// <see cref="StableDiffusionPipeline"/>'s for that seed).
     /// </summary>
-    /// <param name="latentSize">The latent grid [h, w] (default: the recipe denoiser's 7×7).</param>
-    public static Tensor SampleLatents(ConditionalDenoiser model, Diffusion.Schedulers.Scheduler scheduler,
+    /// <param name="latentSize">The latent grid [h, w] (default: the denoiser's sample size, 7×7 here).</param>
+    public static Tensor SampleLatents(ConditionalDenoiser model, Scheduler scheduler,
         Tensor conditions, int steps, double guidance, Action<SamplingStep>? callback = null, long seed = 0,
-        long[]? latentSize = null)
-    {
-        long[] grid = latentSize ?? [DenoiserConfig.SampleSize, DenoiserConfig.SampleSize];
-        var device = model.parameters().First().device;
-        using var gen = new TorchSharp.torch.Generator((ulong)seed);
-        var noise = randn([conditions.shape[0], DenoiserConfig.InChannels, .. grid], generator: gen)
-            .to(device);                                                                              // [B, 4, h, w]
-        var rows = conditions.to(device);
-        return Sampling.Sample(scheduler, (z, t) => model.Guided(z, tensor((float)t, device: device), rows, guidance),
-            noise, steps, callback);
-    }
+        long[]? latentSize = null) =>
+        new LatentDiffusionPipeline(model, null, () => scheduler).Generate(conditions, new LatentGenerationOptions
+        {
+            Steps = steps, GuidanceScale = guidance, Callback = callback, Seed = seed, LatentSize = latentSize,
+        }).Latents;
 
     static AutoencoderKL eval_(this AutoencoderKL vae) { vae.eval(); return vae; }
 

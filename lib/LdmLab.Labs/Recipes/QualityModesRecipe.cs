@@ -71,10 +71,10 @@ public static class QualityModesRecipe
         FashionLatentRecipe.Key("modes-denoiser", f, DenoiserConfig(f), options with { Steps = 0 }, seed,
             FashionLatentRecipe.LatentIdentity(latents), ContentHash.Of(labels));
 
-    /// <summary>One f's trained pair: the autoencoder, the denoiser, the latent scale and where they came
-    /// from.</summary>
+    /// <summary>One f's trained pair: the autoencoder (its config.scaling_factor is the latent scale), the denoiser
+    /// and where they came from.</summary>
     public sealed record TrainedMode(int F, AutoencoderKL Vae, ClassConditionedUNet Denoiser, DiffusionTrainingLog Log,
-        double Scale, string Source);
+        string Source);
 
     /// <summary>
     /// The autoencoder and the denoiser at factor f. Quick profile: the shipped pair (hash-checked). Otherwise the
@@ -85,24 +85,28 @@ public static class QualityModesRecipe
     {
         var ae = AutoencoderRecipes.LoadOrTrain(Autoencoder(f), images, progress, seed: seed);
         var vae = (AutoencoderKL)ae.Model;
-        if (Lab.Profile == Profile.Quick && seed == 0 && ShippedCheckpoint.Find(ShippedDenoiser(f)) is { } shipped)
-        {
-            var scale = shipped.Metrics["latent_scale"];
-            return new TrainedMode(f, vae, shipped.LoadInto(NewDenoiser(f)),
-                DiffusionTrainingLog.Load(Path.Combine(shipped.Dir, FashionLatentRecipe.DenoiserLogFile)), scale,
-                $"autoencoder: {ae.Source}; denoiser: {shipped.Describe()}");
-        }
-        var (latents, measured) = Latents(vae, images);
-        var options = DenoiserOptions;
-        var dir = Path.Combine(FashionLatentRecipe.CacheRoot, "modes-" + DenoiserKey(f, latents, labels, options, seed),
-            $"steps-{options.Steps}");
-        var (model, log) = TrainDenoiser(f, latents, labels, options with
-        {
-            CheckpointDir = dir, CheckpointEvery = 500, Seed = seed,
-        }, progress);
-        return new TrainedMode(f, vae, model, log, measured, $"autoencoder: {ae.Source}; denoiser: " +
-            (log.ResumedFromStep >= log.Losses.Count ? "loaded from the cache"
-                : $"trained {log.Losses.Count - log.ResumedFromStep:N0} steps in {log.Elapsed.TotalSeconds:F0} s"));
+        return ArtifactStore.Current.Resolve(ShippedDenoiser(f), seed,
+            shipped =>
+            {
+                vae.UseScalingFactor(shipped.Metrics["latent_scale"]);       // the scale lives in the config
+                return new TrainedMode(f, vae, shipped.LoadInto(NewDenoiser(f)),
+                    DiffusionTrainingLog.Load(Path.Combine(shipped.Dir, FashionLatentRecipe.DenoiserLogFile)),
+                    $"autoencoder: {ae.Source}; denoiser: {shipped.Describe()}");
+            },
+            () =>
+            {
+                var (latents, _) = Latents(vae, images);
+                var options = DenoiserOptions;
+                var dir = ArtifactStore.Current.CacheEntry("modes", DenoiserKey(f, latents, labels, options, seed),
+                    $"steps-{options.Steps}");
+                var (model, log) = TrainDenoiser(f, latents, labels, options with
+                {
+                    CheckpointDir = dir, CheckpointEvery = 500, Seed = seed,
+                }, progress);
+                return new TrainedMode(f, vae, model, log, $"autoencoder: {ae.Source}; denoiser: " +
+                    (log.ResumedFromStep >= log.Losses.Count ? "loaded from the cache"
+                        : $"trained {log.Losses.Count - log.ResumedFromStep:N0} steps in {log.Elapsed.TotalSeconds:F0} s"));
+            });
     }
 
     /// <summary>The autoencoder's scaled latents of the canvases, and the scale: 1/σ of the posterior means (what
@@ -132,16 +136,16 @@ public static class QualityModesRecipe
     public static Tensor Sample(TrainedMode mode, Tensor labels, int steps, double guidance, long seed = 0,
         int batchSize = 200)
     {
-        using var _ = no_grad();
-        var device = mode.Denoiser.parameters().First().device;
+        var pipeline = new LatentDiffusionPipeline(mode.Denoiser, mode.Vae, "DDIMScheduler",
+            TextToImageRecipe.SchedulerConfig());
         var batches = new List<Tensor>();
         for (long start = 0; start < labels.shape[0]; start += batchSize)
         {
             long n = Math.Min(batchSize, labels.shape[0] - start);
-            var scheduler = Diffusion.Schedulers.Scheduler.Create("DDIMScheduler", TextToImageRecipe.SchedulerConfig());
-            var latents = FashionLatentRecipe.SampleLatents(mode.Denoiser, scheduler, labels.narrow(0, start, n), steps,
-                guidance, seed: seed + start, latentSize: [Size / mode.F, Size / mode.F]);
-            batches.Add(mode.Vae.Decode(latents / mode.Scale).clamp(-1, 1).cpu());            // [n, 1, 32, 32]
+            batches.Add(pipeline.Generate(labels.narrow(0, start, n), new LatentGenerationOptions
+            {
+                Steps = steps, GuidanceScale = guidance, Seed = seed + start, LatentSize = [Size / mode.F, Size / mode.F],
+            }).Images!.cpu());                                                                 // [n, 1, 32, 32]
         }
         return cat(batches.ToArray());
     }

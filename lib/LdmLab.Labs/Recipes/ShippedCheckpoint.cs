@@ -19,26 +19,26 @@ public sealed record ShippedCheckpoint(
 {
     public const string ManifestName = "checkpoint.json";
 
-    /// <summary>Where shipped checkpoints live: LDMLAB_CHECKPOINTS, else data/checkpoints of this checkout.</summary>
-    public static string? Root =>
-        Environment.GetEnvironmentVariable("LDMLAB_CHECKPOINTS") is { Length: > 0 } env ? env
-        : RepoRoot() is { } root ? Path.Combine(root, "data", "checkpoints") : null;
+    /// <summary>Where shipped checkpoints live (<see cref="ArtifactStore.CheckpointsRoot"/> of the settings in
+    /// force).</summary>
+    public static string? Root => ArtifactStore.Current.CheckpointsRoot;
 
-    /// <summary>The checkout this process runs from: found above the working folder or above LdmLab.dll.</summary>
-    static string? RepoRoot() =>
+    /// <summary>The checkout this process runs from: found above the working folder or above LdmLab.Labs.dll.</summary>
+    internal static string? RepoRoot() =>
         new[] { Directory.GetCurrentDirectory(), AppContext.BaseDirectory,
                 Path.GetDirectoryName(typeof(ShippedCheckpoint).Assembly.Location) ?? "" }
-            .Select(Runtime.Lab.FindRepoRoot).FirstOrDefault(r => r is not null);
+            .Select(Lab.FindRepoRoot).FirstOrDefault(r => r is not null);
 
-    /// <summary>The shipped checkpoint NAME, or null when this checkout has none; a manifest that is there but
-    /// unreadable is an error naming it.</summary>
-    public static ShippedCheckpoint? Find(string name)
+    /// <summary>The shipped checkpoint NAME of the settings in force (<see cref="ArtifactStore.Find"/>).</summary>
+    public static ShippedCheckpoint? Find(string name) => ArtifactStore.Current.Find(name);
+
+    /// <summary>The checkpoint in <paramref name="dir"/>, or null when it has no manifest; a manifest that is there
+    /// but unreadable is an error naming it.</summary>
+    public static ShippedCheckpoint? Read(string dir)
     {
-        if (Root is not { } root) return null;
-        var dir = Path.Combine(root, name);
         var manifest = Path.Combine(dir, ManifestName);
         if (!File.Exists(manifest)) return null;
-        return ConfigFile.Read(manifest, j => new ShippedCheckpoint(name, dir,
+        return ConfigFile.Read(manifest, j => new ShippedCheckpoint(Path.GetFileName(dir), dir,
             (string?)j["recipe"] ?? throw new FormatException("no 'recipe'"),
             (string?)j["recipe_key"] ?? throw new FormatException("no 'recipe_key'"),
             (int?)j["steps"] ?? throw new FormatException("no 'steps'"),
@@ -81,12 +81,14 @@ public sealed record ShippedCheckpoint(
         $"loaded checkpoint data/checkpoints/{Name}, trained {Steps:N0} steps by recipe {Recipe} (seed {Seed}, key " +
         $"{RecipeKey}) on {TrainedOn}; LDMLAB_PROFILE=full retrains it";
 
-    /// <summary>Writes checkpoint.json (atomically) for a model folder that holds <paramref name="weightsFile"/>.</summary>
-    public static ShippedCheckpoint Write(string dir, string recipe, string recipeKey, int steps, long seed, string weightsFile,
-        IReadOnlyList<double> firstLosses, IReadOnlyDictionary<string, double> metrics, string trainedOn, string machine)
+    /// <summary>Writes checkpoint.json (atomically) for a model folder that holds the record's weights file.</summary>
+    public static ShippedCheckpoint Write(string dir, ShipRecord r)
     {
-        var c = new ShippedCheckpoint(Path.GetFileName(dir), dir, recipe, recipeKey, steps, seed, weightsFile,
-            Sha256(Path.Combine(dir, weightsFile)), firstLosses, metrics, trainedOn, machine, DateTime.UtcNow.ToString("yyyy-MM-dd"));
+        var c = new ShippedCheckpoint(Path.GetFileName(dir), dir, r.Recipe, r.RecipeKey, r.Steps, r.Seed, r.WeightsFile,
+            Sha256(Path.Combine(dir, r.WeightsFile)), r.FirstLosses, r.Metrics, r.TrainedOn, r.Machine,
+            DateTime.UtcNow.ToString("yyyy-MM-dd"));
+        var (recipe, recipeKey, steps, seed, weightsFile, firstLosses, metrics, trainedOn, machine) =
+            (r.Recipe, r.RecipeKey, r.Steps, r.Seed, r.WeightsFile, r.FirstLosses, r.Metrics, r.TrainedOn, r.Machine);
         var json = new JsonObject
         {
             ["recipe"] = recipe, ["recipe_key"] = recipeKey, ["steps"] = steps, ["seed"] = seed,

@@ -157,21 +157,21 @@ public static class TextToImageRecipe
     public static TrainedMethod Load(ConditioningMethod method, Tensor latents, IReadOnlyList<string> captions,
         Viz.Progress? progress = null, long seed = 0)
     {
-        if (Lab.Profile == Profile.Quick && seed == 0 && ShippedCheckpoint.Find(ShippedName(method)) is { } shipped)
-        {
-            return new TrainedMethod(method, shipped.LoadInto(New(method)),
-                DiffusionTrainingLog.Load(Path.Combine(shipped.Dir, LogFile)), shipped.Describe());
-        }
-        var options = Options;
-        var dir = Path.Combine(FashionLatentRecipe.CacheRoot,
-            "text2img-" + Key(latents, captions, options, seed, method), $"steps-{options.Steps}");
-        var settings = options with { CheckpointDir = dir, CheckpointEvery = 500, Seed = seed };
-        var (trained, run) = Train(method, latents, captions, settings, progress);
-        return new TrainedMethod(method, trained, run, run.ResumedFromStep >= run.Losses.Count
-            ? "loaded from the cache (trained earlier with the same settings and scenes)"
-            : $"trained {run.Losses.Count - run.ResumedFromStep:N0} steps " +
-              $"({Lab.Profile.ToString().ToLowerInvariant()} profile) " +
-              $"in {run.Elapsed.TotalSeconds:F0} s");
+        return ArtifactStore.Current.Resolve(ShippedName(method), seed,
+            shipped => new TrainedMethod(method, shipped.LoadInto(New(method)),
+                DiffusionTrainingLog.Load(Path.Combine(shipped.Dir, LogFile)), shipped.Describe()),
+            () =>
+            {
+                var options = Options;
+                var dir = ArtifactStore.Current.CacheEntry("text2img", Key(latents, captions, options, seed, method),
+                    $"steps-{options.Steps}");
+                var settings = options with { CheckpointDir = dir, CheckpointEvery = 500, Seed = seed };
+                var (trained, run) = Train(method, latents, captions, settings, progress);
+                return new TrainedMethod(method, trained, run, run.ResumedFromStep >= run.Losses.Count
+                    ? "loaded from the cache (trained earlier with the same settings and scenes)"
+                    : $"trained {run.Losses.Count - run.ResumedFromStep:N0} steps " +
+                      $"({Lab.Profile.ToString().ToLowerInvariant()} profile) in {run.Elapsed.TotalSeconds:F0} s");
+            });
     }
 
     /// <summary>One training run of the cross-attention model (seeded by the options); EMA weights, eval

@@ -9,8 +9,20 @@ public enum Profile { Quick, Full, Gpu }
 /// <summary>One place for device choice, seeding, threads and the run profile.</summary>
 public static class Lab
 {
-    /// <summary>LDMLAB_PROFILE=quick|full|gpu (default quick).</summary>
-    public static Profile Profile => ParseProfile(Environment.GetEnvironmentVariable("LDMLAB_PROFILE"));
+    static RunSettings? _settings;
+
+    /// <summary>
+    /// The run's settings. The edges set them (<c>Lab.Settings = RunSettings.FromEnvironment()</c> in the CLI and in a
+    /// notebook's first cell); a program that sets nothing gets the environment's, read once on first use.
+    /// </summary>
+    public static RunSettings Settings
+    {
+        get => _settings ??= RunSettings.FromEnvironment();
+        set => _settings = value ?? throw new ArgumentNullException(nameof(value));
+    }
+
+    /// <summary>The profile in force (<see cref="RunSettings.Profile"/>).</summary>
+    public static Profile Profile => Settings.Profile;
 
     public static Profile ParseProfile(string? value) => (value ?? "quick").Trim().ToLowerInvariant() switch
     {
@@ -28,14 +40,13 @@ public static class Lab
         _ => full,
     };
 
-    /// <summary>CUDA when available (unless LDMLAB_DEVICE says otherwise), else CPU.</summary>
+    /// <summary>CUDA when available (unless <see cref="RunSettings.Device"/> says otherwise), else CPU.</summary>
     public static Device Device
     {
         get
         {
             TorchRuntime.Setup();
-            var wanted = Environment.GetEnvironmentVariable("LDMLAB_DEVICE");
-            if (!string.IsNullOrWhiteSpace(wanted)) return torch.device(wanted);
+            if (Settings.Device is { } wanted) return torch.device(wanted);
             return torch.cuda.is_available() ? CUDA : CPU;
         }
     }
@@ -64,11 +75,12 @@ public static class Lab
         return new Random(unchecked((int)seed));
     }
 
-    /// <summary>Sets intra-op threads (LDMLAB_THREADS, else all cores) and returns the count in force.</summary>
+    /// <summary>Sets intra-op threads (<see cref="RunSettings.Threads"/>, else all cores); returns the count in
+    /// force.</summary>
     public static int SetThreads(int? threads = null)
     {
         TorchRuntime.Setup();
-        int n = threads ?? (int.TryParse(Environment.GetEnvironmentVariable("LDMLAB_THREADS"), out var t) ? t : Environment.ProcessorCount);
+        int n = threads ?? Settings.Threads ?? Environment.ProcessorCount;
         if (n < 1) throw new ArgumentOutOfRangeException(nameof(threads), n, "thread count must be at least 1");
         torch.set_num_threads(n);
         return torch.get_num_threads();

@@ -1,0 +1,54 @@
+namespace LdmLab.Runtime;
+
+/// <summary>
+/// The settings of one run, passed in rather than read deep inside: the profile (sizes), where trained models are
+/// cached, where shipped checkpoints live, the device, the thread count and the seed. The environment is read in one
+/// place, <see cref="FromEnvironment"/>, which the edges call (the CLI, a notebook's first cell, the tests);
+/// <see cref="Lab.Settings"/> holds the settings in force.
+/// </summary>
+/// <param name="Profile">quick (CI, seconds), full (CPU, the reported numbers) or gpu.</param>
+/// <param name="CacheDir">Trained models, keyed by their recipe and data (default ~/.cache/ldmlab).</param>
+/// <param name="CheckpointsDir">Shipped checkpoints; null: data/checkpoints of the checkout the code runs from.</param>
+/// <param name="Device">A torch device name ("cpu", "cuda:0"); null: CUDA when available, else the CPU.</param>
+/// <param name="Threads">Intra-op threads; null: every core.</param>
+/// <param name="Seed">The seed of the run's random draws.</param>
+public sealed record RunSettings(Profile Profile, string CacheDir, string? CheckpointsDir = null, string? Device = null,
+    int? Threads = null, long Seed = 0)
+{
+    /// <summary>The default cache folder: ~/.cache/ldmlab.</summary>
+    public static string DefaultCacheDir =>
+        Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "ldmlab");
+
+    /// <summary>Quick profile, the default cache, shipped checkpoints from the checkout, automatic device.</summary>
+    public static RunSettings Defaults => new(Profile.Quick, DefaultCacheDir);
+
+    /// <summary>
+    /// The settings the environment asks for: LDMLAB_PROFILE (quick|full|gpu), LDMLAB_CACHE, LDMLAB_CHECKPOINTS,
+    /// LDMLAB_DEVICE, LDMLAB_THREADS, LDMLAB_SEED; unset ones keep <see cref="Defaults"/>. A bad value is an
+    /// <see cref="ArgumentException"/> naming the variable and what it takes.
+    /// </summary>
+    public static RunSettings FromEnvironment(Func<string, string?>? variable = null)
+    {
+        variable ??= Environment.GetEnvironmentVariable;
+        string? Get(string name) => variable(name) is { Length: > 0 } v ? v.Trim() : null;
+        int? threads = Get("LDMLAB_THREADS") is { } t
+            ? int.TryParse(t, out var n) && n >= 1 ? n
+                : throw new ArgumentException($"LDMLAB_THREADS='{t}' is not a whole number ≥ 1.", "LDMLAB_THREADS")
+            : null;
+        long seed = Get("LDMLAB_SEED") is { } s
+            ? long.TryParse(s, out var v) ? v
+                : throw new ArgumentException($"LDMLAB_SEED='{s}' is not a whole number.", "LDMLAB_SEED")
+            : 0;
+        return new RunSettings(Lab.ParseProfile(Get("LDMLAB_PROFILE")), Get("LDMLAB_CACHE") ?? DefaultCacheDir,
+            Get("LDMLAB_CHECKPOINTS"), Get("LDMLAB_DEVICE"), threads, seed);
+    }
+
+    /// <summary>Runs <paramref name="work"/> with these settings in force, restoring the previous ones after.</summary>
+    public T Apply<T>(Func<T> work)
+    {
+        var previous = Lab.Settings;
+        Lab.Settings = this;
+        try { return work(); }
+        finally { Lab.Settings = previous; }
+    }
+}
