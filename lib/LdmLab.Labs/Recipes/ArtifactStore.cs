@@ -1,6 +1,6 @@
 namespace LdmLab.Labs;
 
-/// <summary>What a shipped checkpoint records about the run that made it (see <see cref="ShippedCheckpoint"/>).</summary>
+/// <summary>What a shipped checkpoint records about the run that made it (<see cref="ShippedCheckpoint"/>).</summary>
 /// <param name="Recipe">The recipe's name as a person reads it ("FashionLatentRecipe.Vae (full profile)").</param>
 /// <param name="RecipeKey">The hash of every setting and of the training data's content.</param>
 /// <param name="WeightsFile">The file of the model folder whose SHA-256 the manifest records.</param>
@@ -45,7 +45,8 @@ public sealed class ArtifactStore(RunSettings settings)
     /// </summary>
     public T Resolve<T>(string? shippedName, long seed, Func<ShippedCheckpoint, T> loadShipped, Func<T> cacheOrTrain)
     {
-        if (Settings.Profile == Profile.Quick && seed == 0 && shippedName is not null && Find(shippedName) is { } shipped)
+        if (Settings.Profile == Profile.Quick && seed == 0 && shippedName is not null
+            && Find(shippedName) is { } shipped)
         {
             shipped.Verify();
             return loadShipped(shipped);
@@ -61,7 +62,7 @@ public sealed class ArtifactStore(RunSettings settings)
     /// Ships a model as <c>root/NAME</c>: <paramref name="writeModel"/> fills a staging folder beside it
     /// (<c>NAME.new</c>), the manifest is written, read back and hash-checked there, and only then the staging
     /// folder replaces the old one; the run's private cache <c>NAME.partial</c> is deleted last. A failure on the way
-    /// leaves the shipped model as it was.
+    /// leaves the shipped model as it was and removes the staging folder.
     /// </summary>
     public static ShippedCheckpoint Ship(string root, string name, ShipRecord record, Action<string> writeModel)
     {
@@ -69,11 +70,19 @@ public sealed class ArtifactStore(RunSettings settings)
         var staging = outDir + ".new";
         if (Directory.Exists(staging)) Directory.Delete(staging, true);
         Directory.CreateDirectory(staging);
-        writeModel(staging);
-        ShippedCheckpoint.Write(staging, record);
-        var staged = ShippedCheckpoint.Read(staging)
-                     ?? throw new InvalidOperationException($"{staging}: the manifest just written is missing");
-        staged.Verify();
+        try
+        {
+            writeModel(staging);
+            ShippedCheckpoint.Write(staging, record);
+            var staged = ShippedCheckpoint.Read(staging)
+                         ?? throw new InvalidOperationException($"{staging}: the manifest just written is missing");
+            staged.Verify();
+        }
+        catch
+        {
+            Directory.Delete(staging, true);                        // nothing half-written stays beside the model
+            throw;
+        }
         if (Directory.Exists(outDir)) Directory.Delete(outDir, true);
         Directory.Move(staging, outDir);
         if (Directory.Exists(PartialDir(root, name))) Directory.Delete(PartialDir(root, name), true);

@@ -11,7 +11,8 @@ namespace LdmLab.Pipelines;
 public sealed record LatentGenerationOptions
 {
     public int Steps { get; init; } = 50;
-    /// <summary>w in ε̂ = ε̂(∅) + w (ε̂(c) − ε̂(∅)) (<see cref="Guidance"/>); w ≤ 1 runs the conditional pass alone.</summary>
+    /// <summary>w in ε̂ = ε̂(∅) + w (ε̂(c) − ε̂(∅)) (<see cref="Guidance"/>); w ≤ 1 runs the conditional pass
+    /// alone.</summary>
     public double GuidanceScale { get; init; } = 7.5;
     /// <summary>∅ rows [B, …] (negative prompts or conditions); null: the denoiser's null condition.</summary>
     public Tensor? Negative { get; init; }
@@ -30,7 +31,8 @@ public sealed record LatentGenerationOptions
     public Action<SamplingStep>? Callback { get; init; }
     /// <summary>Decode at most this many latents per VAE call (null: all at once).</summary>
     public int? DecodeBatchSize { get; init; }
-    /// <summary>Record every cross-attention layer's maps while sampling (<see cref="LatentGenerationOutput.Attention"/>).</summary>
+    /// <summary>Record every cross-attention layer's maps while sampling
+    /// (<see cref="LatentGenerationOutput.Attention"/>).</summary>
     public bool RecordAttention { get; init; }
 }
 
@@ -61,7 +63,7 @@ public sealed class LatentDiffusionPipeline
     /// <summary>The decoder of the latents; null for a pipeline that only samples latents.</summary>
     public AutoencoderKL? Vae { get; }
 
-    /// <param name="newScheduler">A fresh scheduler per call (e.g. <c>() =&gt; Scheduler.Create(cls, config)</c>).</param>
+    /// <param name="newScheduler">A fresh scheduler per call: <c>() =&gt; Scheduler.Create(cls, config)</c>.</param>
     public LatentDiffusionPipeline(ConditionalDenoiser denoiser, AutoencoderKL? vae, Func<Scheduler> newScheduler)
     {
         Denoiser = denoiser;
@@ -157,7 +159,8 @@ public sealed class LatentDiffusionPipeline
         return scheduler;
     }
 
-    /// <summary>The sampler's view of the denoiser: guided by the options' scale and ∅ rows, on the rows' device.</summary>
+    /// <summary>The sampler's view of the denoiser: guided by the options' scale and ∅ rows, on the rows'
+    /// device.</summary>
     Diffusion.Denoiser GuidedDenoiser(Tensor rows, LatentGenerationOptions o)
     {
         var negative = o.Negative?.to(rows.device);
