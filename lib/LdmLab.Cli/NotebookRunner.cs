@@ -227,24 +227,24 @@ public sealed partial class NotebookRunner
             var cells = JsonNode.Parse(File.ReadAllText(r.OutputPath))?["cells"]?.AsArray() ?? [];
             int figure = 0;
             foreach (var (cell, idx) in cells.Select((c, i) => (c, i)))
-            foreach (var o in cell?["outputs"]?.AsArray() ?? [])
-            {
-                var data = o?["data"];
-                if (data is null) continue;
-                if (data["image/png"] is { } png)
+                foreach (var o in cell?["outputs"]?.AsArray() ?? [])
                 {
-                    figure++;
-                    var caption = Regex.Match(Text(data["text/html"]), "<figcaption>(.*?)</figcaption>", RegexOptions.Singleline);
-                    body.Append($"<figure><img src=\"data:image/png;base64,{Text(png).Replace("\n", "")}\"/><figcaption>" +
-                                (caption.Success ? caption.Groups[1].Value + " " : "") + $"(cell {idx}, figure {figure})</figcaption></figure>");
+                    var data = o?["data"];
+                    if (data is null) continue;
+                    if (data["image/png"] is { } png)
+                    {
+                        figure++;
+                        var caption = Regex.Match(Text(data["text/html"]), "<figcaption>(.*?)</figcaption>", RegexOptions.Singleline);
+                        body.Append($"<figure><img src=\"data:image/png;base64,{Text(png).Replace("\n", "")}\"/><figcaption>" +
+                                    (caption.Success ? caption.Groups[1].Value + " " : "") + $"(cell {idx}, figure {figure})</figcaption></figure>");
+                    }
+                    else if (data["text/html"] is { } html && Text(html).Contains("Plotly.newPlot"))
+                    {
+                        figure++;
+                        anyChart = true;
+                        body.Append($"<figure>{StripLibrary(Text(html))}<figcaption>cell {idx}, figure {figure}</figcaption></figure>");
+                    }
                 }
-                else if (data["text/html"] is { } html && Text(html).Contains("Plotly.newPlot"))
-                {
-                    figure++;
-                    anyChart = true;
-                    body.Append($"<figure>{StripLibrary(Text(html))}<figcaption>cell {idx}, figure {figure}</figcaption></figure>");
-                }
-            }
         }
         if (anyChart)
         {

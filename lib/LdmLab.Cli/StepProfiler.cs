@@ -28,14 +28,14 @@ static class StepProfiler
         try
         {
             foreach (var workload in new[] { LatentUNet(), FashionVae() })
-            foreach (var (onednn, fused, label) in new[] { (false, false, "oneDNN off, explicit attention (before)"),
+                foreach (var (onednn, fused, label) in new[] { (false, false, "oneDNN off, explicit attention (before)"),
                          (true, false, "oneDNN on, explicit attention"), (true, true, "oneDNN on, fused attention (now)") })
-            {
-                Runtime.TorchRuntime.SetMkldnn(onednn);
-                Layers.FusedAttention = fused;
-                Profile(workload, label);
-                Console.WriteLine();
-            }
+                {
+                    Runtime.TorchRuntime.SetMkldnn(onednn);
+                    Layers.FusedAttention = fused;
+                    Profile(workload, label);
+                    Console.WriteLine();
+                }
         }
         finally
         {
@@ -96,7 +96,10 @@ static class StepProfiler
         {
             string? kind = m switch
             {
-                Conv2d => "forward: conv", Linear => "forward: linear", GroupNorm or LayerNorm => "forward: norm", _ => null,
+                Conv2d => "forward: conv",
+                Linear => "forward: linear",
+                GroupNorm or LayerNorm => "forward: norm",
+                _ => null,
             };
             if (kind is null || m is not nn.Module<Tensor, Tensor> leaf) continue;
             removers.Add(leaf.register_forward_pre_hook((mod, x) => { started[mod] = Stopwatch.GetTimestamp(); return x; }).remove);

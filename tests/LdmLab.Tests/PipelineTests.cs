@@ -100,8 +100,12 @@ public class PipelineTests
         TorchRuntime.Setup();
         var pipe = Tiny();
         var noise = randn(2, 4, 8, 8, generator: new Generator(5));
-        var two = pipe.Generate(Astronaut with { Prompts = ["an astronaut riding a horse", "a photo of an ankle boot"],
-            NegativePrompts = ["", ""], Latents = noise });
+        var two = pipe.Generate(Astronaut with
+        {
+            Prompts = ["an astronaut riding a horse", "a photo of an ankle boot"],
+            NegativePrompts = ["", ""],
+            Latents = noise
+        });
         Assert.Equal(new long[] { 2, 3, 16, 16 }, two.Images.shape);
         var one = pipe.Generate(Astronaut with { Latents = noise[..1] });
         Assert.True(Parity.MaxAbsDiff(one.Latents, two.Latents[..1]) < 1e-4, "a batch row differs from the same prompt alone");

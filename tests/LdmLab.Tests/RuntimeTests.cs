@@ -15,7 +15,9 @@ public class RuntimeTests
         Assert.NotNull(d.Check);
         bool? forced = Environment.GetEnvironmentVariable("LDMLAB_MKLDNN") switch
         {
-            "1" or "true" => true, "0" or "false" => false, _ => null,
+            "1" or "true" => true,
+            "0" or "false" => false,
+            _ => null,
         };
         Assert.Equal(forced ?? d.Check!.Passed, r.MkldnnEnabled);
         // the report names the decision, the ISA and the check's worst error

@@ -107,8 +107,11 @@ public class SamplerTests
     [Fact]
     public void Lms_coefficients_sum_to_the_step_in_sigma()
     {
-        var s = (LmsScheduler)Scheduler.Create("LMSDiscreteScheduler", new JsonObject { ["beta_schedule"] = "scaled_linear",
-            ["beta_start"] = 0.00085, ["beta_end"] = 0.012 });
+        var s = (LmsScheduler)Scheduler.Create("LMSDiscreteScheduler", new JsonObject
+        {
+            ["beta_schedule"] = "scaled_linear",
+            ["beta_start"] = 0.00085, ["beta_end"] = 0.012
+        });
         s.SetTimesteps(12);
         for (int i = 0; i < 12; i++)
             for (int k = 1; k <= Math.Min(i + 1, 4); k++)

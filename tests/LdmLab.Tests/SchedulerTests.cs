@@ -377,8 +377,11 @@ public class SchedulerClassDefaultsTests
             foreach (var f in Directory.GetFiles(src)) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
             var json = PyJson.ParseFile(Path.Combine(dir, "schedulers.json"))!;
             var trajectories = json["trajectories"]!.AsObject();
-            trajectories["made_up"] = new JsonObject { ["class"] = "MadeUpScheduler", ["config"] = new JsonObject(),
-                ["num_inference_steps"] = 5 };
+            trajectories["made_up"] = new JsonObject
+            {
+                ["class"] = "MadeUpScheduler", ["config"] = new JsonObject(),
+                ["num_inference_steps"] = 5
+            };
             trajectories["no_file"] = trajectories["ddim_50"]!.DeepClone();
             trajectories["bad_field"] = trajectories["ddim_50"]!.DeepClone();
             trajectories["bad_field"]!["config"]!["thresholding"] = true;

@@ -153,7 +153,11 @@ public class TextToImageTests
         var captions = train.Labels.data<long>().Select(l => classPrompts[(int)l].Text).ToList();
         var (model, log) = TextToImageRecipe.Train(latents, captions, TextToImageRecipe.Options with
         {
-            Steps = 600, BatchSize = 32, WarmupSteps = 50, EmaDecay = 0.99, Seed = 0,
+            Steps = 600,
+            BatchSize = 32,
+            WarmupSteps = 50,
+            EmaDecay = 0.99,
+            Seed = 0,
         });
         Assert.True(log.Losses.TakeLast(50).Average() < 0.6 * log.Losses.Take(10).Average(), "the loss did not fall");
         var pipeline = TextToImageRecipe.Pipeline(model, vae);

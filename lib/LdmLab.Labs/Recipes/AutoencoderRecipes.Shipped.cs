@@ -55,7 +55,8 @@ public static partial class AutoencoderRecipes
         int start = (int)((long)spec.Loss.DiscriminatorStart * shipped.Steps / Math.Max(1, spec.Options.Steps));
         var asTrained = spec with
         {
-            Options = spec.Options with { Steps = shipped.Steps }, Loss = spec.Loss with { DiscriminatorStart = start },
+            Options = spec.Options with { Steps = shipped.Steps },
+            Loss = spec.Loss with { DiscriminatorStart = start },
         };
         return new TrainedAutoencoder(asTrained, model, log, null, shipped.Describe());
     }

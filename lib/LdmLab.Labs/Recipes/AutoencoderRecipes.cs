@@ -136,7 +136,8 @@ public static partial class AutoencoderRecipes
         var spec = Fashion(vq: false);
         return spec with
         {
-            Name = $"KL weight {weight:0e0}", Loss = spec.Loss with { KlWeight = weight },
+            Name = $"KL weight {weight:0e0}",
+            Loss = spec.Loss with { KlWeight = weight },
             Options = spec.Options with { Steps = Lab.Pick(quick: 300, full: 3000) },
         };
     }).ToList();
@@ -184,7 +185,9 @@ public static partial class AutoencoderRecipes
             model.to(Lab.Device);
             var options = spec.Options with
             {
-                CheckpointDir = dir, CheckpointEvery = Math.Max(1, spec.Options.Steps / 4), Seed = seed,
+                CheckpointDir = dir,
+                CheckpointEvery = Math.Max(1, spec.Options.Steps / 4),
+                Seed = seed,
             };
             var trainer = new AutoencoderTrainer(model, spec.Loss, options, perceptual);
             var sw = System.Diagnostics.Stopwatch.StartNew();

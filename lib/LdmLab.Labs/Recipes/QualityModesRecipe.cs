@@ -38,7 +38,9 @@ public static class QualityModesRecipe
     {
         int[] blocks = f switch
         {
-            2 => [8, 16], 4 => [8, 16, 32], 8 => [8, 16, 32, 32],
+            2 => [8, 16],
+            4 => [8, 16, 32],
+            8 => [8, 16, 32, 32],
             _ => throw new ArgumentOutOfRangeException(nameof(f), f, "f is 2, 4 or 8 on a 32×32 canvas"),
         };
         var fashion = AutoencoderRecipes.Fashion(vq: false);
@@ -101,7 +103,9 @@ public static class QualityModesRecipe
                     $"steps-{options.Steps}");
                 var (model, log) = TrainDenoiser(f, latents, labels, options with
                 {
-                    CheckpointDir = dir, CheckpointEvery = 500, Seed = seed,
+                    CheckpointDir = dir,
+                    CheckpointEvery = 500,
+                    Seed = seed,
                 }, progress);
                 return new TrainedMode(f, vae, model, log, $"autoencoder: {ae.Source}; denoiser: " +
                     (log.ResumedFromStep >= log.Losses.Count ? "loaded from the cache"

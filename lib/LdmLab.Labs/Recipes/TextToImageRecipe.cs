@@ -62,7 +62,8 @@ public static class TextToImageRecipe
     {
         var plain = UNetConfig with
         {
-            DownBlockTypes = ["DownBlock2D", "DownBlock2D"], UpBlockTypes = ["UpBlock2D", "UpBlock2D"],
+            DownBlockTypes = ["DownBlock2D", "DownBlock2D"],
+            UpBlockTypes = ["UpBlock2D", "UpBlock2D"],
             MidBlockType = "UNetMidBlock2D",
         };
         return method switch
@@ -70,7 +71,8 @@ public static class TextToImageRecipe
             ConditioningMethod.CrossAttention => UNetConfig,
             ConditioningMethod.Film => plain with
             {
-                ClassEmbedType = "projection", ProjectionClassEmbeddingsInputDim = TextConfig.HiddenSize,
+                ClassEmbedType = "projection",
+                ProjectionClassEmbeddingsInputDim = TextConfig.HiddenSize,
                 ResnetTimeScaleShift = "scale_shift",
             },
             ConditioningMethod.Concatenation => plain with

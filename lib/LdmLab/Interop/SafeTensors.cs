@@ -99,7 +99,7 @@ public static class SafeTensors
     {
         var dtype = (string?)node?["dtype"] ?? throw new DatasetException(path, $"{name}: header entry has no dtype");
         if (!DTypes.TryGetValue(dtype, out var dt)) throw new DatasetException(path, $"{name}: unsupported dtype {dtype}");
-        var shape = (node["shape"] ?? throw new DatasetException(path, $"{name}: header entry has no shape"))
+        var shape = (node!["shape"] ?? throw new DatasetException(path, $"{name}: header entry has no shape"))
             .AsArray().Select(x => (long)x!).ToArray();
         var offs = (node["data_offsets"] ?? throw new DatasetException(path, $"{name}: header entry has no data_offsets"))
             .AsArray().Select(x => (long)x!).ToArray();

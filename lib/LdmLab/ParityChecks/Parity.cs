@@ -175,8 +175,13 @@ public static class SchedulerParity
         Parity.Compare(checks, $"{name}/alphas_cumprod", tensor(scheduler.Schedule.AlphasCumprod), r, "alphas_cumprod", 1e-6);
         if (r.ContainsKey("sigmas"))
         {
-            var sig = scheduler switch { SigmaScheduler e => e.Sigmas, DpmSolverMultistepScheduler d => d.Sigmas,
-                UniPcMultistepScheduler u => u.Sigmas, _ => [] };
+            var sig = scheduler switch
+            {
+                SigmaScheduler e => e.Sigmas,
+                DpmSolverMultistepScheduler d => d.Sigmas,
+                UniPcMultistepScheduler u => u.Sigmas,
+                _ => []
+            };
             Parity.Compare(checks, $"{name}/sigmas", tensor(sig), r, "sigmas", 1e-5 * Math.Max(1, Parity.MaxAbs(r["sigmas"])));
         }
         if (scheduler.Timesteps.Length != r["timesteps"].shape[0])

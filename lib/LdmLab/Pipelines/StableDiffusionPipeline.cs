@@ -135,7 +135,8 @@ public sealed class StableDiffusionPipeline
             throw new ArgumentException($"height and width must be multiples of {VaeScaleFactor} (got {height}×{width})");
         var output = Core().Generate(cond, CoreOptions(o, uncond) with
         {
-            LatentSize = [height / VaeScaleFactor, width / VaeScaleFactor], Latents = o.Latents,
+            LatentSize = [height / VaeScaleFactor, width / VaeScaleFactor],
+            Latents = o.Latents,
         });
         return new PipelineOutput(ToUnitRange(output.Images!), output.Latents, cond, uncond);
     }

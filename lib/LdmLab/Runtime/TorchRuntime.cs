@@ -216,8 +216,8 @@ public static class TorchRuntime
             foreach (var pkg in Directory.EnumerateDirectories(root, packagePrefix + "*")
                          .Where(p => Path.GetFileName(p).EndsWith(rid, StringComparison.OrdinalIgnoreCase))
                          .OrderBy(p => p.Contains("cuda") ? 0 : 1))
-            foreach (var ver in Directory.EnumerateDirectories(pkg).OrderByDescending(Path.GetFileName, StringComparer.Ordinal))
-                yield return Path.Combine(ver, "runtimes", rid, "native");
+                foreach (var ver in Directory.EnumerateDirectories(pkg).OrderByDescending(Path.GetFileName, StringComparer.Ordinal))
+                    yield return Path.Combine(ver, "runtimes", rid, "native");
         }
     }
 

@@ -27,14 +27,14 @@ public static partial class BitmapFont
             var glyph = Glyphs.TryGetValue(ch, out var g) ? g : Glyphs['?'];
             int ox = x + Math.Max(cell, 0) * CellWidth;
             for (int row = 0; row < CellHeight; row++)
-            for (int col = 0; col < CellWidth; col++)
-            {
-                double alpha = Coverage(glyph[row * CellWidth + col]) / 15.0;
-                int px = ox + col, py = y + row;
-                if (alpha == 0 || px < 0 || py < 0 || px >= image.Width || py >= image.Height) continue;
-                var bg = image[px, py];
-                image[px, py] = new Rgb24(Blend(bg.R, ink.R, alpha), Blend(bg.G, ink.G, alpha), Blend(bg.B, ink.B, alpha));
-            }
+                for (int col = 0; col < CellWidth; col++)
+                {
+                    double alpha = Coverage(glyph[row * CellWidth + col]) / 15.0;
+                    int px = ox + col, py = y + row;
+                    if (alpha == 0 || px < 0 || py < 0 || px >= image.Width || py >= image.Height) continue;
+                    var bg = image[px, py];
+                    image[px, py] = new Rgb24(Blend(bg.R, ink.R, alpha), Blend(bg.G, ink.G, alpha), Blend(bg.B, ink.B, alpha));
+                }
         }
     }
 

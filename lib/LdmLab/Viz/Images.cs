@@ -60,11 +60,11 @@ public static class Images
         {
             int ox = left + padding + (i % cols) * (w + padding), oy = top + padding + (i / cols) * (h + padding);
             for (int yy = 0; yy < h; yy++)
-            for (int xx = 0; xx < w; xx++)
-            {
-                int o = ((i * h + yy) * w + xx) * 3;
-                img[ox + xx, oy + yy] = new Rgb24(bytes[o], bytes[o + 1], bytes[o + 2]);
-            }
+                for (int xx = 0; xx < w; xx++)
+                {
+                    int o = ((i * h + yy) * w + xx) * 3;
+                    img[ox + xx, oy + yy] = new Rgb24(bytes[o], bytes[o + 1], bytes[o + 2]);
+                }
         }
         var ink = new Rgb24(32, 32, 32);
         for (int r = 0; rowLabels is not null && r < rows; r++)
