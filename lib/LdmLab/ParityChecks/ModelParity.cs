@@ -73,13 +73,15 @@ public static class ModelParity
         var m = PyJson.ParseFile(path)!.AsObject();
         var cls = (string?)m["class"] ?? "";
         var name = Path.GetFileNameWithoutExtension(path);
-        nn.Module model = cls switch
+        var config = m["config"]!.AsObject();
+        // keys, shapes and counts need no storage: the model is built on the meta device (SDXL's U-Net in megabytes)
+        nn.Module model = Runtime.Lab.OnMeta<nn.Module>(() => cls switch
         {
-            "UNet2DConditionModel" => new UNet2DConditionModel(UNetConfig.FromJson(m["config"]!.AsObject(), path)),
-            "AutoencoderKL" => new Autoencoders.AutoencoderKL(Autoencoders.AutoencoderKLConfig.FromJson(m["config"]!.AsObject(), path)),
-            "CLIPTextModel" => new Conditioning.ClipTextModel(Conditioning.ClipTextConfig.FromJson(m["config"]!.AsObject(), path)),
+            "UNet2DConditionModel" => new UNet2DConditionModel(UNetConfig.FromJson(config, path)),
+            "AutoencoderKL" => new Autoencoders.AutoencoderKL(Autoencoders.AutoencoderKLConfig.FromJson(config, path)),
+            "CLIPTextModel" => new Conditioning.ClipTextModel(Conditioning.ClipTextConfig.FromJson(config, path)),
             _ => throw new ParityFormatException($"{path}: manifests of {cls} are not implemented yet"),
-        };
+        });
         try
         {
             var expected = m["state_dict"]!.AsArray().Select(e => ((string)e!["key"]!, e["shape"]!.AsArray().Select(s => (long)s!).ToArray())).ToList();

@@ -60,6 +60,20 @@ public static class Lab
         return null;
     }
 
+    /// <summary>
+    /// Builds <paramref name="create"/>'s modules on PyTorch's meta device: every parameter has its shape and dtype but
+    /// no storage, so a 2.6B-parameter U-Net is counted and its state-dict keys listed in milliseconds and megabytes.
+    /// Meta tensors cannot be computed with (LibTorch has no meta convolution here): count and compare, never run.
+    /// </summary>
+    public static T OnMeta<T>(Func<T> create)
+    {
+        TorchRuntime.Setup();
+        var previous = torch.get_default_device();
+        torch.set_default_device(torch.META);
+        try { return create(); }
+        finally { torch.set_default_device(previous); }
+    }
+
     /// <summary>Waits for the GPU's queued work (timings of CUDA work need it); nothing on the CPU.</summary>
     public static void Synchronize()
     {
