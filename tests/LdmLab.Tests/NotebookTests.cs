@@ -73,16 +73,8 @@ public class NotebookTests
             var takeaway = StreamText(cells.Last(c => (string?)c?["cell_type"] == "code"));
             Assert.True(takeaway.Split('•').Length >= 4, $"{name}: the takeaway cell printed no computed points: {takeaway}");
         }
-        // 04: every schedule has its full-recipe row beside the quick ones, and SD's schedule's samples are
-        // recognisable: the independent judge names the intended class ≥ 80 % of the time
-        if (name == "04-noise-schedules.ipynb")
-        {
-            Assert.Equal(5, System.Text.RegularExpressions.Regex.Matches(printed,
-                @"\(\S+-prediction\), trained by the full recipe, reaches [\d.]+\s?% intended-class").Count);
-            Assert.True(Percent(@"scaled_linear \(ε-prediction\), trained by the full recipe, reaches ([\d.]+)\s?%")
-                        >= 80, printed);
-            Assert.Contains("the schedules rank by Fréchet distance", printed);
-        }
+        // 04's claims (every schedule's converged row, SD's schedule ≥ 80 % intended-class accuracy, the ranking) are
+        // tested where they are computed: ScheduleStudyTests
         if (name == "09-diagnostics.ipynb")
             Assert.True(Percent(@"intended-class accuracy [\d.]+\s?% at w = 1, ([\d.]+)\s?% at w = 3") >= 80, printed);
         // the text-to-image model: nouns' attention maps point at their half above chance (50 % ± 2.5 points over 400

@@ -72,4 +72,9 @@ public static class ClassifierRecipe
         model.eval();
         return Nn.Batched.Map(model, images, batchSize, model.Features);
     }
+
+    /// <summary>The judge's features of <paramref name="images"/> as the rows of a matrix [N, 4·width], the form
+    /// <see cref="FrechetDistance.Compute"/> takes.</summary>
+    public static double[,] FeatureMatrix(FashionClassifier model, Tensor images) =>
+        FrechetDistance.ToArray(Features(model, images));
 }
