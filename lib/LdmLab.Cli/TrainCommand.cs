@@ -13,7 +13,8 @@ namespace LdmLab.Cli;
 /// [--only NAME] [--schedule S]`:
 /// trains a recipe with its full-profile settings on the full data set and writes a shipped checkpoint (model folder +
 /// checkpoint.json, see <see cref="ShippedCheckpoint"/>), default data/checkpoints/NAME. The run checkpoints into
-/// DIR.partial and resumes from it; DIR is replaced only at the end. fashion-vq, photo-autoencoders, fashion-modes and
+/// DIR.partial and resumes from it; DIR is replaced only at the end. fashion-vq, photo-autoencoders, fashion-modes,
+/// fashion-kl-sweep and
 /// fashion-denoiser (one per --schedule) write one folder
 /// per model (<see cref="AutoencoderRecipes.ShippedName"/>) under DIR (default data/checkpoints), skip models already
 /// shipped with the same recipe key, and train only NAME with --only.
@@ -22,11 +23,12 @@ public static class TrainCommand
 {
     const int FirstLossesKept = 5;
 
-    const string FashionVq = "fashion-vq", PhotoAutoencoders = "photo-autoencoders", FashionModes = "fashion-modes";
+    const string FashionVq = "fashion-vq", PhotoAutoencoders = "photo-autoencoders", FashionModes = "fashion-modes",
+        FashionKlSweep = "fashion-kl-sweep";
 
     static readonly string[] Recipes =
         [FashionLatentRecipe.ShippedVae, FashionLatentRecipe.ShippedDenoiser, ClassifierRecipe.Shipped, FashionVq, PhotoAutoencoders,
-         TextToImageRecipe.Shipped, FashionModes];
+         TextToImageRecipe.Shipped, FashionModes, FashionKlSweep];
 
     public static int Run(string[] args)
     {
@@ -40,7 +42,7 @@ public static class TrainCommand
             if (at < 0) return null;
             return at + 1 < args.Length ? args[at + 1] : throw new CliArgumentException($"{name} needs a value");
         }
-        bool perModel = args[0] is FashionVq or PhotoAutoencoders or FashionModes
+        bool perModel = args[0] is FashionVq or PhotoAutoencoders or FashionModes or FashionKlSweep
             or FashionLatentRecipe.ShippedDenoiser;
         var method = Option("--method") is { } named
             ? Enum.GetValues<ConditioningMethod>().Where(m => Name(m) == named).Cast<ConditioningMethod?>()
@@ -63,6 +65,7 @@ public static class TrainCommand
             TextToImageRecipe.Shipped => TextToImage(outDir, method),
             FashionVq => FashionVqModel(outDir),
             FashionModes => Modes(outDir, Option("--only")),
+            FashionKlSweep => KlSweep(outDir, Option("--only")),
             _ => Photo(outDir, Option("--only")),
         };
     }
@@ -180,7 +183,8 @@ public static class TrainCommand
         var run = options with
         {
             CheckpointDir = ArtifactStore.PartialDir(Path.GetDirectoryName(outDir)!, Path.GetFileName(outDir)),
-            CheckpointEvery = 250, Seed = 0,
+            CheckpointEvery = 250,
+            Seed = 0,
         };
         var (model, log) = TextToImageRecipe.Train(method, latents, scenes.Captions, run,
             new Viz.Progress(name, options.Steps, Viz.Progress.Console, TimeSpan.FromSeconds(60)));
@@ -274,6 +278,25 @@ public static class TrainCommand
                                              string.Join(", ", all.Select(s => Short(s.Name))));
     }
 
+    /// <summary>
+    /// The KL-weight sweep of notebook 02 (section 10.2.3): the Fashion VAE's architecture at β = 10⁻⁶ … 1, each by the
+    /// full recipe on all 60,000 training images, measured on the first 1,000 test images; --only NAME trains one.
+    /// </summary>
+    static int KlSweep(string root, string? only)
+    {
+        var specs = AutoencoderRecipes.KlSweep();
+        if (only is not null && specs.All(s => AutoencoderRecipes.ShippedName(s) != only))
+            throw new CliArgumentException($"--only {only}: not one of " +
+                                           string.Join(", ", specs.Select(AutoencoderRecipes.ShippedName)));
+        var train = FashionMnist.Load(Split.Train);
+        var test = FashionMnist.Load(Split.Test, limit: 1000);
+        var resnet = new ResNet18Features(AutoencoderRecipes.PhotoSize);
+        foreach (var spec in specs.Where(s => only is null || AutoencoderRecipes.ShippedName(s) == only))
+            ShipAutoencoder(root, spec, train.Images, test.Images, resnet, "Fashion-MNIST train (60,000 images)",
+                "first_1000_test");
+        return 0;
+    }
+
     /// <summary>The VQ twin of the Fashion VAE (notebook 02), on all 60,000 training images.</summary>
     static int FashionVqModel(string root)
     {
@@ -340,7 +363,9 @@ public static class TrainCommand
         var partial = ArtifactStore.PartialDir(Path.GetDirectoryName(outDir)!, Path.GetFileName(outDir));
         var options = FashionLatentRecipe.VaeOptions with
         {
-            Seed = seed, CheckpointDir = partial, CheckpointEvery = 250,
+            Seed = seed,
+            CheckpointDir = partial,
+            CheckpointEvery = 250,
         };
         Console.WriteLine($"training {FashionLatentRecipe.ShippedVae}: {options.Steps} steps, batch {options.BatchSize}, " +
                           $"{train.Images.shape[0]:N0} images → {outDir}");
