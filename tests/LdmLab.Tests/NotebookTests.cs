@@ -4,6 +4,7 @@ using LdmLab.Cli;
 namespace LdmLab.Tests;
 
 /// <summary>Executes notebooks in the real .NET Interactive kernel (dotnet-interactive 1.0.712001 via Jupyter).</summary>
+[Trait("Category", "Slow")]
 public class NotebookTests
 {
     static string NotebooksDir => Path.Combine(TestPaths.RepoRoot, "notebooks");

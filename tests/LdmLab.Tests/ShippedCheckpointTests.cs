@@ -14,6 +14,7 @@ namespace LdmLab.Tests;
 /// from the same seed reproduce the shipped run's first losses.
 /// </summary>
 [Collection("environment")]
+[Trait("Category", "Slow")]
 public class ShippedCheckpointTests
 {
     static ShippedCheckpoint FashionVae() =>
@@ -145,6 +146,7 @@ public class ShippedCheckpointTests
 
 /// <summary>The judge and the autoencoders of notebook 02 as shipped checkpoints (same checks as above).</summary>
 [Collection("environment")]
+[Trait("Category", "Slow")]
 public class ShippedJudgeAndAutoencoderTests
 {
     static ShippedCheckpoint Require(string name) =>
@@ -204,6 +206,9 @@ public class ShippedJudgeAndAutoencoderTests
             yield return (spec, () => { Crops(); return photoTrain!; }, () => { Crops(); return photoHeldOut!; }, "psnr_db_256_held_out_crops");
         yield return (Full(() => AutoencoderRecipes.Fashion(vq: true)), () => FashionMnist.Load(Split.Train).Images,
             () => FashionMnist.Load(Split.Test, limit: 1000).Images, "psnr_db_first_1000_test");
+        foreach (var spec in Full(AutoencoderRecipes.KlSweep))                    // notebook 02's KL weights
+            yield return (spec, () => FashionMnist.Load(Split.Train).Images,
+                () => FashionMnist.Load(Split.Test, limit: 1000).Images, "psnr_db_first_1000_test");
         foreach (int f in QualityModesRecipe.Factors)
             yield return (Full(() => QualityModesRecipe.Autoencoder(f)),
                 () => QualityModesRecipe.Pad(FashionMnist.Load(Split.Train).Images),
@@ -253,6 +258,7 @@ public class ShippedJudgeAndAutoencoderTests
 
 /// <summary>The text-to-image model of notebooks 05/06 as a shipped checkpoint.</summary>
 [Collection("environment")]
+[Trait("Category", "Slow")]
 public class ShippedTextToImageTests
 {
     static T Full<T>(Func<T> f) => TestPaths.WithSettings(s => s with { Profile = Profile.Full }, f);

@@ -142,6 +142,7 @@ public class TextToImageTests
     /// accuracy (chance: 10 %) at guidance 5.
     /// </summary>
     [Fact]
+    [Trait("Category", "Slow")]
     public void A_model_trained_from_scratch_draws_the_items_its_prompts_name()
     {
         TorchRuntime.Setup();

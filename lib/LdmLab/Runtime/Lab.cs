@@ -80,6 +80,9 @@ public static class Lab
         if (torch.cuda.is_available()) torch.cuda.synchronize();
     }
 
+    /// <summary>Seeds torch with the run's seed (<see cref="RunSettings.Seed"/>, LDMLAB_SEED; default 0).</summary>
+    public static Random Seed() => Seed(Settings.Seed);
+
     /// <summary>Seeds torch (CPU and CUDA) and returns a seeded <see cref="Random"/> for host-side choices.</summary>
     public static Random Seed(long seed)
     {
