@@ -76,8 +76,8 @@ public class NotebookTests
         }
         // 04's claims (every schedule's converged row, SD's schedule ≥ 80 % intended-class accuracy, the ranking) are
         // tested where they are computed: ScheduleStudyTests
-        if (name == "09-diagnostics.ipynb")
-            Assert.True(Percent(@"intended-class accuracy [\d.]+\s?% at w = 1, ([\d.]+)\s?% at w = 3") >= 80, printed);
+        // 09's claim (the shipped denoiser at w = 3, DDIM 25 steps, 200 samples: ≥ 80 % intended-class accuracy) is
+        // 04's: ScheduleStudyTests.The_shipped_scaled_linear_denoiser_draws_the_class_it_is_asked_for
         // the text-to-image model: nouns' attention maps point at their half above chance (50 % ± 2.5 points over 400
         // maps; a broken recorder or aggregation lands there), both items of two-item prompts are often right (chance
         // ≈ 1 %); guided one-item prompts draw the asked class; a negative prompt removes what it names
@@ -101,23 +101,13 @@ public class NotebookTests
             Assert.True(Percent(@"Quality: accuracy draft ([\d.]+)\s?%") >= 80, printed);
             Assert.True(Percent(@"quality \(f 2, 50\) [\d.]+ ms — ([\d.]+)× between the ends") > 1, printed);
         }
-        if (name == "02-autoencoders.ipynb")
-        {
-            // the quick run's rate–distortion table is the full profile's within 2 dB (shipped models, fewer crops)
-            Assert.True(Percent(@"from the full profile's \(same models, 256 crops\) by at most ([\d.]+) dB") <= 2, printed);
-            Assert.True(Percent(@"on originals, ([\d.]+)\s?% on KL") >= 80, printed);
-            // the best photo model reconstructs more than each crop's mean colour: by at least 2 dB over a flat crop
-            Assert.True(Percent(@"models beat it; the best, [^,]+, by \+([\d.]+) dB") >= 2, printed);
-        }
+        // 02's claims — the quick table within 2 dB of the full one, the best photo model ≥ 2 dB above a flat crop of
+        // each crop's mean colour, the judge on originals — are tested where they are computed:
+        // ShippedJudgeAndAutoencoderTests
+        // 07's numbers are tested where they are computed: SD 1.5's and the SD family's counts against diffusers'
+        // manifests (UNetTests, AutoencoderTests, TextPathTests, SdFamilyTests), the tiny pipeline (PipelineTests)
         if (name == "07-stable-diffusion-architecture.ipynb")
-        {
-            string All(string key) => string.Join("\n", outputs.Select(o => o?["data"]?[key]?.ToString() ?? o?["text"]?.ToString() ?? ""));
-            // SD 1.5's modules counted, the SD-family table, the tiny pipeline equal to diffusers, a captioned strip
-            Assert.Contains("859,520,964", All("text/html"));
-            Assert.Contains("2,567,463,684", All("text/html"));
-            Assert.Contains("reproduced diffusers in all 10 compared tensors: True", All("text/plain"));
             Assert.Contains(outputs, o => o?["data"]?["image/png"] is not null);
-        }
         if (name == "00-tour.ipynb")
         {
             // the chapter map names every section and exercise of the chapter

@@ -155,11 +155,11 @@ public class ShippedJudgeAndAutoencoderTests
     static T Full<T>(Func<T> f) => TestPaths.WithSettings(s => s with { Profile = Profile.Full }, f);
 
     internal static void AssertFirstLosses(IReadOnlyList<double> expected, IReadOnlyList<double> actual,
-        string? name = null)
+        string? name = null, double relativeTolerance = 1e-4)
     {
         Assert.Equal(expected.Count, actual.Count);
         for (int i = 0; i < actual.Count; i++)
-            Assert.True(Math.Abs(actual[i] - expected[i]) <= 1e-4 * Math.Abs(expected[i]),
+            Assert.True(Math.Abs(actual[i] - expected[i]) <= relativeTolerance * Math.Abs(expected[i]),
                 $"{name} step {i + 1}: {actual[i]} vs the shipped run's {expected[i]}".TrimStart());
     }
 
@@ -228,6 +228,8 @@ public class ShippedJudgeAndAutoencoderTests
         Assert.NotEmpty(found);
         var cache = TestPaths.TempDir("shipped-ae-replay");
         ResNet18Features? resnet = null;
+        Tensor? photoCrops = null;
+        double bestPhoto = double.NegativeInfinity;
         foreach (var (spec, trainImages, heldOutImages, metric) in found)
         {
             var name = AutoencoderRecipes.ShippedName(spec);
@@ -246,12 +248,31 @@ public class ShippedJudgeAndAutoencoderTests
             using (no_grad())
                 psnr = ImageQuality.Psnr(loaded.Reconstruct(heldOut).clamp(-1, 1), heldOut).mean().item<float>();
             Assert.True(Math.Abs(psnr - shipped.Metrics[metric]) <= 0.01, $"{name}: PSNR {psnr:F3} vs the recorded {shipped.Metrics[metric]:F3}");
+            if (metric == "psnr_db_256_held_out_crops")
+            {
+                // notebook 02's quick table evaluates the first 64 of these crops: within 2 dB of the full profile's
+                double quick;
+                using (no_grad())
+                    quick = ImageQuality.Psnr(loaded.Reconstruct(heldOut.narrow(0, 0, 64)).clamp(-1, 1),
+                        heldOut.narrow(0, 0, 64)).mean().item<float>();
+                Assert.True(Math.Abs(quick - psnr) <= 2, $"{name}: {quick:F2} dB on 64 crops vs {psnr:F2} on 256");
+                photoCrops = heldOut;
+                bestPhoto = Math.Max(bestPhoto, psnr);
+            }
 
             if (spec.Loss.PerceptualWeight > 0) resnet ??= new ResNet18Features(AutoencoderRecipes.PhotoSize);
             var replay = TestPaths.WithSettings(s => s with { CacheDir = cache }, () => Full(() => AutoencoderRecipes.LoadOrTrain(
                 spec with { Options = spec.Options with { Steps = shipped.FirstLosses.Count } }, train, perceptual: resnet)));
-            AssertFirstLosses(shipped.FirstLosses, replay.Log.Select(s => s.Reconstruction).ToList());
+            // the perceptual loss backpropagates through ResNet18, whose CPU kernels outside oneDNN's ISA cap differ
+            // between AVX2 and AVX-512 machines: measured 1.7e-4 relative at step 5 of ae-kl-f8-c4-perc-photo on an
+            // AVX-512 EPYC against the AVX2 run that shipped it (steps 1-4 equal); every other replay matches to 1e-4
+            AssertFirstLosses(shipped.FirstLosses, replay.Log.Select(s => s.Reconstruction).ToList(), name,
+                spec.Loss.PerceptualWeight > 0 ? 1e-3 : 1e-4);
         }
+        // the best photo model reconstructs more than each crop's mean colour: by at least 2 dB over a flat crop
+        if (photoCrops is not null)
+            Assert.True(bestPhoto - AutoencoderRecipes.FlatColourPsnr(photoCrops) >= 2,
+                $"best {bestPhoto:F2} dB, flat crops {AutoencoderRecipes.FlatColourPsnr(photoCrops):F2} dB");
         Directory.Delete(cache, true);
     }
 }

@@ -143,6 +143,18 @@ public static partial class AutoencoderRecipes
     }).ToList();
 
     /// <summary>
+    /// The baseline an autoencoder must beat: each crop [N, C, H, W] replaced by a flat crop of its own mean colour
+    /// (C numbers per crop); the mean PSNR of those against the crops, in dB. A model below it has not learned
+    /// colour yet.
+    /// </summary>
+    public static double FlatColourPsnr(Tensor crops)
+    {
+        using var _ = no_grad();
+        var flat = crops.mean([2, 3], keepdim: true).expand_as(crops);                        // [N, C, H, W]
+        return ImageQuality.Psnr(flat, crops).mean().item<float>();
+    }
+
+    /// <summary>
     /// Random 64×64 training crops and held-out crops from every photo: training crops lie wholly left of each photo's
     /// held-out strip (its rightmost quarter, <see cref="Data.ImageFolder.HeldOutWidth"/>), held-out crops inside it;
     /// deterministic per seed; the first k held-out crops do not depend on how many are drawn. (Holding out whole
