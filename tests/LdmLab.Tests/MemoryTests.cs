@@ -14,6 +14,7 @@ namespace LdmLab.Tests;
 /// Native memory stays flat in the library's loops: 2,000 training steps and 1,000 sampler steps may not grow the
 /// resident set by more than 5 % over what it was after a warm-up run of the same loop.
 /// </summary>
+[Trait("Category", "Slow")]
 public class MemoryTests(ITestOutputHelper output)
 {
     static readonly UNetConfig Small = new()
