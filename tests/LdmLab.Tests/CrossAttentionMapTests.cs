@@ -113,6 +113,25 @@ public class CrossAttentionMapTests
 
     /// <summary>Words from the tokenizer's own pieces; a multi-token word's map is the mean of its tokens'
     /// maps.</summary>
+    /// <summary>
+    /// Aggregating N records keeps one tensor alive, not N partial sums: notebook 05's DAAM study aggregates per layer,
+    /// step and head, and partial sums left for the GC took its kernel to 12 GB resident.
+    /// </summary>
+    [Fact]
+    public void Aggregation_keeps_one_tensor_alive_whatever_the_number_of_records()
+    {
+        TorchRuntime.Setup();
+        var records = Enumerable.Range(0, 8)                                          // maps [B, heads, h, w, L]
+            .Select(e => new AttentionRecord(e, "l", rand(new long[] { 2, 3, 4, 4, 5 }))).ToList();
+        var expected = records.Select(r => nn.functional.interpolate(r.Maps.sum(1).permute(0, 3, 1, 2), [8, 8],
+            mode: InterpolationMode.Bilinear, align_corners: false)).Aggregate((a, b) => a + b);
+        using var scope = NewDisposeScope();
+        long before = scope.DisposablesCount;
+        var sum = CrossAttentionRecorder.AggregateRecords(records, 8, 8);                   // [2, 5, 8, 8]
+        Assert.Equal(before + 1, scope.DisposablesCount);
+        Assert.True(sum.allclose(expected, rtol: 0, atol: 1e-5));
+    }
+
     [Fact]
     public void Words_map_to_their_token_positions_and_merge()
     {
