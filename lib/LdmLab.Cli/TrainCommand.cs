@@ -100,7 +100,7 @@ public static class TrainCommand
     /// </summary>
     static bool AlreadyShipped(string root, string name, string key)
     {
-        if (!ArtifactStore.Current.IsShipped(name, key, root)) return false;
+        if (!ArtifactStore.IsShipped(name, key, root)) return false;
         Console.WriteLine($"{name}: already shipped with recipe key {key}, skipped");
         return true;
     }
@@ -182,7 +182,7 @@ public static class TrainCommand
                           $"{latents.shape[0]:N0} scenes, latents {string.Join("×", latents.shape.Skip(1))} → {outDir}");
         var run = options with
         {
-            CheckpointDir = ArtifactStore.PartialDir(Path.GetDirectoryName(outDir)!, Path.GetFileName(outDir)),
+            CheckpointDir = ArtifactStore.PartialDir(outDir),
             CheckpointEvery = 250,
             Seed = 0,
         };
@@ -284,14 +284,11 @@ public static class TrainCommand
     /// </summary>
     static int KlSweep(string root, string? only)
     {
-        var specs = AutoencoderRecipes.KlSweep();
-        if (only is not null && specs.All(s => AutoencoderRecipes.ShippedName(s) != only))
-            throw new CliArgumentException($"--only {only}: not one of " +
-                                           string.Join(", ", specs.Select(AutoencoderRecipes.ShippedName)));
+        var chosen = Only(AutoencoderRecipes.KlSweep(), only);
         var train = FashionMnist.Load(Split.Train);
         var test = FashionMnist.Load(Split.Test, limit: 1000);
         var resnet = new ResNet18Features(AutoencoderRecipes.PhotoSize);
-        foreach (var spec in specs.Where(s => only is null || AutoencoderRecipes.ShippedName(s) == only))
+        foreach (var spec in chosen)
             ShipAutoencoder(root, spec, train.Images, test.Images, resnet, "Fashion-MNIST train (60,000 images)",
                 "first_1000_test");
         return 0;
@@ -316,18 +313,23 @@ public static class TrainCommand
     {
         var photos = new ImageFolder(AutoencoderRecipes.PhotoFolder, AutoencoderRecipes.PhotoShortSide);
         var (train, heldOut) = AutoencoderRecipes.PhotoCrops(photos, AutoencoderRecipes.PhotoTrainCrops, AutoencoderRecipes.PhotoHeldOutCrops);
-        var specs = AutoencoderRecipes.RateDistortion().Concat(AutoencoderRecipes.LossAblation())
-            .DistinctBy(AutoencoderRecipes.ShippedName).ToList();
-        if (only is not null && specs.All(s => AutoencoderRecipes.ShippedName(s) != only))
-            throw new CliArgumentException($"--only {only}: not one of {string.Join(", ", specs.Select(AutoencoderRecipes.ShippedName))}");
+        var chosen = Only(AutoencoderRecipes.RateDistortion().Concat(AutoencoderRecipes.LossAblation())
+            .DistinctBy(AutoencoderRecipes.ShippedName).ToList(), only);
         var resnet = new ResNet18Features(AutoencoderRecipes.PhotoSize);
-        foreach (var spec in specs.Where(s => only is null || AutoencoderRecipes.ShippedName(s) == only))
+        foreach (var spec in chosen)
             ShipAutoencoder(root, spec, train, heldOut, resnet,
                 $"{train.shape[0]:N0} random 64×64 crops of {photos.Files.Count} mate-backgrounds photos (short side " +
                 $"{AutoencoderRecipes.PhotoShortSide}), left of each photo's held-out right quarter",
                 $"{heldOut.shape[0]}_held_out_crops");
         return 0;
     }
+
+    /// <summary>The specs --only NAME picks (all without it); an unknown NAME is an error listing the names.</summary>
+    static IReadOnlyList<AutoencoderSpec> Only(IReadOnlyList<AutoencoderSpec> specs, string? only) =>
+        only is null ? specs
+        : specs.Where(s => AutoencoderRecipes.ShippedName(s) == only).ToList() is { Count: > 0 } picked ? picked
+        : throw new CliArgumentException($"--only {only}: not one of " +
+                                         string.Join(", ", specs.Select(AutoencoderRecipes.ShippedName)));
 
     static void ShipAutoencoder(string root, AutoencoderSpec spec, Tensor train, Tensor heldOut, ResNet18Features resnet,
         string trainedOn, string evaluatedOn)
@@ -360,7 +362,7 @@ public static class TrainCommand
         var train = FashionMnist.Load(Split.Train);
         var test = FashionMnist.Load(Split.Test, limit: 1000);
         const long seed = 0;
-        var partial = ArtifactStore.PartialDir(Path.GetDirectoryName(outDir)!, Path.GetFileName(outDir));
+        var partial = ArtifactStore.PartialDir(outDir);
         var options = FashionLatentRecipe.VaeOptions with
         {
             Seed = seed,

@@ -55,7 +55,7 @@ public sealed class ArtifactStore(RunSettings settings)
     }
 
     /// <summary>Whether NAME is shipped here with this recipe key (a training command skips it then).</summary>
-    public bool IsShipped(string name, string recipeKey, string root) =>
+    public static bool IsShipped(string name, string recipeKey, string root) =>
         ShippedCheckpoint.Read(Path.Combine(root, name)) is { } existing && existing.RecipeKey == recipeKey;
 
     /// <summary>
@@ -85,10 +85,14 @@ public sealed class ArtifactStore(RunSettings settings)
         }
         if (Directory.Exists(outDir)) Directory.Delete(outDir, true);
         Directory.Move(staging, outDir);
-        if (Directory.Exists(PartialDir(root, name))) Directory.Delete(PartialDir(root, name), true);
+        if (Directory.Exists(PartialDir(outDir))) Directory.Delete(PartialDir(outDir), true);
         return ShippedCheckpoint.Read(outDir)!;
     }
 
-    /// <summary>The private folder a shipping run checkpoints into (resumable), deleted once shipped.</summary>
-    public static string PartialDir(string root, string name) => Path.Combine(root, name + ".partial");
+    /// <summary>The private folder a shipping run of the model folder <paramref name="modelDir"/> checkpoints into
+    /// (resumable): <c>modelDir.partial</c>, deleted once shipped.</summary>
+    public static string PartialDir(string modelDir) => modelDir + ".partial";
+
+    /// <summary><see cref="PartialDir(string)"/> of <c>root/NAME</c>.</summary>
+    public static string PartialDir(string root, string name) => PartialDir(Path.Combine(root, name));
 }

@@ -87,15 +87,13 @@ public sealed record ShippedCheckpoint(
         var c = new ShippedCheckpoint(Path.GetFileName(dir), dir, r.Recipe, r.RecipeKey, r.Steps, r.Seed, r.WeightsFile,
             Sha256(Path.Combine(dir, r.WeightsFile)), r.FirstLosses, r.Metrics, r.TrainedOn, r.Machine,
             DateTime.UtcNow.ToString("yyyy-MM-dd"));
-        var (recipe, recipeKey, steps, seed, weightsFile, firstLosses, metrics, trainedOn, machine) =
-            (r.Recipe, r.RecipeKey, r.Steps, r.Seed, r.WeightsFile, r.FirstLosses, r.Metrics, r.TrainedOn, r.Machine);
         var json = new JsonObject
         {
-            ["recipe"] = recipe, ["recipe_key"] = recipeKey, ["steps"] = steps, ["seed"] = seed,
-            ["weights_file"] = weightsFile, ["weights_sha256"] = c.WeightsSha256,
-            ["first_losses"] = new JsonArray(firstLosses.Select(l => (JsonNode)l).ToArray()),
-            ["metrics"] = new JsonObject(metrics.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))),
-            ["trained_on"] = trainedOn, ["machine"] = machine, ["date"] = c.Date,
+            ["recipe"] = r.Recipe, ["recipe_key"] = r.RecipeKey, ["steps"] = r.Steps, ["seed"] = r.Seed,
+            ["weights_file"] = r.WeightsFile, ["weights_sha256"] = c.WeightsSha256,
+            ["first_losses"] = new JsonArray(r.FirstLosses.Select(l => (JsonNode)l).ToArray()),
+            ["metrics"] = new JsonObject(r.Metrics.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))),
+            ["trained_on"] = r.TrainedOn, ["machine"] = r.Machine, ["date"] = c.Date,
         };
         AtomicFile.WriteAllText(Path.Combine(dir, ManifestName), json.ToJsonString(new JsonSerializerOptions
         {

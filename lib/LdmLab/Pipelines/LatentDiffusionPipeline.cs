@@ -92,15 +92,8 @@ public sealed class LatentDiffusionPipeline
                 guidanceBatch: Guidance.Enabled(o.GuidanceScale))
             : null;
         var scheduler = NewScheduler(o);
-        var clock = Stopwatch.StartNew();
-        var latents = Sampling.Sample(scheduler, GuidedDenoiser(rows, o), noise, o.Steps, o.Callback);
-        Runtime.Lab.Synchronize();
-        var sampling = clock.Elapsed;
-        recorder?.Stop();
-        clock.Restart();
-        var images = Vae is null ? null : Decode(latents, o.DecodeBatchSize);
-        Runtime.Lab.Synchronize();
-        return new LatentGenerationOutput(images, latents, recorder, sampling, clock.Elapsed);
+        return Timed(() => Sampling.Sample(scheduler, GuidedDenoiser(rows, o), noise, o.Steps, o.Callback),
+            recorder, o.DecodeBatchSize);
     }
 
     /// <summary>
@@ -122,21 +115,35 @@ public sealed class LatentDiffusionPipeline
             throw new ArgumentException($"image must be [{rows.shape[0]}, {vae.Config.InChannels}, H, W] in [-1, 1], " +
                                         $"got [{string.Join(", ", images.shape)}]", nameof(images));
         var posterior = vae.Encode(images.to(device));
-        using var seeded = o.Generator is null && o.Seed is long seed ? new Generator((ulong)seed) : null;
+        using var seeded = SeededGenerator(o);
         var generator = o.Generator ?? seeded;
         var x0 = posterior.Sample(randn(posterior.Mean.shape, generator: generator).to(device))
                  * vae.Config.ScalingFactor;                                                     // [B, c, h, w]
         var noise = randn(x0.shape, generator: generator).to(device);
         var scheduler = NewScheduler(o);
+        return Timed(() => Sampling.Img2Img(scheduler, GuidedDenoiser(rows, o), x0, noise, o.Steps, strength,
+            o.Callback), null, o.DecodeBatchSize);
+    }
+
+    /// <summary>Runs the sampling, stops the recorder, decodes (when there is an autoencoder), timing each part.
+    /// </summary>
+    LatentGenerationOutput Timed(Func<Tensor> sample, CrossAttentionRecorder? recorder, int? decodeBatchSize)
+    {
         var clock = Stopwatch.StartNew();
-        var latents = Sampling.Img2Img(scheduler, GuidedDenoiser(rows, o), x0, noise, o.Steps, strength, o.Callback);
+        var latents = sample();
         Runtime.Lab.Synchronize();
         var sampling = clock.Elapsed;
+        recorder?.Stop();
         clock.Restart();
-        var decoded = Decode(latents, o.DecodeBatchSize);
+        var images = Vae is null ? null : Decode(latents, decodeBatchSize);
         Runtime.Lab.Synchronize();
-        return new LatentGenerationOutput(decoded, latents, null, sampling, clock.Elapsed);
+        return new LatentGenerationOutput(images, latents, recorder, sampling, clock.Elapsed);
     }
+
+    /// <summary>A CPU generator for <see cref="LatentGenerationOptions.Seed"/> when no generator was passed (the caller
+    /// disposes it); null otherwise: then x_T comes from the given generator or torch's global one.</summary>
+    static Generator? SeededGenerator(LatentGenerationOptions o) =>
+        o.Generator is null && o.Seed is long seed ? new Generator((ulong)seed) : null;
 
     /// <summary>Latents [B, c, h, w] → images in [−1, 1]: decode(z / scaling_factor), clamped.</summary>
     public Tensor Decode(Tensor latents, int? batchSize = null)
@@ -184,9 +191,7 @@ public sealed class LatentDiffusionPipeline
                                             $"[{string.Join(", ", given.shape)}]", nameof(o));
             return given;
         }
-        if (o.Generator is { } generator) return randn(shape, generator: generator);
-        if (o.Seed is not long seed) return randn(shape);
-        using var seeded = new Generator((ulong)seed);
-        return randn(shape, generator: seeded);
+        using var seeded = SeededGenerator(o);
+        return randn(shape, generator: o.Generator ?? seeded);
     }
 }

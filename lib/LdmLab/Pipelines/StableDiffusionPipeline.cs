@@ -148,7 +148,6 @@ public sealed class StableDiffusionPipeline
     /// </summary>
     public PipelineOutput ImageToImage(Tensor image, double strength, GenerationOptions o)
     {
-        if (strength is < 0 or > 1) throw new ArgumentOutOfRangeException(nameof(strength), strength, "strength must lie in [0, 1]");
         using var _ = no_grad();
         var (cond, uncond) = Embeddings(o);
         var output = Core().ImageToImage(cond, image, strength, CoreOptions(o, uncond));
