@@ -57,13 +57,21 @@ public sealed class ScheduleStudy
     /// </summary>
     public static DdimScheduler SamplerFor(NoiseSchedule schedule)
     {
-        bool zeroSnr = schedule.AlphasCumprod[^1] == 0;
+        bool zeroSnr = VTarget(schedule);                  // the recipe regresses v exactly when ᾱ_T = 0
         return new DdimScheduler(new SchedulerConfig
         {
-            TrainedBetas = schedule.Betas, PredictionType = zeroSnr ? "v_prediction" : "epsilon",
+            TrainedBetas = schedule.Betas, PredictionType = PredictionTypeName(schedule),
             TimestepSpacing = zeroSnr ? "trailing" : "leading", StepsOffset = zeroSnr ? 0 : 1, SetAlphaToOne = false,
         });
     }
+
+    /// <summary>Whether the recipe's denoiser for this schedule regresses v
+    /// (<see cref="FashionLatentRecipe.PredictionFor"/>).</summary>
+    static bool VTarget(NoiseSchedule schedule) =>
+        FashionLatentRecipe.PredictionFor(schedule) == PredictionType.VPrediction;
+
+    /// <summary>diffusers' prediction_type of that target.</summary>
+    static string PredictionTypeName(NoiseSchedule schedule) => VTarget(schedule) ? "v_prediction" : "epsilon";
 
     /// <summary>
     /// MSE(ε̂, ε) on the held-out latents at t = 50, 150, …, 950 with one fixed noise draw; a v-model's output is
@@ -72,8 +80,7 @@ public sealed class ScheduleStudy
     public double HeldOutEpsilonMse(ClassConditionedUNet model, NoiseSchedule schedule)
     {
         using var _ = no_grad();
-        var target = FashionLatentRecipe.PredictionFor(schedule) == PredictionType.VPrediction
-            ? "v_prediction" : "epsilon";
+        var target = PredictionTypeName(schedule);
         var errors = new List<double>();
         foreach (long t in Enumerable.Range(0, 10).Select(i => 50L + i * 100))
         {
@@ -105,8 +112,7 @@ public sealed class ScheduleStudy
         IReadOnlyList<double> losses, string profile)
     {
         var (accuracy, frechet, images) = Judge(model, schedule);
-        bool v = FashionLatentRecipe.PredictionFor(schedule) == PredictionType.VPrediction;
-        return (new ScheduleRow(schedule.Name, v ? "v" : "ε", losses.Count, profile,
+        return (new ScheduleRow(schedule.Name, VTarget(schedule) ? "v" : "ε", losses.Count, profile,
             losses.TakeLast(Math.Max(1, losses.Count / 10)).Average(), HeldOutEpsilonMse(model, schedule), accuracy,
             frechet), images);
     }
