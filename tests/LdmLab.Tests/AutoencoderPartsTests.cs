@@ -102,11 +102,21 @@ public class AdversarialTests
         var d = new PatchGan(inChannels: 1, width: 8, layers: 2);
         Assert.Equal(4, d.forward(randn(2, 1, 32, 32)).dim());
         var sn = new SpectralNormConv2d(4, 6, 3, 1, 1);
+        // Power iteration converges like (σ₂/σ₁)^2k: a random init may have σ₂ ≈ σ₁ and need thousands of steps
+        // (CI once saw 0.657 vs 0.672 after 50). Give the weight a known spectrum with a gap: σ = 3, 1.5, 1, ….
+        using (no_grad())
+        {
+            var g = new Generator(7);
+            var (u, _, vh) = linalg.svd(randn([6, 36], generator: g), fullMatrices: false);   // [6,6], [6,36]
+            var spectrum = tensor(new[] { 3f, 1.5f, 1f, 0.8f, 0.5f, 0.2f });
+            sn.parameters().First().copy_(u.matmul(diag(spectrum)).matmul(vh).reshape(6, 4, 3, 3));
+        }
         double sigma = 0;
         for (int i = 0; i < 50; i++) sigma = sn.Sigma().item<float>();
         var w = sn.parameters().First().reshape(6, -1);
         var trueSigma = linalg.svdvals(w)[0].item<float>();
-        Assert.Equal(trueSigma, sigma, 3);
+        Assert.Equal(3.0, trueSigma, 4);
+        Assert.Equal(trueSigma, sigma, 4);
         var dsn = new PatchGan(inChannels: 1, width: 8, layers: 2, spectralNorm: true);
         Assert.Equal(1L, dsn.forward(randn(1, 1, 32, 32)).shape[1]);
     }
