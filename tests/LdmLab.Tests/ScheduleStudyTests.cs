@@ -67,6 +67,18 @@ public class ScheduleStudyTests
     }
 
     [Fact]
+    public void A_table_of_shipped_rows_alone_is_ranked_without_trajectories()
+    {
+        var shipped = Table().Where(r => r.Profile == Full).ToList();
+        var lines = ScheduleStudy.Takeaways(shipped, Schedules, Full, Full, 0.5, 0.55, 200);
+        string all = string.Join("\n", lines);
+        Assert.DoesNotContain(lines, l => l.StartsWith("After") || l.Contains(" over 1000 steps"));
+        Assert.Contains($"the schedules rank by Fréchet distance: {Schedules[4].Name} 1.04 <", all);
+        Assert.Equal(5, lines.Count(l => l.Contains("trained by the full recipe, reaches")));
+        Assert.DoesNotContain("only the full-recipe rows are converged", all);
+    }
+
+    [Fact]
     public void Zero_terminal_snr_samples_with_v_prediction_and_trailing_timesteps()
     {
         var zero = ScheduleStudy.SamplerFor(NoiseSchedule.ScaledLinear(zeroTerminalSnr: true));

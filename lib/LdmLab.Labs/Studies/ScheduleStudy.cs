@@ -127,7 +127,8 @@ public sealed class ScheduleStudy
     /// <paramref name="profile"/>, each schedule's trajectory, and — over the converged rows (those of
     /// <paramref name="convergedProfile"/>, or the last stage when that is absent) — the ranking by Fréchet distance,
     /// which schedules sampling noise does not separate (within twice the gap between two real floors), whether
-    /// accuracy orders them differently, and whether held-out ε-MSE ranks sample quality.
+    /// accuracy orders them differently, and whether held-out ε-MSE ranks sample quality. When the table holds only
+    /// converged rows (<paramref name="profile"/> = <paramref name="convergedProfile"/>) the trajectories are left out.
     /// </summary>
     public static IReadOnlyList<string> Takeaways(IReadOnlyList<ScheduleRow> rows,
         IReadOnlyList<NoiseSchedule> schedules, string profile, string? convergedProfile, double floor,
@@ -138,11 +139,12 @@ public sealed class ScheduleStudy
         var finalRows = rows.Where(r => r.Steps == lastStage && r.Profile == profile).ToList();
         var bestFd = finalRows.MinBy(r => r.Frechet)!;
         var bestEps = finalRows.MinBy(r => r.EpsilonMse)!;
-        lines.Add($"After {lastStage:N0} steps ({profile} profile), the lowest Fréchet distance is " +
+        bool onlyConverged = convergedProfile == profile;     // one converged row per schedule: no trajectories
+        if (!onlyConverged) lines.Add($"After {lastStage:N0} steps ({profile} profile), the lowest Fréchet distance is " +
                   $"{bestFd.Schedule}'s " +
                   $"({bestFd.Frechet:F2}, floor {floor:F2}) and the lowest held-out ε-MSE {bestEps.Schedule}'s " +
                   $"({bestEps.EpsilonMse:F3}).");
-        foreach (var s in schedules)
+        foreach (var s in schedules.Where(_ => !onlyConverged))
         {
             var mine = rows.Where(r => r.Schedule == s.Name && r.Profile == profile).OrderBy(r => r.Steps).ToList();
             lines.Add($"{s.Name}: Fréchet distance {string.Join(" → ", mine.Select(r => r.Frechet.ToString("F2")))}, " +
@@ -188,7 +190,7 @@ public sealed class ScheduleStudy
                             $"({Noisy(lowestMse.Schedule):P0}). There z_t ≈ ε, so ε is easy to predict: such " +
                             "timesteps lower the average without teaching the model anything about z₀."
                           : "."));
-        if (convergedProfile is not null && finalRows.Count > 0)
+        if (convergedProfile is not null && !onlyConverged && finalRows.Count > 0)
         {
             var quickOrder = finalRows.OrderBy(r => r.Frechet).Select(r => r.Schedule).ToList();
             lines.Add($"After {lastStage} {profile} steps the best schedule by Fréchet distance is {quickOrder[0]}; " +
