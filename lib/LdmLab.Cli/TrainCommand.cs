@@ -205,7 +205,7 @@ public static class TrainCommand
     }
 
     /// <summary>
-    /// The quality modes of notebook 06 (section 10.3.5): per f = 2, 4, 8 a KL autoencoder on all 60,000 training
+    /// The quality modes of notebook 06c (section 10.3.5): per f = 2, 4, 8 a KL autoencoder on all 60,000 training
     /// images padded to 32×32 (<c>ae-kl-fF-c4-fashion32</c>) and the class-conditional denoiser on its latents
     /// (<c>fashion-denoiser-fF-32</c>, weights in float16); --only F trains one factor. Pairs already shipped with
     /// the same recipe keys are skipped.

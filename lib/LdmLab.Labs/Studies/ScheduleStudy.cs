@@ -140,10 +140,10 @@ public sealed class ScheduleStudy
         var bestFd = finalRows.MinBy(r => r.Frechet)!;
         var bestEps = finalRows.MinBy(r => r.EpsilonMse)!;
         bool onlyConverged = convergedProfile == profile;     // one converged row per schedule: no trajectories
-        if (!onlyConverged) lines.Add($"After {lastStage:N0} steps ({profile} profile), the lowest Fréchet distance is " +
-                  $"{bestFd.Schedule}'s " +
-                  $"({bestFd.Frechet:F2}, floor {floor:F2}) and the lowest held-out ε-MSE {bestEps.Schedule}'s " +
-                  $"({bestEps.EpsilonMse:F3}).");
+        if (!onlyConverged)
+            lines.Add($"After {lastStage:N0} steps ({profile} profile), the lowest Fréchet distance is " +
+                      $"{bestFd.Schedule}'s ({bestFd.Frechet:F2}, floor {floor:F2}) and the lowest held-out ε-MSE " +
+                      $"{bestEps.Schedule}'s ({bestEps.EpsilonMse:F3}).");
         foreach (var s in schedules.Where(_ => !onlyConverged))
         {
             var mine = rows.Where(r => r.Schedule == s.Name && r.Profile == profile).OrderBy(r => r.Steps).ToList();
