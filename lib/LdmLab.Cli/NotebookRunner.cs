@@ -15,12 +15,15 @@ public sealed record CellError(int Index, string? CellId, string Name, string Me
         $"cell {Index}{(CellId is null ? "" : $" (id {CellId})")}: {Name}: {Message}{(Stderr.Trim().Length > 0 ? "\n      " + Stderr.Trim().Replace("\n", "\n      ") : "")}";
 }
 
-public sealed record NotebookResult(string Notebook, string? OutputPath, TimeSpan Elapsed, IReadOnlyList<CellError> Errors, string? RunnerError)
+/// <param name="PeakBytes">The kernel's peak resident memory (<see cref="PeakMemory"/>), null off Linux.</param>
+public sealed record NotebookResult(string Notebook, string? OutputPath, TimeSpan Elapsed, IReadOnlyList<CellError> Errors,
+    string? RunnerError, long? PeakBytes = null)
 {
     public bool Ok => RunnerError is null && Errors.Count == 0;
+    string Measured => $"{Elapsed.TotalSeconds:F0} s{(PeakBytes is long b ? $", peak {b / 1e9:F1} GB" : "")}";
     public override string ToString() => Ok
-        ? $"PASS {Notebook} ({Elapsed.TotalSeconds:F0} s)"
-        : $"FAIL {Notebook} ({Elapsed.TotalSeconds:F0} s)\n  " + (RunnerError ?? string.Join("\n  ", Errors));
+        ? $"PASS {Notebook} ({Measured})"
+        : $"FAIL {Notebook} ({Measured})\n  " + (RunnerError ?? string.Join("\n  ", Errors));
 }
 
 /// <summary>
@@ -121,21 +124,23 @@ public sealed partial class NotebookRunner
         {
             return new NotebookResult(name, null, sw.Elapsed, [], $"cannot start jupyter ({e.Message}): apt-get install jupyter-nbconvert jupyter-client, or run ./lab setup");
         }
+        using var memory = new PeakMemory(p.Id);
         var stderr = p.StandardError.ReadToEndAsync();
         var stdout = p.StandardOutput.ReadToEndAsync();
         p.WaitForExit();
+        var peak = memory.PeakBytes;
         var staged = Path.Combine(staging, name);
         if (p.ExitCode != 0 || !File.Exists(staged))
         {
             var tail = string.Join("\n", stderr.Result.Split('\n').Where(l => !l.StartsWith("info:") && !l.StartsWith("      ")).TakeLast(15));
-            return new NotebookResult(name, null, sw.Elapsed, [], $"nbconvert exited with {p.ExitCode}:\n{tail}");
+            return new NotebookResult(name, null, sw.Elapsed, [], $"nbconvert exited with {p.ExitCode}:\n{tail}", peak);
         }
         var final = Path.Combine(Path.GetFullPath(OutDir), name);
         var executed = File.ReadAllText(staged);
         var errors = FindErrors(executed);
         AtomicFile.WriteAllText(final, CleanOutputs(executed));
         File.Delete(staged);
-        return new NotebookResult(name, final, sw.Elapsed, errors, null);
+        return new NotebookResult(name, final, sw.Elapsed, errors, null, peak);
     }
 
     /// <summary>
@@ -216,7 +221,8 @@ public sealed partial class NotebookRunner
         var body = new StringBuilder();
         body.Append($"<h1>LdmLab notebooks — profile {WebUtility.HtmlEncode(Profile)}</h1><ul>");
         foreach (var r in results)
-            body.Append($"<li><a href=\"#{Anchor(r.Notebook)}\">{WebUtility.HtmlEncode(r.Notebook)}</a> — {(r.Ok ? "ok" : "<span class=fail>FAILED</span>")}, {r.Elapsed.TotalSeconds:F0} s</li>");
+            body.Append($"<li><a href=\"#{Anchor(r.Notebook)}\">{WebUtility.HtmlEncode(r.Notebook)}</a> — {(r.Ok ? "ok" : "<span class=fail>FAILED</span>")}, {r.Elapsed.TotalSeconds:F0} s" +
+                        (r.PeakBytes is long b ? $", peak {b / 1e9:F1} GB" : "") + "</li>");
         body.Append("</ul>");
         foreach (var r in results)
         {

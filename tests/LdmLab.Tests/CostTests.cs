@@ -33,6 +33,31 @@ public class CostTests
         Assert.Throws<ArgumentException>(() => scaling(12 + 1));
     }
 
+    /// <summary>A hollow model (Lab.Hollow: no weight storage) counts every layer as the real one does, with every
+    /// parameter a zero-stride view, and the sizes, keys and parameter count of the real model.</summary>
+    [Fact]
+    public void A_hollow_model_counts_like_the_real_one_without_weight_storage()
+    {
+        TorchRuntime.Setup();
+        manual_seed(0);
+        var real = new UNet2DConditionModel(Tiny());
+        var hollow = Lab.Hollow(() => new UNet2DConditionModel(Tiny()));
+        Assert.Equal(real.ParameterCount, hollow.ParameterCount);
+        Assert.Equal(real.state_dict().Keys, hollow.state_dict().Keys);
+        Assert.All(hollow.parameters(), p =>
+        {
+            Assert.Equal(TorchSharp.DeviceType.CPU, p.device_type);
+            Assert.All(p.stride().Zip(p.shape).Where(d => d.Second > 1), d => Assert.Equal(0L, d.First));  // 1 value
+        });
+        var (a, b) = (UNetCost.Forward(real, 16, 5), UNetCost.Forward(hollow, 16, 5));
+        Assert.Equal(a.Layers.Select(l => (l.Name, l.Flops, l.OutputElements)),
+            b.Layers.Select(l => (l.Name, l.Flops, l.OutputElements)));
+        Assert.True(a.Flops > 0);
+        // a module with a buffer is refused, naming it: its values would be lost
+        var ex = Assert.Throws<NotSupportedException>(() => Lab.Hollow(() => nn.BatchNorm2d(4)));
+        Assert.Contains("running_mean", ex.Message);
+    }
+
     [Fact]
     public void Counted_flops_follow_the_layer_formulas()
     {

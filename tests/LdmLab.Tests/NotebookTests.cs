@@ -28,6 +28,9 @@ public class NotebookTests
         var runner = Runner(NotebooksDir, outDir);
         var result = runner.Run(Path.Combine(NotebooksDir, name), runner.WriteKernelSpec());
         Assert.True(result.Ok, result.ToString());
+        // the memory budget of ./lab run (README, contributing): no kernel's peak above 4 GB in the quick profile
+        if (result.PeakBytes is long peak)
+            Assert.True(peak <= 4_000_000_000, $"{name}: the kernel's peak resident memory {peak / 1e9:F2} GB is over 4 GB");
         var outputs = JsonNode.Parse(File.ReadAllText(result.OutputPath!))!["cells"]!.AsArray()
             .SelectMany(c => c!["outputs"]?.AsArray() ?? []).ToList();
         Assert.NotEmpty(outputs);

@@ -53,13 +53,16 @@ public static class UNetCost
         return new StepMeasurement(label, channels, size, batch, times[times.Count / 2], peak, forward);
     }
 
-    /// <summary>The forward cost of <paramref name="model"/> at batch 1 on a size×size input (no gradients).</summary>
+    /// <summary>The forward cost of <paramref name="model"/> at batch 1 on a size×size input (no gradients), in the
+    /// weights' dtype (counts do not depend on it: a bfloat16 model counts like its float32 twin in half the memory).
+    /// </summary>
     public static CostProfile Forward(UNet2DConditionModel model, int size, int contextTokens)
     {
         using var _ = no_grad();
         using var scope = NewDisposeScope();
-        var x = zeros(1, model.Config.InChannels, size, size);
-        var context = zeros(1, contextTokens, model.Config.CrossAttentionDim);
+        var dtype = model.parameters().First().dtype;
+        var x = zeros(1, model.Config.InChannels, size, size, dtype: dtype);                  // [1, C, size, size]
+        var context = zeros(1, contextTokens, model.Config.CrossAttentionDim, dtype: dtype);  // [1, tokens, d]
         return ComputeCost.Count(model, () => model.Forward(x, tensor(500L), context));
     }
 

@@ -74,6 +74,38 @@ public static class Lab
         finally { torch.set_default_device(previous); }
     }
 
+    /// <summary>
+    /// A model that runs but holds no weights: built <see cref="OnMeta"/>, then every parameter becomes a zero-stride
+    /// view of one zero on the CPU (<c>zeros(1).expand(shape)</c>: 4 bytes whatever the shape). Forward passes run
+    /// with the real shapes, so layer-by-layer counts (FLOPs, activations) equal the real model's, in the memory of
+    /// its activations alone — SD 1.5's U-Net counts in under 1 GB instead of 3.4 GB of float32 weights. The outputs
+    /// are those of all-zero weights: count with it, never sample. Every parameter must be settable through the
+    /// module's property of the same name (TorchSharp's layers and LdmLab's are); buffers are refused, their values
+    /// would be lost.
+    /// </summary>
+    public static T Hollow<T>(Func<T> create) where T : nn.Module
+    {
+        var model = OnMeta(create);
+        foreach (var (path, module) in model.named_modules().Prepend(("", model)))    // TorchSharp's omits the root
+        {
+            if (module.named_buffers(recurse: false).FirstOrDefault() is { name: { } buffer })
+                throw new NotSupportedException(
+                    $"Lab.Hollow: module '{path}' ({module.GetType().Name}) holds buffer '{buffer}', whose values a " +
+                    "hollow model would lose; build this model for real");
+            foreach (var (name, p) in module.named_parameters(recurse: false).ToList())
+            {
+                var property = module.GetType().GetProperty(name);
+                if (property is null || !property.CanWrite)
+                    throw new NotSupportedException(
+                        $"Lab.Hollow: parameter '{path}.{name}' of {module.GetType().Name} has no settable property " +
+                        $"'{name}' to replace it through; build this model for real");
+                var zero = torch.zeros(1, dtype: p.dtype, device: torch.CPU).expand(p.shape);   // stride 0: 1 value
+                property.SetValue(module, new TorchSharp.Modules.Parameter(zero, requires_grad: false));
+            }
+        }
+        return model;
+    }
+
     /// <summary>Waits for the GPU's queued work (timings of CUDA work need it); nothing on the CPU.</summary>
     public static void Synchronize()
     {
