@@ -62,13 +62,6 @@ public class NotebookTests
                 JsonArray lines => string.Concat(lines.Select(l => (string?)l)),
                 var v => (string?)v ?? "",
             }));
-        var printed = string.Concat(cells.Select(StreamText));
-        double Percent(string pattern)
-        {
-            var m = System.Text.RegularExpressions.Regex.Match(printed, pattern);
-            Assert.True(m.Success, $"{name}: no output matches {pattern}");
-            return double.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
-        }
         if (name is "01-pixel-vs-latent.ipynb" or "02-autoencoders.ipynb" or "03-latent-statistics-and-snr.ipynb"
             or "04-noise-schedules.ipynb" or "09-diagnostics.ipynb"
             or "05-conditioning-and-cross-attention.ipynb" or "06-end-to-end-sampling.ipynb" or "06b-samplers.ipynb"
@@ -82,19 +75,9 @@ public class NotebookTests
         // tested where they are computed: ScheduleStudyTests
         // 09's claim (the shipped denoiser at w = 3, DDIM 25 steps, 200 samples: ≥ 80 % intended-class accuracy) is
         // 04's: ScheduleStudyTests.The_shipped_scaled_linear_denoiser_draws_the_class_it_is_asked_for
-        // the text-to-image model: nouns' attention maps point at their half above chance (50 % ± 2.5 points over 400
-        // maps; a broken recorder or aggregation lands there), both items of two-item prompts are often right (chance
-        // ≈ 1 %); guided one-item prompts draw the asked class; a negative prompt removes what it names
-        if (name == "05-conditioning-and-cross-attention.ipynb")
-        {
-            Assert.True(Percent(@"point into the half their caption names ([\d.]+)\s?%") >= 56, printed);
-            Assert.True(Percent(@"Both items right in ([\d.]+)\s?%") >= 25, printed);
-            // the conditioning methods: a layout map handed over by concatenation puts a named item in its half and two
-            // items in theirs (chance: 50 % and 1 %); FiLM's one vector cannot say where
-            Assert.True(Percent(@"lands in the named half [^\n]*?Concatenation ([\d.]+)\s?%") >= 90, printed);
-            Assert.True(Percent(@"Two items both right: [^\n]*?Concatenation ([\d.]+)\s?%") >= 70, printed);
-            Assert.True(Percent(@"lands in the named half [^\n]*?Film ([\d.]+)\s?%") < 75, printed);
-        }
+        // 05's claims (the nouns' maps point into their half above chance, both items often right, a layout map by
+        // concatenation places items, FiLM cannot say where) are tested where they are computed:
+        // ShippedConditioningClaimsTests; its takeaways on hand-made results: ConditioningStudyTests
         // 06's and 06c's claims (guided prompts draw the asked class, a negative prompt removes what it names, the draft
         // mode is recognisable and the modes' cost falls from draft to quality) are tested where they are computed:
         // ShippedSamplingClaimsTests; their takeaways on hand-made tables: SamplingStudyTests
