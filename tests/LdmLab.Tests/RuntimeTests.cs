@@ -95,9 +95,13 @@ public class RuntimeTests
         {
             ["LDMLAB_PROFILE"] = "full", ["LDMLAB_CACHE"] = "/tmp/c", ["LDMLAB_CHECKPOINTS"] = "/tmp/k",
             ["LDMLAB_DEVICE"] = "meta", ["LDMLAB_THREADS"] = "3", ["LDMLAB_SEED"] = "7",
+            ["LDMLAB_FASHION_MNIST"] = "/tmp/f", ["LDMLAB_PHOTOS"] = "/tmp/p", ["LDMLAB_RESNET18_DIR"] = "/tmp/r",
         };
         var s = RunSettings.FromEnvironment(n => vars.GetValueOrDefault(n));
-        Assert.Equal(new RunSettings(Profile.Full, "/tmp/c", "/tmp/k", "meta", 3, 7), s);
+        Assert.Equal(new RunSettings(Profile.Full, "/tmp/c", "/tmp/k", "meta", 3, 7, "/tmp/f", "/tmp/p", "/tmp/r"), s);
+        // the data locations are read from the settings, not from the environment deep inside
+        Assert.Equal("/tmp/f", s.Apply(() => LdmLab.Data.FashionMnist.DefaultDirectory()));
+        Assert.Equal("/tmp/p", s.Apply(() => LdmLab.Data.ImageFolder.DefaultDirectory()));
         var defaults = RunSettings.FromEnvironment(_ => null);
         Assert.Equal(RunSettings.Defaults, defaults);
         vars["LDMLAB_THREADS"] = "0";

@@ -11,8 +11,11 @@ public static partial class AutoencoderRecipes
     public const string ShippedWeightsFile = "autoencoder.safetensors";
     public const string ShippedLogFile = "training-log.safetensors";
 
-    /// <summary>The photographs of the rate–distortion experiments (Debian's mate-backgrounds), resized to a short side of 256.</summary>
-    public const string PhotoFolder = "/usr/share/backgrounds/mate/nature";
+    /// <summary>The photographs of the rate–distortion experiments, resized to a short side of 256: the run's
+    /// <see cref="RunSettings.PhotoDir"/> (LDMLAB_PHOTOS), else Debian's mate-backgrounds (what the shipped models were
+    /// trained on; their recipe keys hash the photos, so other photos retrain rather than reuse them).</summary>
+    public static string PhotoFolder => Lab.Settings.PhotoDir is { Length: > 0 } d ? d
+        : ImageFolder.DebianPhotoDirectories[0];
     public const int PhotoShortSide = 256;
     /// <summary>
     /// Training crops and held-out crops per profile (quick's 64 held-out crops are the first 64 of full's 256).

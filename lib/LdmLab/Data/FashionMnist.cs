@@ -1,4 +1,5 @@
 using System.Security.Cryptography;
+using LdmLab.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -37,9 +38,10 @@ public sealed class FashionMnist : IDisposable
 
     FashionMnist(Tensor images, Tensor labels, Split split) { Images = images; Labels = labels; Split = split; }
 
-    /// <summary>Folder used when none is given: LDMLAB_FASHION_MNIST, else Debian's, else data/cache/fashion-mnist.</summary>
+    /// <summary>Folder used when none is given: the run's <see cref="RunSettings.FashionMnistDir"/>
+    /// (LDMLAB_FASHION_MNIST), else Debian's, else ~/.cache/ldmlab/fashion-mnist.</summary>
     public static string DefaultDirectory() =>
-        Environment.GetEnvironmentVariable("LDMLAB_FASHION_MNIST") is { Length: > 0 } d ? d
+        Lab.Settings.FashionMnistDir is { Length: > 0 } d ? d
         : File.Exists(Path.Combine(DebianDirectory, "t10k-labels-idx1-ubyte.gz")) ? DebianDirectory
         : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "ldmlab", "fashion-mnist");
 

@@ -1,6 +1,7 @@
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.PixelFormats;
 using SixLabors.ImageSharp.Processing;
+using LdmLab.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -30,9 +31,14 @@ public sealed class ImageFolder
     public int ShortSide { get; }
     readonly Dictionary<string, Image<Rgb24>> _cache = new();
 
+    /// <summary>The photo folder of the run: <see cref="RunSettings.PhotoDir"/> (LDMLAB_PHOTOS), else the first
+    /// Debian one that exists; null when none does.</summary>
+    public static string? DefaultDirectory() =>
+        Lab.Settings.PhotoDir is { Length: > 0 } d ? d : DebianPhotoDirectories.FirstOrDefault(Directory.Exists);
+
     public ImageFolder(string? directory = null, int shortSide = 256)
     {
-        directory ??= DebianPhotoDirectories.FirstOrDefault(Directory.Exists)
+        directory ??= DefaultDirectory()
             ?? throw new DirectoryNotFoundException("No photo folder given and none of the Debian ones exists (apt-get install mate-backgrounds).");
         if (!Directory.Exists(directory)) throw new DirectoryNotFoundException($"{directory}: photo folder not found.");
         if (shortSide < 8) throw new ArgumentOutOfRangeException(nameof(shortSide), shortSide, "shortSide must be ≥ 8");

@@ -1,4 +1,5 @@
 using LdmLab.Interop.Onnx;
+using LdmLab.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -96,7 +97,7 @@ public sealed class ResNet18Features : nn.Module<Tensor, Tensor>
             Path.Combine(Path.GetDirectoryName(typeof(ResNet18Features).Assembly.Location)!, "DnnImageModels"),
             Path.Combine(AppContext.BaseDirectory, "DnnImageModels"),
         };
-        if (Environment.GetEnvironmentVariable("LDMLAB_RESNET18_DIR") is { Length: > 0 } d) candidates.Insert(0, d);
+        if (Lab.Settings.ResNet18Dir is { Length: > 0 } d) candidates.Insert(0, d);          // LDMLAB_RESNET18_DIR
         var roots = new List<string>();
         if (Environment.GetEnvironmentVariable("NUGET_PACKAGES") is { Length: > 0 } np) roots.Add(np);
         roots.Add(Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages"));

@@ -12,8 +12,14 @@ namespace LdmLab.Runtime;
 /// <param name="Device">A torch device name ("cpu", "cuda:0"); null: CUDA when available, else the CPU.</param>
 /// <param name="Threads">Intra-op threads; null: every core.</param>
 /// <param name="Seed">The seed of the run's random draws.</param>
+/// <param name="FashionMnistDir">Fashion-MNIST's four .gz files; null: Debian's dataset-fashion-mnist, else the
+/// download cache.</param>
+/// <param name="PhotoDir">The photographs of the rate–distortion experiments; null: Debian's mate-backgrounds.</param>
+/// <param name="ResNet18Dir">The DnnImageModels folder holding ResNet18Onnx/ResNet18.onnx; null: the NuGet
+/// package's.</param>
 public sealed record RunSettings(Profile Profile, string CacheDir, string? CheckpointsDir = null, string? Device = null,
-    int? Threads = null, long Seed = 0)
+    int? Threads = null, long Seed = 0, string? FashionMnistDir = null, string? PhotoDir = null,
+    string? ResNet18Dir = null)
 {
     /// <summary>The default cache folder: ~/.cache/ldmlab.</summary>
     public static string DefaultCacheDir =>
@@ -24,7 +30,8 @@ public sealed record RunSettings(Profile Profile, string CacheDir, string? Check
 
     /// <summary>
     /// The settings the environment asks for: LDMLAB_PROFILE (quick|full|gpu), LDMLAB_CACHE, LDMLAB_CHECKPOINTS,
-    /// LDMLAB_DEVICE, LDMLAB_THREADS, LDMLAB_SEED; unset ones keep <see cref="Defaults"/>. A bad value is an
+    /// LDMLAB_DEVICE, LDMLAB_THREADS, LDMLAB_SEED and the data locations LDMLAB_FASHION_MNIST, LDMLAB_PHOTOS,
+    /// LDMLAB_RESNET18_DIR; unset ones keep <see cref="Defaults"/>. A bad value is an
     /// <see cref="ArgumentException"/> naming the variable and what it takes.
     /// </summary>
     public static RunSettings FromEnvironment(Func<string, string?>? variable = null)
@@ -40,7 +47,8 @@ public sealed record RunSettings(Profile Profile, string CacheDir, string? Check
                 : throw new ArgumentException($"LDMLAB_SEED='{s}' is not a whole number.", "LDMLAB_SEED")
             : 0;
         return new RunSettings(Lab.ParseProfile(Get("LDMLAB_PROFILE")), Get("LDMLAB_CACHE") ?? DefaultCacheDir,
-            Get("LDMLAB_CHECKPOINTS"), Get("LDMLAB_DEVICE"), threads, seed);
+            Get("LDMLAB_CHECKPOINTS"), Get("LDMLAB_DEVICE"), threads, seed, Get("LDMLAB_FASHION_MNIST"),
+            Get("LDMLAB_PHOTOS"), Get("LDMLAB_RESNET18_DIR"));
     }
 
     /// <summary>Runs <paramref name="work"/> with these settings in force, restoring the previous ones after.</summary>
