@@ -32,7 +32,7 @@ public class CrossAttentionMapTests
         var raw = new Dictionary<string, Tensor>();
         Tensor recorded;
         using (var recorder = new CrossAttentionRecorder(model, 8, 8, guidanceBatch: true))
-        using (model.ObserveCrossAttention((layer, p) => raw[layer] = p.clone()))
+        using (model.ObserveCrossAttention((layer, p) => raw[layer] = p.clone().DetachFromDisposeScope()))
         {
             recorded = Run();
             recorded = Run();

@@ -15,6 +15,18 @@ public static class Layers
     /// </summary>
     public static bool FusedAttention { get; set; } = true;
 
+    /// <summary>
+    /// Runs one layer's forward in its own dispose scope and hands out only its output (which must be a tensor the
+    /// layer created). TorchSharp frees a tensor when its handle is disposed, not when the last reference goes, so
+    /// without this every intermediate of a whole pass lives until the caller's scope ends — measured: a batch-200
+    /// forward of notebook 06c's f = 2 U-Net held 1.6 GB. The autograd graph keeps what backward needs either way.
+    /// </summary>
+    public static Tensor Scoped(Func<Tensor> forward)
+    {
+        using var scope = NewDisposeScope();
+        return forward().MoveToOuterDisposeScope();
+    }
+
     /// <summary>GroupNorm with γ = 1, β = 0 (TorchSharp 0.107 leaves both uninitialised).</summary>
     public static GroupNorm GroupNorm(long numGroups, long numChannels, double eps = 1e-5, bool affine = true)
     {

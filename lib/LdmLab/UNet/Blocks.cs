@@ -41,8 +41,9 @@ public sealed class DownBlock : nn.Module
         var skips = new List<Tensor>();
         for (int i = 0; i < resnets.Count; i++)
         {
-            h = resnets[i].call(h, temb);
-            if (attentions is not null) h = attentions[i].call(h, context);
+            var x = h;
+            h = Nn.Layers.Scoped(() => resnets[i].call(x, temb));
+            if (attentions is not null) { var r = h; h = Nn.Layers.Scoped(() => attentions[i].call(r, context)); }
             if (adapt is not null && i == resnets.Count - 1) h = adapt(h);
             skips.Add(h);
         }
@@ -77,9 +78,13 @@ public sealed class MidBlock : nn.Module
 
     public Tensor Forward(Tensor h, Tensor temb, Tensor? context)
     {
-        h = resnets[0].call(h, temb);
+        var x = h;
+        h = Nn.Layers.Scoped(() => resnets[0].call(x, temb));
         for (int i = 0; i < attentions.Count; i++)
-            h = resnets[i + 1].call(attentions[i].call(h, context), temb);
+        {
+            var r = h;
+            h = Nn.Layers.Scoped(() => resnets[i + 1].call(attentions[i].call(r, context), temb));
+        }
         return h;
     }
 }
@@ -127,8 +132,9 @@ public sealed class UpBlock : nn.Module
     {
         for (int i = 0; i < resnets.Count; i++)
         {
-            h = resnets[i].call(cat([h, skips[skips.Count - 1 - i]], 1), temb);
-            if (attentions is not null) h = attentions[i].call(h, context);
+            var (x, skip) = (h, skips[skips.Count - 1 - i]);
+            h = Nn.Layers.Scoped(() => resnets[i].call(cat([x, skip], 1), temb));
+            if (attentions is not null) { var r = h; h = Nn.Layers.Scoped(() => attentions[i].call(r, context)); }
         }
         return upsamplers is null ? h : upsamplers[0].call(h, upsampleSize);
     }

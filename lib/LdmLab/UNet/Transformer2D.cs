@@ -8,7 +8,9 @@ namespace LdmLab.UNet;
 /// <summary>
 /// Receives the attention probabilities of one attention layer as it runs: <paramref name="layer"/> is its state-dict
 /// prefix (e.g. <c>down_blocks.0.attentions.0.transformer_blocks.0.attn2</c>), <paramref name="probabilities"/>
-/// softmax(QKᵀ/√d) as [batch, heads, queries, keys]. The tensor belongs to the forward pass: copy what you keep.
+/// softmax(QKᵀ/√d) as [batch, heads, queries, keys]. The tensor belongs to the forward pass, and each U-Net layer
+/// runs in its own dispose scope (<see cref="Nn.Layers.Scoped"/>): keep a copy that has left it,
+/// <c>p.clone().DetachFromDisposeScope()</c>.
 /// </summary>
 public delegate void AttentionObserver(string layer, Tensor probabilities);
 
