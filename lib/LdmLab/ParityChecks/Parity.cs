@@ -31,6 +31,9 @@ public static class Parity
         if (File.Exists(Path.Combine(dir, "prompts.json"))) return TextParity.CheckTokenizer(dir);
         if (File.Exists(Path.Combine(dir, "info.json")) && PyJson.ParseFile(Path.Combine(dir, "info.json"))?["pipeline"] is not null)
             return PipelineParity.Check(dir);
+        if (File.Exists(Path.Combine(dir, "info.json"))
+            && PyJson.ParseFile(Path.Combine(dir, "info.json"))?["lora_file"] is not null)
+            return LoraParity.Check(dir);
         var config = Path.Combine(dir, "config.json");
         if (File.Exists(config))
         {
