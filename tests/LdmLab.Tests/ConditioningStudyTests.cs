@@ -91,12 +91,7 @@ public class ShippedConditioningClaimsTests
         Skip.If(ShippedCheckpoint.Find(ClassifierRecipe.Shipped) is null, "no shipped checkpoints here");
         var (loc, pairAccuracy, rows) = Quick(() =>
         {
-            var train = FashionMnist.Load(Split.Train, limit: 4000);
-            var vae = FashionLatentRecipe.Vae(train.Images).Vae;
-            var scenes = TextToImageRecipe.Scenes(train);
-            var (latents, _) = FashionLatentRecipe.ScaledLatents(vae, scenes.Images);
-            var model = TextToImageRecipe.Load(latents, scenes.Captions).Model;
-            var judge = ClassifierRecipe.Load(train).Model;
+            var (_, vae, scenes, latents, model, judge) = ShippedTextToImage.Load();
             var prompts = TextToImageStudies.PairPrompts(200, seed: 7);
             var (canvases, report) = TextToImageStudies.Localise(TextToImageRecipe.Pipeline(model, vae), model, prompts,
                 steps: 20, guidance: 5);

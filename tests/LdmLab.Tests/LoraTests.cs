@@ -3,6 +3,7 @@ using LdmLab.Adapters;
 using LdmLab.Conditioning;
 using LdmLab.Interop;
 using LdmLab.ParityChecks;
+using LdmLab.Pipelines;
 using LdmLab.Runtime;
 using LdmLab.UNet;
 using Xunit.Abstractions;
@@ -180,6 +181,37 @@ public class LoraTests(ITestOutputHelper output)
         var pickle = Path.Combine(dir, "model.ckpt");
         File.WriteAllBytes(pickle, [0x80, 0x02]);
         Assert.Contains("pickle", Assert.Throws<AdapterFormatException>(() => LoraFiles.Read(pickle, unet)).Message);
+    }
+
+    /// <summary>diffusers' pipeline API: load_lora_weights attaches to the U-Net (and text encoder), fuse_lora merges
+    /// the same update, and unloading gives the base pipeline back.</summary>
+    [Fact]
+    public void A_pipeline_loads_fuses_and_unloads_a_lora_file()
+    {
+        TorchRuntime.Setup();
+        var pipeline = PipelineTests.Tiny();
+        var options = new GenerationOptions
+        {
+            Prompts = ["an astronaut riding a horse"], Steps = 4, GuidanceScale = 7.5, Height = 16, Width = 16,
+            Seed = 1,
+        };
+        var plain = pipeline.Generate(options).Latents;
+        Tensor attached, fused;
+        var file = Path.Combine(Fixture("lora-tiny-unet"), LoraFiles.DiffusersFileName);
+        using (var lora = pipeline.LoadLoraWeights(file, scale: 0.8))
+        {
+            Assert.Empty(lora.Load.Unmatched);
+            attached = pipeline.Generate(options).Latents;
+            lora.Fuse();
+            fused = pipeline.Generate(options).Latents;
+        }
+        var after = pipeline.Generate(options).Latents;
+        Assert.True((attached - plain).abs().max().item<float>() > 1e-3, "the LoRA changes the result");
+        Assert.True((fused - attached).abs().max().item<float>() < 1e-4, "fused = attached");
+        double back = (after - plain).abs().max().item<float>(), effect = (attached - plain).abs().max().item<float>();
+        // unfuse subtracts what fuse added (as diffusers and PEFT do): float32 rounding, measured 2.4e-5 after four
+        // guided steps against a LoRA effect of 2.8 on these latents
+        Assert.True(back < 1e-4, $"unloaded: the base again (max |diff| {back:G3}; the LoRA's effect {effect:G3})");
     }
 
     /// <summary>Mutated LoRA files (bytes, header text, tensors renamed or reshaped): each loads or fails with a

@@ -11,7 +11,7 @@ public class PipelineTests
 {
     static string Fixture(string name) => Path.Combine(AppContext.BaseDirectory, "fixtures", name);
 
-    static StableDiffusionPipeline Tiny()
+    internal static StableDiffusionPipeline Tiny()
     {
         var info = PyJson.ParseFile(Path.Combine(Fixture("tiny-pipeline"), "info.json"))!;
         var unet = LdmLab.UNet.UNet2DConditionModel.FromPretrained(Fixture("tiny-unet"));

@@ -92,22 +92,36 @@ public class SamplingStudyTests
     }
 }
 
+/// <summary>The text-to-image world of notebooks 05 and 06 as the quick profile loads it: 4,000 training images, the
+/// shipped VAE, their captioned scenes and latents, the shipped text-to-image model and the judge.</summary>
+static class ShippedTextToImage
+{
+    internal sealed record World(FashionMnist Train, LdmLab.Autoencoders.AutoencoderKL Vae, CaptionedScenes Scenes,
+        Tensor Latents, LdmLab.Conditioning.TextConditionedUNet Model, FashionClassifier Judge);
+
+    internal static World Load() => TestPaths.WithSettings(s => s with { Profile = Profile.Quick }, () =>
+    {
+        var train = FashionMnist.Load(Split.Train, limit: 4000);
+        var vae = FashionLatentRecipe.Vae(train.Images).Vae;
+        var scenes = TextToImageRecipe.Scenes(train);
+        var (latents, _) = FashionLatentRecipe.ScaledLatents(vae, scenes.Images);
+        return new World(train, vae, scenes, latents, TextToImageRecipe.Load(latents, scenes.Captions).Model,
+            ClassifierRecipe.Load(train).Model);
+    });
+}
+
 /// <summary>The claims notebooks 06 and 06c rest on, measured on the shipped models (quick profile).</summary>
 [Trait("Category", "Slow")]
 public class ShippedSamplingClaimsTests
 {
     static T Quick<T>(Func<T> f) => TestPaths.WithSettings(s => s with { Profile = Profile.Quick }, f);
 
-    static (SamplingStudy study, StableDiffusionPipeline pipeline) Load() => Quick(() =>
+    static (SamplingStudy study, StableDiffusionPipeline pipeline) Load()
     {
-        var train = FashionMnist.Load(Split.Train, limit: 4000);
-        var vae = FashionLatentRecipe.Vae(train.Images).Vae;
-        var scenes = TextToImageRecipe.Scenes(train);
-        var (latents, _) = FashionLatentRecipe.ScaledLatents(vae, scenes.Images);
-        var model = TextToImageRecipe.Load(latents, scenes.Captions).Model;
-        var judge = ClassifierRecipe.Load(train).Model;
-        return (new SamplingStudy(judge, train.Images.narrow(0, 0, 2000)), TextToImageRecipe.Pipeline(model, vae));
-    });
+        var w = ShippedTextToImage.Load();
+        return (new SamplingStudy(w.Judge, w.Train.Images.narrow(0, 0, 2000)),
+            TextToImageRecipe.Pipeline(w.Model, w.Vae));
+    }
 
     /// <summary>Guided one-item prompts draw the asked class (≥ 90 % of 100 at w = 5, above w = 1); the negative
     /// prompt "a sneaker" at least halves the sneakers among 100 images of "a shoe".</summary>
