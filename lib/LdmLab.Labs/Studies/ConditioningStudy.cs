@@ -64,9 +64,7 @@ public static class ConditioningStudy
         const int h = CaptionedScenes.Height, w = CaptionedScenes.Width;
         long n = canvases.shape[0];
         var silhouettes = CaptionedScenes.SlotMasks(canvases);                            // [N, 2, 28, 56]
-        var halves = zeros(2, h, w);                                                       // [2, 28, 56]
-        halves[0, .., ..CaptionedScenes.Slot] = tensor(1f);
-        halves[1, .., CaptionedScenes.Slot..] = tensor(1f);
+        var halves = CaptionedScenes.HalfMasks();                                          // [2, 28, 56]
         return new[] { 0, 1 }.Average(side => CrossAttentionRecorder.Iou(halves[side].expand(n, h, w),
             silhouettes.select(1, side), tau).mean().item<float>());
     }

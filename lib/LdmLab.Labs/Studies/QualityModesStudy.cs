@@ -20,7 +20,7 @@ public sealed record ModeComparison(QualityModesRecipe.Mode Mode, ModeRow Lab, d
 public sealed class QualityModesStudy
 {
     readonly FashionClassifier _judge;
-    readonly SamplingStudy _frechet;
+    readonly FrechetReference _frechet;
 
     /// <summary>The chapter's table: f, speed-up over pixel space and FID for draft, balanced and quality.</summary>
     public static IReadOnlyList<(string F, string SpeedUp, string Fid)> Chapter { get; } =
@@ -29,7 +29,7 @@ public sealed class QualityModesStudy
     public QualityModesStudy(FashionClassifier judge, Tensor referenceImages)
     {
         _judge = judge;
-        _frechet = new SamplingStudy(judge, referenceImages);
+        _frechet = new FrechetReference(judge, referenceImages);
     }
 
     /// <summary>
@@ -57,7 +57,7 @@ public sealed class QualityModesStudy
                 var items = QualityModesRecipe.Crop(canvases);                                 // [n, 1, 28, 28]
                 var predicted = TextToImageStudies.Classify(_judge, items);
                 double accuracy = predicted.Select((c, i) => c == i % 10 ? 1.0 : 0.0).Average();
-                rows.Add(new ModeRow(f, steps, accuracy, _frechet.Frechet(items),
+                rows.Add(new ModeRow(f, steps, accuracy, _frechet.Of(items),
                     clock.Elapsed.TotalMilliseconds / samples, flops, psnr));
             }
         }

@@ -53,23 +53,21 @@ public sealed record SamplerRow(string Sampler, int Steps, double Accuracy, doub
 public sealed class SamplingStudy
 {
     readonly FashionClassifier _judge;
-    readonly double[,] _reference;
+    readonly FrechetReference _reference;
 
     /// <param name="judge">The classifier, trained on real images only.</param>
     /// <param name="referenceImages">Real items [N, 1, 28, 28] in [−1, 1]: the Fréchet reference set.</param>
     public SamplingStudy(FashionClassifier judge, Tensor referenceImages)
     {
         _judge = judge;
-        _reference = ClassifierRecipe.FeatureMatrix(judge, referenceImages);              // [N, D]
+        _reference = new FrechetReference(judge, referenceImages);
     }
 
-    /// <summary>D, the judge's feature dimension: sets much smaller than 2·D give Fréchet distances with a large
-    /// small-sample bias.</summary>
-    public int FeatureDims => _reference.GetLength(1);
+    /// <summary>D, the judge's feature dimension (<see cref="FrechetReference.FeatureDims"/>).</summary>
+    public int FeatureDims => _reference.FeatureDims;
 
     /// <summary>Fréchet distance of <paramref name="items"/> [n, 1, 28, 28] to the reference set.</summary>
-    public double Frechet(Tensor items) =>
-        FrechetDistance.Compute(ClassifierRecipe.FeatureMatrix(_judge, items), _reference);
+    public double Frechet(Tensor items) => _reference.Of(items);
 
     /// <summary>The floor: real images scored like generated ones.</summary>
     public double Floor(Tensor realItems) => Frechet(realItems);

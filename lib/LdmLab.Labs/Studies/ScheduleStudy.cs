@@ -17,7 +17,7 @@ public sealed class ScheduleStudy
 {
     readonly AutoencoderKL _vae;
     readonly FashionClassifier _judge;
-    readonly double[,] _reference;
+    readonly FrechetReference _reference;
     readonly Tensor _heldOut, _heldOutLabels, _heldOutNoise;
     readonly Tensor _sampleLabels;
 
@@ -35,7 +35,7 @@ public sealed class ScheduleStudy
     {
         _vae = vae;
         _judge = judge;
-        _reference = ClassifierRecipe.FeatureMatrix(judge, reference);
+        _reference = new FrechetReference(judge, reference);
         _heldOut = heldOutLatents;
         _heldOutLabels = heldOutLabels;
         using var g = new Generator(11);
@@ -48,8 +48,7 @@ public sealed class ScheduleStudy
 
     /// <summary>The Fréchet distance of real <paramref name="images"/> to the reference: the floor a perfect model
     /// reaches with as many samples.</summary>
-    public double Floor(Tensor images) =>
-        FrechetDistance.Compute(ClassifierRecipe.FeatureMatrix(_judge, images), _reference);
+    public double Floor(Tensor images) => _reference.Of(images);
 
     /// <summary>
     /// The sampler for a schedule: DDIM over its β's; at zero terminal SNR (ᾱ_T = 0) with v-prediction and
@@ -102,8 +101,7 @@ public sealed class ScheduleStudy
         {
             Steps = SamplerSteps, GuidanceScale = GuidanceScale, Seed = 0, DecodeBatchSize = 256,
         }).Images!;                                                                         // [N, 1, 28, 28]
-        return (ClassifierTraining.Accuracy(_judge, images, _sampleLabels),
-            FrechetDistance.Compute(ClassifierRecipe.FeatureMatrix(_judge, images), _reference), images);
+        return (ClassifierTraining.Accuracy(_judge, images, _sampleLabels), _reference.Of(images), images);
     }
 
     /// <summary>A table row for a model: judged on its samples and on held-out ε (training loss over its last 10 %).

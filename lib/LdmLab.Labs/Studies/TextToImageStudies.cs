@@ -174,9 +174,7 @@ public static class TextToImageStudies
         long seed = 0, int batchSize = 50)
     {
         const int h = CaptionedScenes.Height, w = CaptionedScenes.Width;
-        var halves = zeros(2, h, w);
-        halves[0, .., ..CaptionedScenes.Slot] = tensor(1f);
-        halves[1, .., CaptionedScenes.Slot..] = tensor(1f);
+        var halves = CaptionedScenes.HalfMasks();                                          // [2, 28, 56]
         var allCanvases = new List<Tensor>();
         var pointing = new List<double>();
         var sidePointing = new List<double>();

@@ -74,7 +74,7 @@ public static class LoraFiles
             if (component is null || !models.ContainsKey(component)) { unmatched.Add(key); continue; }
             string? modulePath = kohya && stem.StartsWith("lora_")
                 ? kohyaTables[component].GetValueOrDefault(name)
-                : models[component].ContainsKey(Processor(name)) ? Processor(name) : null;
+                : Processor(name) is var path && models[component].ContainsKey(path) ? path : null;
             if (modulePath is null) { unmatched.Add(key); continue; }
             var parts = groups.TryGetValue((component, modulePath), out var g) ? g
                 : groups[(component, modulePath)] = new Dictionary<string, (string, Tensor)>();

@@ -33,6 +33,16 @@ public sealed record CaptionedScenes(
     /// </summary>
     public Tensor Masks(double threshold = -0.8) => SlotMasks(Images, threshold);
 
+    /// <summary>The two halves of the canvas as masks [2, 28, 56]: channel 0 is 1 on the left slot, channel 1 on the
+    /// right one (what a caption's side names).</summary>
+    public static Tensor HalfMasks()
+    {
+        var halves = zeros(2, Height, Width);                                          // [2, 28, 56]
+        halves[0, .., ..Slot] = tensor(1f);
+        halves[1, .., Slot..] = tensor(1f);
+        return halves;
+    }
+
     /// <summary>The masks of any canvases [N, 1, 28, 56] (generated ones too): [N, 2, 28, 56].</summary>
     public static Tensor SlotMasks(Tensor canvases, double threshold = -0.8)
     {

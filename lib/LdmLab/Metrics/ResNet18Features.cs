@@ -98,13 +98,10 @@ public sealed class ResNet18Features : nn.Module<Tensor, Tensor>
             Path.Combine(AppContext.BaseDirectory, "DnnImageModels"),
         };
         if (Lab.Settings.ResNet18Dir is { Length: > 0 } d) candidates.Insert(0, d);          // LDMLAB_RESNET18_DIR
-        var roots = new List<string>();
-        if (Environment.GetEnvironmentVariable("NUGET_PACKAGES") is { Length: > 0 } np) roots.Add(np);
-        roots.Add(Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages"));
-        // the packages folder the running TorchSharp came from (the notebook kernel has its own)
-        roots.Add(Path.GetFullPath(Path.Combine(Path.GetDirectoryName(typeof(torch).Assembly.Location)!, "..", "..", "..", "..")));
-        candidates.AddRange(roots.Select(r => Path.Combine(r, PackageId, PackageVersion, "tools", "DnnImageModels")));
+        candidates.AddRange(TorchRuntime.NuGetPackageRoots()
+            .Select(r => Path.Combine(r, PackageId, PackageVersion, "tools", "DnnImageModels")));
         return candidates.FirstOrDefault(c => File.Exists(Path.Combine(c, "ResNet18Onnx", "ResNet18.onnx")))
-            ?? throw new FileNotFoundException($"ResNet18.onnx not found (looked in {string.Join(", ", candidates)}). Restore the NuGet package {PackageId} {PackageVersion} (dotnet build does) or set LDMLAB_RESNET18_DIR.");
+            ?? throw new FileNotFoundException($"ResNet18.onnx not found (looked in {string.Join(", ", candidates)}). " +
+                $"Restore the NuGet package {PackageId} {PackageVersion} (dotnet build does) or set LDMLAB_RESNET18_DIR.");
     }
 }

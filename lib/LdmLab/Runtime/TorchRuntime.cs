@@ -190,6 +190,23 @@ public static class TorchRuntime
     static string Lib(string name) =>
         OperatingSystem.IsWindows() ? name + ".dll" : OperatingSystem.IsMacOS() ? $"lib{name}.dylib" : $"lib{name}.so";
 
+    /// <summary>
+    /// NuGet package folders, in search order: the one the running TorchSharp came from (a notebook kernel has its
+    /// own), NUGET_PACKAGES, ~/.nuget/packages. TorchSharp.dll sits at
+    /// &lt;root&gt;/torchsharp/&lt;version&gt;/lib/&lt;tfm&gt;/.
+    /// </summary>
+    public static IReadOnlyList<string> NuGetPackageRoots(string? torchSharpDll = null)
+    {
+        torchSharpDll ??= typeof(TorchSharp.torch).Assembly.Location;   // typeof does not run torch's cctor
+        var roots = new List<string>
+        {
+            Path.GetFullPath(Path.Combine(Path.GetDirectoryName(torchSharpDll)!, "..", "..", "..", "..")),
+        };
+        if (Environment.GetEnvironmentVariable("NUGET_PACKAGES") is { Length: > 0 } np) roots.Add(np);
+        roots.Add(Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages"));
+        return roots.Distinct().ToList();
+    }
+
     /// <summary>Folders to search, nearest first: LDMLAB_LIBTORCH_DIR, the app folder, the package folders.</summary>
     static IEnumerable<string> NativeDirs(string torchSharpDll, string rid, string packagePrefix)
     {
@@ -200,9 +217,7 @@ public static class TorchRuntime
         yield return AppContext.BaseDirectory;
         // .../<packages>/torchsharp/<version>/lib/<tfm>/TorchSharp.dll
         var torchSharpPackage = Path.GetFullPath(Path.Combine(dllDir, "..", ".."));
-        var roots = new List<string> { Path.GetFullPath(Path.Combine(torchSharpPackage, "..", "..")) };
-        if (Environment.GetEnvironmentVariable("NUGET_PACKAGES") is { Length: > 0 } np) roots.Add(np);
-        roots.Add(Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages"));
+        var roots = NuGetPackageRoots(torchSharpDll);
         if (packagePrefix == "torchsharp") yield return Path.Combine(torchSharpPackage, "runtimes", rid, "native");
         foreach (var root in roots.Distinct())
         {
