@@ -34,6 +34,9 @@ public static class Parity
         if (File.Exists(Path.Combine(dir, "info.json"))
             && PyJson.ParseFile(Path.Combine(dir, "info.json"))?["lora_file"] is not null)
             return LoraParity.Check(dir);
+        if (File.Exists(Path.Combine(dir, "info.json"))
+            && PyJson.ParseFile(Path.Combine(dir, "info.json"))?["single_file"] is not null)
+            return SingleFileParity.Check(dir);
         var config = Path.Combine(dir, "config.json");
         if (File.Exists(config))
         {

@@ -53,7 +53,7 @@ public sealed record GenerationOptions
 /// text_encoder/, tokenizer/, scheduler/). Every call builds a fresh scheduler from the stored config, so multistep
 /// history never leaks between calls. Models run on the device their weights are on (<see cref="To"/>).
 /// </summary>
-public sealed class StableDiffusionPipeline
+public sealed partial class StableDiffusionPipeline
 {
     public ClipTokenizer Tokenizer { get; }
     public ClipTextModel TextEncoder { get; }
