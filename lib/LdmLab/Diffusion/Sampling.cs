@@ -31,21 +31,48 @@ public static class Sampling
         scheduler.SetTimesteps(steps);
         int start = scheduler.StartIndexForStrength(strength);
         if (start >= scheduler.Timesteps.Length) return x0.clone();
-        Tensor x;
-        if (scheduler is SigmaScheduler sigma)
-        {
-            sigma.SetBeginIndex(start);
-            x = x0 + noise * sigma.Sigmas[start];                       // σ-space: x = x_0 + σ ε
-        }
-        else
-        {
-            var t = full(x0.shape[0], (long)scheduler.Timesteps[start], dtype: ScalarType.Int64);
-            x = scheduler.Schedule.AddNoise(x0, noise, t);                 // x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε
-        }
-        return Run(scheduler, model, x.DetachFromDisposeScope(), start, callback, null);
+        if (scheduler is SigmaScheduler sigma) sigma.SetBeginIndex(start);
+        var x = NoisedTo(scheduler, x0, noise, start).DetachFromDisposeScope();
+        return Run(scheduler, model, x, start, callback, null);
     }
 
-    static Tensor Run(Scheduler scheduler, Denoiser model, Tensor x, int start, Action<SamplingStep>? callback, Func<int, Tensor>? stepNoise)
+    /// <summary>
+    /// Inpainting with an ordinary U-Net (blended latent diffusion; diffusers' inpaint pipeline with a 4-channel
+    /// U-Net):
+    /// after every step the known region is put back, noised to the level of the next step,
+    /// <code>z_{t−1} ← m · z_{t−1} + (1 − m) · q(x_0^known at t_{i+1})</code>
+    /// with m = 1 where the latent is to be repainted; after the last step the known latents enter noise-free.
+    /// <paramref name="strength"/> 1 starts from pure noise; below 1 from the known latents noised as in img2img.
+    /// </summary>
+    /// <param name="known">x_0 of the image [B, c, h, w] (its latents × scaling factor).</param>
+    /// <param name="mask">[B, 1, h, w] or [B, c, h, w]: 1 = repaint, 0 = keep; null: no blending (an inpainting
+    /// U-Net that sees the mask and the masked image itself).</param>
+    public static Tensor Inpaint(Scheduler scheduler, Denoiser model, Tensor known, Tensor? mask, Tensor noise,
+        int steps, double strength = 1.0, Action<SamplingStep>? callback = null)
+    {
+        scheduler.SetTimesteps(steps);
+        int start = Math.Min(scheduler.StartIndexForStrength(strength), scheduler.Timesteps.Length - 1);
+        if (scheduler is SigmaScheduler sigma) sigma.SetBeginIndex(start);
+        var x = strength >= 1 ? noise * scheduler.InitNoiseSigma : NoisedTo(scheduler, known, noise, start);
+        Tensor Blend(int i, Tensor next)
+        {
+            var keep = i + 1 < scheduler.Timesteps.Length ? NoisedTo(scheduler, known, noise, i + 1) : known;
+            return mask * next + (1 - mask) * keep;                                           // [B, c, h, w]
+        }
+        return Run(scheduler, model, x.DetachFromDisposeScope(), start, callback, null, mask is null ? null : Blend);
+    }
+
+    /// <summary>x_0 noised to step <paramref name="index"/>'s level: x_0 + σ_i ε for σ-space schedulers,
+    /// √ᾱ_t x_0 + √(1−ᾱ_t) ε otherwise (diffusers' add_noise).</summary>
+    static Tensor NoisedTo(Scheduler scheduler, Tensor x0, Tensor noise, int index)
+    {
+        if (scheduler is SigmaScheduler sigma) return x0 + noise * sigma.Sigmas[index];
+        var t = full(x0.shape[0], (long)scheduler.Timesteps[index], dtype: ScalarType.Int64);
+        return scheduler.Schedule.AddNoise(x0, noise, t);
+    }
+
+    static Tensor Run(Scheduler scheduler, Denoiser model, Tensor x, int start, Action<SamplingStep>? callback,
+        Func<int, Tensor>? stepNoise, Func<int, Tensor, Tensor>? afterStep = null)
     {
         using var _ = no_grad();
         for (int i = start; i < scheduler.Timesteps.Length; i++)
@@ -54,8 +81,9 @@ public static class Sampling
             double t = scheduler.Timesteps[i];
             var output = model(scheduler.ScaleModelInput(x, t), t);
             var step = scheduler.Step(output, t, x, stepNoise?.Invoke(i));
-            callback?.Invoke(new SamplingStep(i, t, x, step.PrevSample, step.PredOriginalSample));
-            var next = step.PrevSample.MoveToOuterDisposeScope();
+            var prev = afterStep is null ? step.PrevSample : afterStep(i, step.PrevSample);
+            callback?.Invoke(new SamplingStep(i, t, x, prev, step.PredOriginalSample));
+            var next = prev.MoveToOuterDisposeScope();
             x.Dispose();
             x = next;
         }

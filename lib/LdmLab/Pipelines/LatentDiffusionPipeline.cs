@@ -125,6 +125,59 @@ public sealed class LatentDiffusionPipeline
             o.Callback), null, o.DecodeBatchSize);
     }
 
+    /// <summary>
+    /// Inpainting (diffusers' StableDiffusionInpaintPipeline): <paramref name="masks"/> [B, 1, H, W] marks with 1 what
+    /// to repaint (binarised at 0.5) in <paramref name="images"/> [B, C, H, W] in [−1, 1]. An ordinary U-Net
+    /// (c latent channels in) samples with blended latents (<see cref="Sampling.Inpaint"/>): the known region is
+    /// re-noised and put back after every step, so it ends as the image's own latents. An inpainting U-Net
+    /// (2c + 1 channels in) sees [z_t, mask, latents of the image with the hole blanked] at every step instead.
+    /// Draws from the seed's generator: the image's posterior sample, the noise, the masked image's sample.
+    /// </summary>
+    public LatentGenerationOutput Inpaint(Tensor conditions, Tensor images, Tensor masks, LatentGenerationOptions o,
+        double strength = 1.0)
+    {
+        if (strength is <= 0 or > 1)
+            throw new ArgumentOutOfRangeException(nameof(strength), strength, "strength must lie in (0, 1]");
+        var vae = Vae ?? throw new InvalidOperationException("inpainting needs an autoencoder to encode with");
+        using var _ = no_grad();
+        var device = Device;
+        var rows = conditions.to(device);
+        long b = rows.shape[0];
+        if (images.dim() != 4 || images.shape[1] != vae.Config.InChannels || images.shape[0] != b)
+            throw new ArgumentException($"image must be [{b}, {vae.Config.InChannels}, H, W] in [-1, 1], " +
+                                        $"got [{string.Join(", ", images.shape)}]", nameof(images));
+        if (masks.dim() != 4 || masks.shape[1] != 1 || masks.shape[0] != b || masks.shape[2] != images.shape[2]
+            || masks.shape[3] != images.shape[3])
+            throw new ArgumentException($"mask must be [{b}, 1, {images.shape[2]}, {images.shape[3]}] in [0, 1] " +
+                                        $"(1 = repaint), got [{string.Join(", ", masks.shape)}]", nameof(masks));
+        int latent = vae.Config.LatentChannels, inChannels = Denoiser.Backbone.Config.InChannels;
+        if (inChannels != latent && inChannels != 2 * latent + 1)
+            throw new InvalidOperationException($"the U-Net takes {inChannels} channels: neither the VAE's {latent} " +
+                                                $"latents nor an inpainting U-Net's {2 * latent + 1}");
+        var pixels = images.to(device);
+        var hole = (masks.to(device) >= 0.5).to_type(pixels.dtype);                              // [B, 1, H, W]
+        using var seeded = SeededGenerator(o);
+        var generator = o.Generator ?? seeded;
+        Tensor Latents(Tensor x)
+        {
+            var posterior = vae.Encode(x);
+            return posterior.Sample(randn(posterior.Mean.shape, generator: generator).to(device))
+                   * vae.Config.ScalingFactor;                                                   // [B, c, h, w]
+        }
+        var known = Latents(pixels);
+        var noise = randn(known.shape, generator: generator).to(device);
+        var small = nn.functional.interpolate(hole, size: [known.shape[2], known.shape[3]]);    // nearest, [B, 1, h, w]
+        var guided = GuidedDenoiser(rows, o);
+        var scheduler = NewScheduler(o);
+        if (inChannels == latent)
+            return Timed(() => Sampling.Inpaint(scheduler, guided, known, small, noise, o.Steps, strength, o.Callback),
+                null, o.DecodeBatchSize);
+        var blanked = Latents(pixels * (1 - hole));                                              // [B, c, h, w]
+        Diffusion.Denoiser withMask = (z, t) => guided(cat([z, small, blanked], 1), t);         // [B, 2c + 1, h, w]
+        return Timed(() => Sampling.Inpaint(scheduler, withMask, known, null, noise, o.Steps, strength, o.Callback),
+            null, o.DecodeBatchSize);
+    }
+
     /// <summary>Runs the sampling, stops the recorder, decodes (when there is an autoencoder), timing each part.
     /// </summary>
     LatentGenerationOutput Timed(Func<Tensor> sample, CrossAttentionRecorder? recorder, int? decodeBatchSize)

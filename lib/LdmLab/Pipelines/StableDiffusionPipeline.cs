@@ -68,8 +68,11 @@ public sealed partial class StableDiffusionPipeline
         if (textEncoder.Config.HiddenSize != unet.Config.CrossAttentionDim)
             throw new ArgumentException($"the text encoder's hidden size {textEncoder.Config.HiddenSize} is not the U-Net's " +
                                         $"cross_attention_dim {unet.Config.CrossAttentionDim}");
-        if (vae.Config.LatentChannels != unet.Config.InChannels)
-            throw new ArgumentException($"the VAE has {vae.Config.LatentChannels} latent channels, the U-Net takes {unet.Config.InChannels}");
+        int latent = vae.Config.LatentChannels;
+        if (unet.Config.InChannels != latent && unet.Config.InChannels != 2 * latent + 1)
+            throw new ArgumentException($"the VAE has {latent} latent channels, the U-Net takes " +
+                                        $"{unet.Config.InChannels} (expected {latent}, or {2 * latent + 1} for an " +
+                                        "inpainting U-Net)");
         Tokenizer = tokenizer; TextEncoder = textEncoder; Unet = unet; Vae = vae;
         SchedulerClass = schedulerClass; SchedulerConfig = schedulerConfig;
         _ = NewScheduler();   // fail now on an unsupported scheduler, not at the first call
@@ -128,6 +131,9 @@ public sealed partial class StableDiffusionPipeline
     /// <summary>Text to image: prompt embeddings → <see cref="LatentDiffusionPipeline.Generate"/> → images in [0, 1].</summary>
     public PipelineOutput Generate(GenerationOptions o)
     {
+        if (IsInpaintingUNet)
+            throw new InvalidOperationException($"this U-Net takes {Unet.Config.InChannels} channels (an inpainting " +
+                                                "U-Net): call Inpaint with an image and a mask");
         using var _ = no_grad();
         var (cond, uncond) = Embeddings(o);
         int height = o.Height ?? Unet.Config.SampleSize * VaeScaleFactor, width = o.Width ?? Unet.Config.SampleSize * VaeScaleFactor;
@@ -153,6 +159,22 @@ public sealed partial class StableDiffusionPipeline
         var output = Core().ImageToImage(cond, image, strength, CoreOptions(o, uncond));
         return new PipelineOutput(ToUnitRange(output.Images!), output.Latents, cond, uncond);
     }
+
+    /// <summary>
+    /// Inpainting through <see cref="LatentDiffusionPipeline.Inpaint"/>: <paramref name="image"/> [B, 3, H, W] in
+    /// [−1, 1], <paramref name="mask"/> [B, 1, H, W] with 1 where the prompt is to be painted (diffusers' white).
+    /// Ordinary U-Nets use blended latents, 9-channel inpainting U-Nets their mask conditioning.
+    /// </summary>
+    public PipelineOutput Inpaint(Tensor image, Tensor mask, GenerationOptions o, double strength = 1.0)
+    {
+        using var _ = no_grad();
+        var (cond, uncond) = Embeddings(o);
+        var output = Core().Inpaint(cond, image, mask, CoreOptions(o, uncond), strength);
+        return new PipelineOutput(ToUnitRange(output.Images!), output.Latents, cond, uncond);
+    }
+
+    /// <summary>True for a U-Net that takes [z, mask, masked-image latents] (2c + 1 channels).</summary>
+    public bool IsInpaintingUNet => Unet.Config.InChannels == 2 * Vae.Config.LatentChannels + 1;
 
     (Tensor cond, Tensor? uncond) Embeddings(GenerationOptions o)
     {
