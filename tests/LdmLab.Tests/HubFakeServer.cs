@@ -53,6 +53,8 @@ sealed class FakeHub : IDisposable
     /// <summary>For a blob GET (file name, nth GET of it from 1): bytes to send instead, and after how many of them
     /// to drop the connection (null: send all).</summary>
     public Func<string, int, byte[], (byte[] Body, int? DropAfter)>? Blob { get; set; }
+    /// <summary>Alters the headers of a resolve/ answer (file name, headers) before it is sent (fuzzing).</summary>
+    public Action<string, WebHeaderCollection>? ResolveHeaders { get; set; }
     readonly ConcurrentDictionary<string, int> _gets = new();
 
     public FakeHub()
@@ -131,10 +133,12 @@ sealed class FakeHub : IDisposable
             response.Headers["X-Linked-Size"] = bytes.Length.ToString();
             response.Headers["Location"] = new Uri(Base, $"lfs/{etag}").ToString();
             response.StatusCode = 302;
+            ResolveHeaders?.Invoke(name, response.Headers);
             response.Close();
             return;
         }
         response.Headers["ETag"] = $"\"{etag}\"";
+        ResolveHeaders?.Invoke(name, response.Headers);
         if (request.HttpMethod == "HEAD")
         {
             response.ContentLength64 = bytes.Length;

@@ -467,6 +467,61 @@ public class HubFuzzTests(ITestOutputHelper output)
         Assert.False(File.Exists(Path.Combine(cache, "x")));
     }
 
+    /// <summary>Missing, garbled or wrong metadata headers (commit, ETag, size, Location) on resolve/.</summary>
+    [Fact]
+    public void Garbled_file_metadata_gives_typed_errors()
+    {
+        TorchRuntime.Setup();
+        using var hub = new FakeHub();
+        var tiny = TestPaths.TempDir("hub-fuzz-tiny");
+        PipelineTests.Tiny().SavePretrained(tiny);
+        hub.Repos["fuzz/sd"] = FakeRepo.FromFolder(tiny);
+        var root = TestPaths.TempDir("hub-fuzz-meta");
+        string[] names = ["X-Repo-Commit", "X-Linked-Etag", "X-Linked-Size", "ETag", "Location"];
+        string[] files = ["model_index.json", "unet/config.json", "vae/diffusion_pytorch_model.safetensors"];
+        Random? caseRng = null;
+        hub.ResolveHeaders = (_, headers) =>
+        {
+            var rng = caseRng!;
+            foreach (var name in names.Where(n => headers[n] is not null && rng.NextDouble() < 0.4))
+            {
+                string? value = rng.Next(9) switch
+                {
+                    0 => null,
+                    1 => new string(Enumerable.Range(0, rng.Next(0, 30)).Select(_ => (char)rng.Next(33, 127))
+                        .ToArray()),
+                    2 => "-1",
+                    3 => "99999999999",
+                    4 => "../../x",
+                    5 => "ftp://127.0.0.1/x",
+                    6 => "http://127.0.0.1:9/x",
+                    7 => Convert.ToHexStringLower(RandomBytesOf(rng, 20)),
+                    _ => "\"" + Convert.ToHexStringLower(RandomBytesOf(rng, 32)) + "\"",
+                };
+                if (value is null) headers.Remove(name); else headers[name] = value;
+            }
+        };
+        var outcome = Fuzz.Run(150, 25, (rng, i) =>
+        {
+            caseRng = rng;
+            var o = new HubOptions { Endpoint = hub.Base, CacheDir = Path.Combine(root, $"c{i}") };
+            try { HubClient.DownloadFile("fuzz/sd", files[rng.Next(files.Length)], o); }
+            finally
+            {
+                if (Directory.Exists(o.CacheDir)) Directory.Delete(o.CacheDir, recursive: true);
+            }
+        }, (e, _) => e is HubException h && h.Message.Contains("fuzz/sd"));
+        output.WriteLine(outcome.ToString());
+        Assert.Empty(Directory.GetFileSystemEntries(root));
+    }
+
+    static byte[] RandomBytesOf(Random rng, int n)
+    {
+        var b = new byte[n];
+        rng.NextBytes(b);
+        return b;
+    }
+
     static byte[] RandomBytes(Random rng)
     {
         var b = new byte[rng.Next(0, 200)];

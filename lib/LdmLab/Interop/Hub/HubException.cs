@@ -66,7 +66,7 @@ public sealed class HubException(HubErrorKind kind, string repoId, string? fileN
             ("RevisionNotFound", _) =>
                 (HubErrorKind.RevisionNotFound, $"revision '{revision}' of '{repoId}' not found{said}: check the " +
                                                 "branch, tag or commit hash (HubOptions.Revision)"),
-            ("EntryNotFound", _) =>
+            ("EntryNotFound", _) or (null, 404) when fileName is not null =>
                 (HubErrorKind.EntryNotFound, $"{what} not found at revision '{revision}'{said}: check the file's " +
                                              "name and folder (HubOptions.Subfolder) and the revision"),
             ("RepoNotFound", _) or (_, 404) =>

@@ -132,9 +132,10 @@ static class HubHttp
             using var response = await Send(o, Request(HttpMethod.Head, url, o.Token), repoId, fileName,
                 TimeSpan.FromSeconds(o.MetadataTimeoutSeconds), ct);
             int status = (int)response.StatusCode;
-            var location = response.Headers.Location is { } l ? new Uri(url, l) : null;
+            var location = response.Headers.Location is { } l ? Http(url, l) : null;
             bool redirect = status is >= 300 and < 400;
-            if (redirect && location is null) throw Protocol(repoId, fileName, $"a {status} redirect without Location");
+            if (redirect && location is null)
+                throw Protocol(repoId, fileName, $"a {status} redirect without an http(s) Location");
             if (redirect && location!.Authority == url.Authority
                 && HubException.Header(response, "X-Linked-Etag") is null && hop < MaxRedirects)
             {
@@ -156,7 +157,9 @@ static class HubHttp
                                              "hub's headers");
         var etag = (HubException.Header(response, "X-Linked-Etag") ?? response.Headers.ETag?.ToString())?
             .Replace("W/", "").Trim('"');
-        if (etag is null || HubNames.FileNameProblem(etag) is not null || etag.Contains('/') || etag.Length > 128)
+        // the ETag names a file in blobs/: hex on the real hub; anything but [A-Za-z0-9._-] is refused
+        if (etag is null || etag.Length is 0 or > 128 || etag is "." or ".."
+            || !etag.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or '-'))
             throw Protocol(repoId, fileName, "the answer has no usable ETag");
         bool redirect = (int)response.StatusCode is >= 300 and < 400;
         var sizeText = HubException.Header(response, "X-Linked-Size")
@@ -183,14 +186,19 @@ static class HubHttp
             int status = (int)response.StatusCode;
             if (status is >= 300 and < 400 && response.Headers.Location is { } l && hop < MaxRedirects)
             {
-                url = new Uri(url, l);
                 response.Dispose();
+                url = Http(url, l) ?? throw Protocol(repoId, fileName, $"a redirect to '{l}', not an http(s) address");
                 continue;
             }
             if (response.IsSuccessStatusCode) return response;
             using (response) throw HubException.FromResponse(response, repoId, fileName, revision, o.Endpoint);
         }
     }
+
+    /// <summary>A Location resolved against the request's address, if it is an http(s) address.</summary>
+    static Uri? Http(Uri from, Uri location) =>
+        Uri.TryCreate(from, location, out var to) && (to.Scheme == Uri.UriSchemeHttp || to.Scheme == Uri.UriSchemeHttps)
+            ? to : null;
 
     internal static HubException Protocol(string repoId, string? fileName, string what, Exception? inner = null) =>
         new(HubErrorKind.Protocol, repoId, fileName, null,
