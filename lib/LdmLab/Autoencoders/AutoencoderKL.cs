@@ -250,8 +250,10 @@ public sealed class AutoencoderKL : nn.Module
 
     public long ParameterCount => parameters().Sum(p => p.numel());
 
-    public static AutoencoderKL FromPretrained(string dir) =>
-        DiffusersFolder.Load(dir, AutoencoderKLConfig.FromJson, c => new AutoencoderKL(c));
+    /// <summary>Loads a diffusers folder: config.json + diffusion_pytorch_model.safetensors; with a
+    /// <paramref name="variant"/> diffusion_pytorch_model.{variant}.safetensors where present.</summary>
+    public static AutoencoderKL FromPretrained(string dir, string? variant = null) =>
+        DiffusersFolder.Load(dir, AutoencoderKLConfig.FromJson, c => new AutoencoderKL(c), variant);
 
     public void SavePretrained(string dir) => DiffusersFolder.Save(this, Config.ToJson(), dir);
 }

@@ -268,13 +268,14 @@ public sealed class ClipTextModel : nn.Module
     public long ParameterCount => parameters().Sum(p => p.numel());
 
     /// <summary>A transformers CLIPTextModel folder: config.json + model.safetensors (float32, float16 or bfloat16,
-    /// converted to float32).</summary>
-    public static ClipTextModel FromPretrained(string dir)
+    /// converted to float32); with a <paramref name="variant"/> model.{variant}.safetensors where present.</summary>
+    public static ClipTextModel FromPretrained(string dir, string? variant = null)
     {
         var configPath = Path.Combine(dir, "config.json");
         if (!File.Exists(configPath)) throw new FileNotFoundException($"{configPath}: a CLIPTextModel folder needs config.json", configPath);
         var model = new ClipTextModel(ConfigFile.Read(configPath, json => ClipTextConfig.FromJson(json, configPath)));
-        StateDicts.Load(model, Path.Combine(dir, WeightsName), optional: ["text_model.embeddings.position_ids"]);
+        StateDicts.Load(model, DiffusersFolder.WeightsPath(dir, WeightsName, variant),
+            optional: ["text_model.embeddings.position_ids"]);
         model.eval();
         return model;
     }

@@ -143,9 +143,10 @@ public sealed class UNet2DConditionModel : nn.Module
 
     public const string WeightsName = DiffusersFolder.WeightsName;
 
-    /// <summary>Loads a diffusers folder: config.json + diffusion_pytorch_model.safetensors (every key must match).</summary>
-    public static UNet2DConditionModel FromPretrained(string dir) =>
-        DiffusersFolder.Load(dir, UNetConfig.FromJson, c => new UNet2DConditionModel(c));
+    /// <summary>Loads a diffusers folder: config.json + diffusion_pytorch_model.safetensors (every key must match);
+    /// with a <paramref name="variant"/> diffusion_pytorch_model.{variant}.safetensors where present.</summary>
+    public static UNet2DConditionModel FromPretrained(string dir, string? variant = null) =>
+        DiffusersFolder.Load(dir, UNetConfig.FromJson, c => new UNet2DConditionModel(c), variant);
 
     /// <summary>Writes config.json and the safetensors weights (diffusers names) atomically.</summary>
     public void SavePretrained(string dir) => DiffusersFolder.Save(this, Config.ToJson(), dir);
