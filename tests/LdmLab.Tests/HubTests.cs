@@ -338,6 +338,15 @@ public class HubClientTests
             Assert.True(Parity.MaxAbsDiff(v, a[k]) < 2e-3, k);
         Assert.Equal(ScalarType.Float32, fromHalf.parameters().First().dtype);
 
+        // the pipeline by repo id: the variant reaches every loader (the snapshot has no plain U-Net file)
+        var pipe = StableDiffusionPipeline.FromPretrained("tiny/fp16", o);
+        foreach (var (k, v) in pipe.Unet.state_dict())
+            Assert.True(Parity.MaxAbsDiff(v, a[k]) < 2e-3, k);
+        hub.Log.Clear();
+        var offline = StableDiffusionPipeline.FromPretrained("tiny/fp16", o with { Offline = true });
+        Assert.Empty(hub.Log);
+        Assert.Equal(pipe.Unet.Config.ToJson().ToJsonString(), offline.Unet.Config.ToJson().ToJsonString());
+
         hub.Log.Clear();
         var plainSnapshot = HubClient.SnapshotForPipeline("tiny/fp16", o with { Variant = null });
         Assert.True(File.Exists(Path.Combine(plainSnapshot, Unet)));

@@ -208,9 +208,16 @@ public sealed partial class StableDiffusionPipeline
 
     static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
-    /// <summary>Reads a diffusers StableDiffusionPipeline folder; names the file and what was expected on bad input.</summary>
-    public static StableDiffusionPipeline FromPretrained(string dir)
+    /// <summary>
+    /// Reads a diffusers StableDiffusionPipeline from a folder or a hub repo id ("owner/name", fetched into or found in
+    /// huggingface_hub's cache: <see cref="Interop.Hub.PretrainedSource"/>); names the file and what was expected on
+    /// bad input. <paramref name="hub"/>: revision, variant (e.g. "fp16" weights, widened to float32), token, offline;
+    /// null reads huggingface_hub's environment variables (HF_HOME, HF_HUB_OFFLINE, HF_TOKEN…) as diffusers does.
+    /// </summary>
+    public static StableDiffusionPipeline FromPretrained(string dirOrRepoId, Interop.Hub.HubOptions? hub = null)
     {
+        var dir = Interop.Hub.PretrainedSource.Resolve(dirOrRepoId, hub);
+        var variant = hub?.Variant;                           // a local folder's variant files too, as in diffusers
         var index = Path.Combine(dir, "model_index.json");
         if (!File.Exists(index)) throw new FileNotFoundException($"{index}: not a diffusers pipeline folder (no model_index.json)", index);
         var m = ConfigFile.Read(index, json => json);
@@ -233,8 +240,9 @@ public sealed partial class StableDiffusionPipeline
         // built once here so that a config LdmLab cannot use is reported against its file
         var schedulerConfig = ConfigFile.Read(schedulerPath, json => { Scheduler.Create(schedulerClass, json); return json; });
         return new StableDiffusionPipeline(ClipTokenizer.FromFolder(Path.Combine(dir, "tokenizer")),
-            ClipTextModel.FromPretrained(Path.Combine(dir, "text_encoder")),
-            UNet2DConditionModel.FromPretrained(Path.Combine(dir, "unet")), AutoencoderKL.FromPretrained(Path.Combine(dir, "vae")),
+            ClipTextModel.FromPretrained(Path.Combine(dir, "text_encoder"), variant),
+            UNet2DConditionModel.FromPretrained(Path.Combine(dir, "unet"), variant),
+            AutoencoderKL.FromPretrained(Path.Combine(dir, "vae"), variant),
             schedulerClass, schedulerConfig);
     }
 
