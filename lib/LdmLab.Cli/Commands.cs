@@ -14,6 +14,8 @@ public static class Commands
           ldmlab bench --json [--case A,B] [--threads 1,2] [--onednn on,off]
                                            training/sampling steps (3 warm-ups, median of 10) as JSON
           ldmlab bench --profile           one latent U-Net training step by phase and layer family
+          ldmlab sample --model DIR|REPO_ID|FILE --prompt TEXT [options]
+                                           one image from a prompt (img2img, inpainting, LoRA; ldmlab sample --help)
           ldmlab notebooks [options]       execute notebooks in the real .NET Interactive kernel
               --dir DIR                    notebooks folder (default: notebooks)
               --out DIR                    executed notebooks + index.html (default: out)
@@ -50,6 +52,7 @@ public static class Commands
                 "bench" => BenchCommand.Run(args[1..]),
                 "checkpoint-soak" => CheckpointSoak(args[1..]),
                 "train" => TrainCommand.Run(args[1..]),
+                "sample" => SampleCommand.Run(args[1..]),
                 _ => Fail($"unknown command '{args[0]}'\n\n{Usage}"),
             };
         }

@@ -214,6 +214,28 @@ public static class TextToImageRecipe
         log.Save(Path.Combine(dir, LogFile));
     }
 
+    /// <summary>
+    /// The shipped model in <paramref name="dir"/> (a data/checkpoints/fashion-text2img folder, hash-checked) with the
+    /// shipped Fashion VAE beside it, as a pipeline; what the lab's model draws on: 28×56 canvases (<see
+    /// cref="CaptionedScenes"/>). Null when <paramref name="dir"/> holds no shipped text-to-image checkpoint.
+    /// </summary>
+    public static StableDiffusionPipeline? ShippedPipeline(string dir)
+    {
+        var checkpoint = ShippedCheckpoint.Read(dir);
+        if (checkpoint is null || !checkpoint.Recipe.StartsWith(nameof(TextToImageRecipe), StringComparison.Ordinal)
+                               || checkpoint.WeightsFile != WeightsFile)
+            return null;
+        var vaeDir = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar))!,
+            FashionLatentRecipe.ShippedVae);
+        var vaeCheckpoint = ShippedCheckpoint.Read(vaeDir)
+                            ?? throw new DatasetException(vaeDir, "the shipped Fashion VAE the text-to-image model " +
+                                                                  "was trained on is not beside it");
+        vaeCheckpoint.Verify();
+        var vae = AutoencoderKL.FromPretrained(vaeDir);
+        vae.eval();
+        return Pipeline(checkpoint.LoadInto(New()), vae);
+    }
+
     /// <summary>A <see cref="StableDiffusionPipeline"/> over the trained model and the VAE (DDIM by default).</summary>
     public static StableDiffusionPipeline Pipeline(TextConditionedUNet model, AutoencoderKL vae,
         string scheduler = "DDIMScheduler") =>

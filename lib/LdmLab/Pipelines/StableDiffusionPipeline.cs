@@ -17,6 +17,10 @@ public sealed record PipelineStep(int Index, double Timestep, Tensor Latents, Te
 /// <summary>The images [B, 3, H, W] in [0, 1], the final latents, and the prompt embeddings the U-Net saw.</summary>
 public sealed record PipelineOutput(Tensor Images, Tensor Latents, Tensor PromptEmbeds, Tensor? NegativePromptEmbeds)
 {
+    /// <summary>Every cross-attention layer's maps, when <see cref="GenerationOptions.RecordAttention"/> asked for
+    /// them (the caller disposes it).</summary>
+    public CrossAttentionRecorder? Attention { get; init; }
+
     /// <summary>Image i as an 8-bit RGB picture (save with ImageSharp's SaveAsPng).</summary>
     public SixLabors.ImageSharp.Image<SixLabors.ImageSharp.PixelFormats.Rgb24> Picture(int i) =>
         Viz.Images.ToImage(Images[i], lo: 0, hi: 1);
@@ -45,6 +49,8 @@ public sealed record GenerationOptions
     /// <summary>Opt-in A1111 emphasis "(word:1.3)" (see <see cref="PromptWeights"/>).</summary>
     public bool WeightedPrompts { get; init; }
     public Action<PipelineStep>? Callback { get; init; }
+    /// <summary>Record the cross-attention maps while sampling (<see cref="PipelineOutput.Attention"/>).</summary>
+    public bool RecordAttention { get; init; }
 }
 
 /// <summary>
@@ -143,8 +149,12 @@ public sealed partial class StableDiffusionPipeline
         {
             LatentSize = [height / VaeScaleFactor, width / VaeScaleFactor],
             Latents = o.Latents,
+            RecordAttention = o.RecordAttention,
         });
-        return new PipelineOutput(ToUnitRange(output.Images!), output.Latents, cond, uncond);
+        return new PipelineOutput(ToUnitRange(output.Images!), output.Latents, cond, uncond)
+        {
+            Attention = output.Attention,
+        };
     }
 
     /// <summary>
