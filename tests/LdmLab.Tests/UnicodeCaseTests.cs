@@ -86,6 +86,39 @@ public class UnicodeCaseTests
         Assert.True(first.Count == 0, string.Join("\n", first));
     }
 
+    /// <summary>transformers' CLIPTokenizer: ftfy (which unescapes again until nothing changes, and not on or after
+    /// a line with '&lt;'), whitespace, Python's lower(). Expected values from ftfy 6.1.1 under Python 3.11.</summary>
+    [Theory]
+    [InlineData("&amp;amp;", "&")]
+    [InlineData("&amp;amp;amp; X", "& x")]
+    [InlineData("&amp;lt;b&amp;gt;", "<b>")]                      // '<' made by unescaping does not stop it
+    [InlineData("<b> &amp;", "<b> &amp;")]
+    [InlineData("a &amp;\n<b> &amp;\nc &amp;", "a & <b> &amp; c &amp;")]   // line by line, and for good
+    [InlineData("&NTILDE; &amp &notit; &#128; &#x110000; &#39", "ñ &amp &notit; € \uFFFD &#39")]
+    [InlineData("ǅ İ ΟΔΟΣ", "dž i\u0307 οδος")]                    // ftfy splits the digraph first
+    [InlineData("ŉ", "'n")]                                      // ŉ → ʼn, then ʼ uncurled in ftfy's next round
+    public void Clean_follows_transformers(string text, string expected) =>
+        Assert.Equal(expected, TextCleaner.Clean(text));
+
+    /// <summary>OpenAI's SimpleTokenizer: the same, then html.unescape twice (from OpenAI CLIP + ftfy 6.1.1).</summary>
+    [Theory]
+    [InlineData("&amp;amp;", "&")]
+    [InlineData("<b> &amp;amp;", "<b> &")]
+    [InlineData("a &amp;\n<b> &amp;", "a & <b> &")]
+    [InlineData("&NTILDE; &amp &notit; &#128; &#x110000; &#39", "ñ & ¬it; € \uFFFD '")]
+    [InlineData("  ΟΔΟΣ &amp; ", "οδος &")]
+    public void Clean_as_openai_unescapes_twice_more(string text, string expected) =>
+        Assert.Equal(expected, TextCleaner.CleanAsOpenAi(text));
+
+    [Fact]
+    public void Tokenizer_cleans_entities_and_greek_as_python()
+    {
+        var t = ClipTokenizer.Default;
+        Assert.Equal(t.EncodeIds("&"), t.EncodeIds("&amp;amp;"));
+        Assert.Equal(t.EncodeIds("οδος"), t.EncodeIds("ΟΔΟΣ"));
+        Assert.NotEqual(t.EncodeIds("οδοσ"), t.EncodeIds("ΟΔΟΣ"));
+    }
+
     [Fact]
     public void Tables_say_which_python_made_them() =>
         Assert.Contains("unidata_version 14.0.0", PythonCase.Source);
