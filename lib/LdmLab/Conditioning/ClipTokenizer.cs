@@ -17,7 +17,7 @@ public sealed record TokenizedPrompt(long[] Ids, int Length, int Dropped, float[
 /// <summary>
 /// CLIP's tokenizer (OpenAI CLIP / transformers CLIPTokenizer, as Stable Diffusion 1.x uses it), BPE on
 /// Microsoft.ML.Tokenizers:
-/// 1. clean: ftfy's fixes, whitespace runs → one space, lower-case (<see cref="TextCleaner"/>);
+/// 1. clean: ftfy's fixes, whitespace runs → one space, Python's str.lower() (<see cref="TextCleaner"/>);
 /// 2. split: <c>&lt;|startoftext|&gt;|&lt;|endoftext|&gt;|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+</c>
 ///    (digits one by one);
 /// 3. each piece's UTF-8 bytes → CLIP's printable byte symbols, then BPE with the end-of-word suffix "&lt;/w&gt;";

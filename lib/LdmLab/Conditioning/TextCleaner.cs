@@ -1,28 +1,44 @@
 using System.Globalization;
-using System.Net;
 using System.Text;
 using System.Text.RegularExpressions;
 
 namespace LdmLab.Conditioning;
 
 /// <summary>
-/// The text normalisation CLIP's tokenizers apply before BPE (transformers' CLIPTokenizer and OpenAI's
-/// SimpleTokenizer both call ftfy.fix_text, then collapse whitespace and lower-case). This is the part of ftfy 6.1.1's
-/// default pipeline that changes prompts, written out: HTML entities unescaped unless the text contains '&lt;'
-/// (ftfy's "auto"), mojibake re-decoded (UTF-8 read as Windows-1252), Latin ligatures and digraphs split, full- and
-/// half-width forms normalised, curly quotes straightened, control characters removed, NFC. Checked against ftfy
-/// 6.1.1 through the tokenizer fixtures.
+/// The text normalisation CLIP's tokenizers apply before BPE. transformers' CLIPTokenizer, which Stable Diffusion
+/// uses: <c>whitespace_clean(ftfy.fix_text(text)).lower()</c> (<see cref="Clean"/>). OpenAI's SimpleTokenizer also
+/// runs <c>html.unescape</c> twice after ftfy (<see cref="CleanAsOpenAi"/>); the two differ only where ftfy leaves an
+/// entity alone (after a line holding '&lt;', or Python-only spellings such as "&amp;amp" without ';').
+/// <see cref="FixText"/> is the part of ftfy 6.1.1's default pipeline that changes prompts, written out: HTML entities
+/// unescaped unless the text contains '&lt;' (ftfy's "auto"), mojibake re-decoded (UTF-8 read as Windows-1252),
+/// Latin ligatures and digraphs split, full- and half-width forms normalised, curly quotes straightened, control
+/// characters removed, NFC. Lower-casing is Python's <c>str.lower()</c> (<see cref="PythonCase"/>). Checked against
+/// ftfy 6.1.1 through the tokenizer fixtures.
 /// </summary>
 public static partial class TextCleaner
 {
-    /// <summary>ftfy.fix_text's effect on prompts, then whitespace runs → one space, trimmed, lower-cased.</summary>
+    /// <summary>transformers' CLIPTokenizer: ftfy.fix_text's effect on prompts, then whitespace runs → one space,
+    /// trimmed, lower-cased as Python lower-cases.</summary>
     public static string Clean(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
         RequireValidUnicode(text, nameof(text));
-        var fixedText = FixText(text);
-        return Whitespace().Replace(fixedText, " ").Trim().ToLowerInvariant();
+        return WhitespaceCleanLower(FixText(text));
     }
+
+    /// <summary>OpenAI CLIP's SimpleTokenizer: <c>basic_clean</c> (ftfy.fix_text, then Python's html.unescape twice,
+    /// stripped), then the same whitespace cleanup and lower-casing as <see cref="Clean"/>. It differs from
+    /// <see cref="Clean"/> where ftfy leaves an entity alone: on and after a line holding '&lt;' ("&lt;b&gt; &amp;amp;"
+    /// → "&lt;b&gt; &amp;"), and for spellings only html.unescape reads ("&amp;amp" without ';', "&amp;#39").</summary>
+    public static string CleanAsOpenAi(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        RequireValidUnicode(text, nameof(text));
+        return WhitespaceCleanLower(PythonHtml.Unescape(PythonHtml.Unescape(FixText(text))));
+    }
+
+    /// <summary>whitespace_clean (runs of whitespace → one space, stripped), then Python's str.lower().</summary>
+    static string WhitespaceCleanLower(string text) => PythonCase.Lower(Whitespace().Replace(text, " ").Trim());
 
     /// <summary>
     /// A .NET string can hold a lone UTF-16 surrogate, which is no Unicode character: CLIP's byte-level BPE cannot
@@ -46,11 +62,62 @@ public static partial class TextCleaner
     static string Normalized(string text, NormalizationForm form) =>
         text.Contains('\uFFFE') ? string.Join('\uFFFE', text.Split('\uFFFE').Select(p => p.Normalize(form))) : text.Normalize(form);
 
-    /// <summary>The ftfy steps alone (no whitespace collapsing, no lower-casing).</summary>
+    /// <summary>
+    /// The ftfy steps alone (no whitespace collapsing, no lower-casing). As ftfy.fix_text does, the text is fixed line
+    /// by line (each segment ends after its '\n'), and HTML unescaping stops for good at the first line that holds a
+    /// '&lt;' (ftfy's "auto": such text is probably HTML, where entities are meant). Each line goes through every
+    /// step, again and again until nothing changes (ftfy's fix_and_explain loop), so "&amp;amp;amp;" → "&amp;".
+    /// </summary>
     public static string FixText(string text)
     {
-        if (!text.Contains('<')) text = WebUtility.HtmlDecode(text);
-        text = FixMojibake(text);
+        ArgumentNullException.ThrowIfNull(text);
+        var sb = new StringBuilder(text.Length);
+        bool unescape = true;
+        for (int pos = 0; pos < text.Length;)
+        {
+            int end = text.IndexOf('\n', pos) + 1;
+            if (end == 0) end = text.Length;
+            var segment = text[pos..end];
+            if (segment.Contains('<')) unescape = false;
+            sb.Append(FixSegment(segment, unescape));
+            pos = end;
+        }
+        return sb.ToString();
+    }
+
+    /// <summary>ftfy's fix_and_explain: the steps in order, repeated until the text stops changing. ftfy has no limit;
+    /// the steps only ever fix, so a cycle would be a bug here, and a bounded loop stops rather than hangs.</summary>
+    static string FixSegment(string text, bool unescape)
+    {
+        for (int round = 0; round < 64; round++)
+        {
+            var before = text;
+            if (unescape) text = UnescapeHtml(text);
+            text = FixCharacters(FixMojibake(text));
+            if (text == before) break;
+        }
+        return text;
+    }
+
+    /// <summary>
+    /// ftfy's unescape_html: only <c>&amp;#?[0-9A-Za-z]{1,24};</c> is looked at, so "this&amp;not that" stays. A name
+    /// decodes if it is an HTML5 name with ';', or one of ftfy's upper-case spellings ("&amp;NTILDE;" → "Ñ"); a
+    /// numeric reference decodes as Python's html.unescape decodes it (&amp;#128; → €), unless that leaves a ';'
+    /// behind (it did not read the whole reference).
+    /// </summary>
+    static string UnescapeHtml(string text) => !text.Contains('&') ? text : FtfyEntity().Replace(text, m =>
+    {
+        var name = m.Value[1..];
+        if (PythonHtml.Named.TryGetValue(name, out var named) || PythonHtml.FtfyUpperCase.TryGetValue(name, out named))
+            return named;
+        if (!name.StartsWith('#')) return m.Value;
+        var decoded = PythonHtml.Unescape(m.Value);
+        return decoded.Contains(';') ? m.Value : decoded;
+    });
+
+    /// <summary>ftfy's per-character fixes, then NFC.</summary>
+    static string FixCharacters(string text)
+    {
         var sb = new StringBuilder(text.Length);
         foreach (var rune in text.EnumerateRunes())
         {
@@ -156,4 +223,7 @@ public static partial class TextCleaner
 
     [GeneratedRegex(@"\s+")]
     private static partial Regex Whitespace();
+
+    [GeneratedRegex("&#?[0-9A-Za-z]{1,24};")]
+    private static partial Regex FtfyEntity();
 }
