@@ -36,6 +36,9 @@ public abstract class StepCase : IDisposable
             () => new Sd15UNetTrain()),
         ("sd15-sample-50", "SD 1.5 U-Net, 50 DDIM steps at 4×64×64 with CFG 7.5 (uncond + cond in one batch of 2)",
             () => new Sd15Sample50()),
+        ("sd15-unet-step", "SD 1.5 U-Net (860M, default-init weights), one guided step: batch 2 × 4×64×64 + 77×768 " +
+                           "context, no gradients (scripts/pytorch_sd15_step.py times the same in PyTorch)",
+            () => new Sd15UNetStep()),
     ];
 
     /// <summary>The cases a plain `ldmlab bench --json` runs (the CPU-sized ones).</summary>
@@ -250,4 +253,33 @@ sealed class Sd15Sample50 : StepCase
         }, _noise, 50);
         Runtime.Lab.Synchronize();
     }
+}
+
+/// <summary>One classifier-free-guided step of the SD 1.5 U-Net at a 512² image's latents: a forward of batch 2.
+/// </summary>
+sealed class Sd15UNetStep : StepCase
+{
+    readonly UNet2DConditionModel _unet;
+    readonly Tensor _z, _c;
+
+    public Sd15UNetStep()
+    {
+        manual_seed(0);
+        var device = Runtime.Lab.Device;
+        _unet = new UNet2DConditionModel(UNetConfig.StableDiffusion15);
+        _unet.to(device);
+        _unet.eval();
+        _z = randn(2, 4, 64, 64).to(device);                                              // [uncond; cond] latents
+        _c = randn(2, 77, 768).to(device);                                                // [2, 77, 768]
+    }
+
+    public override void Run()
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        _unet.Forward(_z, tensor(500L, device: _z.device), _c);
+        Runtime.Lab.Synchronize();
+    }
+
+    public override void Dispose() => _unet.Dispose();
 }

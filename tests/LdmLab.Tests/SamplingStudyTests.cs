@@ -51,6 +51,17 @@ public class SamplingStudyTests
         Assert.Contains("half of the full effect is reached at strength 0.6", line);   // 0.5 ≥ 0.45, 0.1 is not
     }
 
+    [Fact]
+    public void Inpaint_takeaway_says_whether_the_known_region_stayed_at_the_decoder_s_bound()
+    {
+        var kept = SamplingStudy.InpaintTakeaway(new InpaintResult(0.92, 0.84, 22.2, 0.86, 23.1), "a bag");
+        Assert.Contains("judged a bag in 92 %", kept);
+        Assert.Contains("84 % (the autoencoder's own reconstruction: 86 %)", kept);
+        Assert.Contains("as well as the decoder can", kept);
+        var lost = SamplingStudy.InpaintTakeaway(new InpaintResult(0.92, 0.5, 15.0, 0.86, 23.1), "a bag");
+        Assert.Contains("8.1 dB below it", lost);
+    }
+
     static List<SamplerRow> SamplerTable() =>
     [
         new("DDIM", 5, 0.80, 2, 10), new("DDIM", 10, 0.90, 1.5, 20), new("DDIM", 20, 0.92, 1.2, 40),
@@ -138,9 +149,9 @@ public class ShippedSamplingClaimsTests
         Assert.True(negative.Sneaker < 0.5 * plain.Sneaker, $"sneakers {plain.Sneaker:P0} → {negative.Sneaker:P0}");
     }
 
-    /// <summary>Inpainting the right slot of 100 two-item scenes with "a bag" there: ≥ 80 % judged a bag, ≥ 90 % of
-    /// the left items still their class, and the left slot within 1 dB of the autoencoder's own reconstruction PSNR
-    /// (the blended latents keep the known region as the decoder can).</summary>
+    /// <summary>Inpainting the right slot of 100 two-item scenes with "a bag" there: ≥ 80 % judged a bag, the left
+    /// items kept within 5 points of the VAE reconstruction's own rate, and the left slot within 1 dB of the
+    /// reconstruction's PSNR (the blended latents keep the known region as the decoder can).</summary>
     [SkippableFact]
     public void Inpainting_replaces_the_masked_item_and_keeps_the_other()
     {
@@ -148,24 +159,14 @@ public class ShippedSamplingClaimsTests
         Skip.If(ShippedCheckpoint.Find(ClassifierRecipe.Shipped) is null, "no shipped checkpoints here");
         var (study, pipeline) = Load();
         var w = ShippedTextToImage.Load();
-        var (sources, lefts) = InpaintSources(w.Scenes, newClass: 8, count: 100);
+        var (sources, lefts) = SamplingStudy.InpaintSources(w.Scenes, newClass: 8, count: 100);
         var (r, _) = study.Inpaint(pipeline, sources, lefts, newClass: 8, steps: 20, guidance: 5, seed: 4);
-        var measured = $"bag {r.Target:P1}, left kept {r.LeftKept:P1}, left PSNR {r.LeftPsnr:F2} dB vs " +
+        var measured = $"bag {r.Target:P1}, left kept {r.LeftKept:P1} (reconstruction {r.ReconstructionKept:P1}), " +
+                       $"left PSNR {r.LeftPsnr:F2} dB vs " +
                        $"reconstruction {r.ReconstructionPsnr:F2} dB";
         Assert.True(r.Target >= 0.8, measured);
-        Assert.True(r.LeftKept >= 0.9, measured);
+        Assert.True(r.LeftKept >= r.ReconstructionKept - 0.05, measured);
         Assert.True(r.LeftPsnr >= r.ReconstructionPsnr - 1, measured);
-    }
-
-    /// <summary>Two-item scenes whose right item is not <paramref name="newClass"/>, and their left classes.</summary>
-    internal static (Tensor Sources, long[] Lefts) InpaintSources(CaptionedScenes scenes, int newClass, int count)
-    {
-        var picked = Enumerable.Range(0, (int)scenes.Count)
-            .Where(i => scenes.LabelAt(i, Side.Left) >= 0 && scenes.LabelAt(i, Side.Right) is >= 0 and var r
-                        && r != newClass)
-            .Take(count).ToArray();
-        return (scenes.Images.index_select(0, tensor(picked.Select(i => (long)i).ToArray())),
-            picked.Select(i => scenes.LabelAt(i, Side.Left)).ToArray());
     }
 
     /// <summary>The draft mode (f 8, 10 steps) draws recognisable items (≥ 80 % of 100 judged as asked), and the

@@ -27,9 +27,10 @@ public sealed record ShoeShares(string Negative, double Sandal, double Sneaker, 
 public sealed record EditRow(double Strength, double Target, double Source, double Psnr);
 
 /// <summary>Inpainting the right slot of two-item scenes: the share of right slots judged the prompt's new class, the
-/// share of left slots still judged their class, and the left slot's PSNR to the source beside the autoencoder's own
-/// reconstruction PSNR there (the best an untouched region can keep through the decoder).</summary>
-public sealed record InpaintResult(double Target, double LeftKept, double LeftPsnr, double ReconstructionPsnr);
+/// share of left slots still judged their class, and the left slot's PSNR to the source — each beside the
+/// autoencoder's own reconstruction (the best an untouched region can keep through the decoder).</summary>
+public sealed record InpaintResult(double Target, double LeftKept, double LeftPsnr, double ReconstructionKept,
+    double ReconstructionPsnr);
 
 /// <summary>A sampler as diffusers names it: the scheduler class and the config fields it overrides.</summary>
 public sealed record SamplerSpec(string Name, string SchedulerClass, JsonObject? Overrides = null)
@@ -146,6 +147,21 @@ public sealed class SamplingStudy
         return (rows, cat(grid.ToArray()));
     }
 
+    /// <summary>The first <paramref name="count"/> two-item scenes whose right item is not
+    /// <paramref name="newClass"/> ([count, 1, 28, 56]), and their left items' classes.</summary>
+    public static (Tensor Sources, long[] Lefts) InpaintSources(CaptionedScenes scenes, int newClass, int count)
+    {
+        var picked = Enumerable.Range(0, (int)scenes.Count)
+            .Where(i => scenes.LabelAt(i, Side.Left) >= 0 && scenes.LabelAt(i, Side.Right) is >= 0 and var r
+                        && r != newClass)
+            .Take(count).ToArray();
+        if (picked.Length < count)
+            throw new ArgumentException(
+                $"only {picked.Length} two-item scenes without a right {newClass}; need {count}", nameof(scenes));
+        return (scenes.Images.index_select(0, tensor(picked.Select(i => (long)i).ToArray())),
+            picked.Select(i => scenes.LabelAt(i, Side.Left)).ToArray());
+    }
+
     /// <summary>
     /// Inpainting (10.4.6): the right slot of each source canvas is masked and repainted with the pair caption that
     /// keeps the left item and names <paramref name="newClass"/> on the right. Returns the judged shares, the left
@@ -172,8 +188,10 @@ public sealed class SamplingStudy
         var sourceLeft = CaptionedScenes.SlotOf(sources, Side.Left);
         double Psnr(Tensor x) =>
             ImageQuality.Psnr(CaptionedScenes.SlotOf(x, Side.Left), sourceLeft).mean().item<float>();
-        var inpaint = new InpaintResult(right.Count(c => c == newClass) / (double)n,
-            left.Zip(leftClasses).Count(p => p.First == p.Second) / (double)n, Psnr(result), Psnr(reconstruction));
+        double Kept(long[] classes) => classes.Zip(leftClasses).Count(p => p.First == p.Second) / (double)n;
+        var reconstructed = TextToImageStudies.Classify(_judge, CaptionedScenes.SlotOf(reconstruction, Side.Left));
+        var inpaint = new InpaintResult(right.Count(c => c == newClass) / (double)n, Kept(left), Psnr(result),
+            Kept(reconstructed), Psnr(reconstruction));
         int k = (int)Math.Min(shown, n);
         return (inpaint, cat([sources.narrow(0, 0, k), result.narrow(0, 0, k)]));
     }
@@ -247,8 +265,9 @@ public sealed class SamplingStudy
     /// autoencoder's own reconstruction.</summary>
     public static string InpaintTakeaway(InpaintResult r, string newItem) =>
         $"Inpainting the right slot with \"{newItem}\": judged {newItem} in {r.Target:P0} of the results; the left " +
-        $"item is still judged its class in {r.LeftKept:P0}, at {r.LeftPsnr:F1} dB PSNR to the source against " +
-        $"{r.ReconstructionPsnr:F1} dB for the autoencoder's own reconstruction" +
+        $"item is still judged its class in {r.LeftKept:P0} (the autoencoder's own reconstruction: " +
+        $"{r.ReconstructionKept:P0}), at {r.LeftPsnr:F1} dB PSNR to the source against {r.ReconstructionPsnr:F1} dB " +
+        "for the reconstruction" +
         (r.LeftPsnr >= r.ReconstructionPsnr - 1
             ? ": the blended latents keep the known region as well as the decoder can."
             : $": {r.ReconstructionPsnr - r.LeftPsnr:F1} dB below it, the decoder mixing the new slot into the old.");
