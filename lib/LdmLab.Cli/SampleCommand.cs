@@ -26,6 +26,7 @@ public static class SampleCommand
           --model            a diffusers pipeline folder, a hub repo id (owner/name; HF_HOME, HF_HUB_OFFLINE, HF_TOKEN
                              honoured), a one-file SD 1.x/2.x .safetensors checkpoint, or
                              data/checkpoints/fashion-text2img (the lab's own model)
+          --variant NAME     weights variant of a folder or repo id, e.g. fp16 (*.fp16.safetensors)
           --prompt TEXT      what to draw;  --negative TEXT  what to steer away from
           --steps N          denoising steps (default 25);  --guidance W  classifier-free guidance scale (default 7.5)
           --scheduler NAME   ddim, euler, euler-a, heun, lms, dpm++-2m, dpm++-2m-karras, pndm, unipc, ddpm, or a
@@ -44,7 +45,7 @@ public static class SampleCommand
         .ToDictionary(s => s.Name.ToLowerInvariant().Replace("dpm-solver++", "dpm++").Replace(" (plms)", "")
             .Replace(' ', '-'));
 
-    sealed record Arguments(string Model, string Prompt, string? Negative, int Steps, double Guidance,
+    sealed record Arguments(string Model, string? Variant, string Prompt, string? Negative, int Steps, double Guidance,
         string? Scheduler, long Seed, int? Width, int? Height, IReadOnlyList<(string File, double Scale)> Loras,
         string? Init, double Strength, string? Mask, string Out, string? AttentionMaps);
 
@@ -58,7 +59,7 @@ public static class SampleCommand
         var a = Parse(args);
         TorchRuntime.Setup();
         Lab.SetThreads();
-        var (pipeline, modelName, size) = LoadModel(a.Model);
+        var (pipeline, modelName, size) = LoadModel(a.Model, a.Variant);
         if (a.Scheduler is { } scheduler) SetScheduler(pipeline, scheduler);
         var loras = a.Loras.Select(l => LoadLora(pipeline, l.File, l.Scale)).ToList();
         try
@@ -97,8 +98,8 @@ public static class SampleCommand
     {
         var values = new Dictionary<string, string>();
         var loras = new List<(string, double)>();
-        string[] known = ["--model", "--prompt", "--negative", "--steps", "--guidance", "--scheduler", "--seed",
-            "--width", "--height", "--lora", "--init", "--strength", "--mask", "--out", "--attention-maps"];
+        string[] known = ["--model", "--variant", "--prompt", "--negative", "--steps", "--guidance", "--scheduler",
+            "--seed", "--width", "--height", "--lora", "--init", "--strength", "--mask", "--out", "--attention-maps"];
         for (int i = 0; i < args.Length; i++)
         {
             var name = args[i];
@@ -130,8 +131,9 @@ public static class SampleCommand
             ? long.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) && n >= 0 ? n
                 : throw new CliArgumentException($"--seed '{s}': expected a whole number ≥ 0")
             : 0;
-        var a = new Arguments(Required("--model"), Required("--prompt"), values.GetValueOrDefault("--negative"),
-            Whole("--steps", 1) ?? 25, Real("--guidance", 0, 100) ?? 7.5, values.GetValueOrDefault("--scheduler"), seed,
+        var a = new Arguments(Required("--model"), values.GetValueOrDefault("--variant"), Required("--prompt"),
+            values.GetValueOrDefault("--negative"), Whole("--steps", 1) ?? 25, Real("--guidance", 0, 100) ?? 7.5,
+            values.GetValueOrDefault("--scheduler"), seed,
             Whole("--width", 8), Whole("--height", 8), loras, values.GetValueOrDefault("--init"),
             Real("--strength", 0, 1) ?? 0.75, values.GetValueOrDefault("--mask"),
             values.GetValueOrDefault("--out") ?? "sample.png", values.GetValueOrDefault("--attention-maps"));
@@ -163,7 +165,7 @@ public static class SampleCommand
 
     /// <summary>The pipeline, a name for the PNG's parameters, and the model's own image size when it has
     /// one.</summary>
-    static (StableDiffusionPipeline, string, (int H, int W)?) LoadModel(string model)
+    static (StableDiffusionPipeline, string, (int H, int W)?) LoadModel(string model, string? variant)
     {
         try
         {
@@ -173,7 +175,8 @@ public static class SampleCommand
                 return (shipped, Path.GetFileName(Path.GetFullPath(model).TrimEnd('/')),
                     (CaptionedScenes.Height, CaptionedScenes.Width));
             var name = Directory.Exists(model) ? Path.GetFileName(Path.GetFullPath(model).TrimEnd('/')) : model;
-            return (StableDiffusionPipeline.FromPretrained(model), name, null);
+            var hub = variant is null ? null : HubOptions.FromEnvironment() with { Variant = variant };
+            return (StableDiffusionPipeline.FromPretrained(model, hub), name, null);
         }
         catch (Exception e) when (e is SingleFileException or HubException or DatasetException or FileNotFoundException
                                       or DirectoryNotFoundException or ArgumentException or FormatException

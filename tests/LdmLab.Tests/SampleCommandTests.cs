@@ -160,6 +160,21 @@ public class SampleCommandTests
     }
 
     [Fact]
+    public void Fuzzed_parameters_text_parses_without_throwing_and_round_trips_what_it_wrote()
+    {
+        var rng = new Random(17);
+        const string alphabet = "ab ,:\"\\\nNegative prompt: Steps: 1";
+        for (int i = 0; i < 3000; i++)
+        {
+            var text = new string(Enumerable.Range(0, rng.Next(0, 60)).Select(_ => alphabet[rng.Next(alphabet.Length)])
+                .ToArray());
+            var parsed = GenerationParameters.Parse(text);                                  // never throws
+            var again = GenerationParameters.Parse(parsed.ToString());
+            Assert.Equal(parsed.Settings, again.Settings);
+        }
+    }
+
+    [Fact]
     public void Parameters_text_round_trips_with_quoting()
     {
         var p = new GenerationParameters("a dress,\nred", "blurry, dark", [("Steps", "20"), ("Model", "a: b, c"),

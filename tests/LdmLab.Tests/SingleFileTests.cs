@@ -73,6 +73,14 @@ public class SingleFileTests(ITestOutputHelper output)
         output.WriteLine($"float16 weights: max |Δ| {err:G3} on outputs up to {scale:G3}");
         Assert.True(err < 2e-2 * scale, $"{err} vs {scale}");
         Assert.True(err > 0, "float16 storage must round something");
+
+        // bfloat16 files (what many fine-tunes ship) load the same way, rounding more coarsely
+        var bf16 = Path.Combine(dir, "bf16.safetensors");
+        pipe.SaveSingleFile(bf16, ScalarType.BFloat16);
+        Assert.All(SafeTensors.ReadHeader(bf16).entries, e => Assert.Equal("BF16", e.DType));
+        double bfErr = Parity.MaxAbsDiff(UNetOut(StableDiffusionPipeline.FromSingleFile(bf16, Tiny), r), reference);
+        output.WriteLine($"bfloat16 weights: max |Δ| {bfErr:G3}");
+        Assert.InRange(bfErr, err, 1e-1 * scale);
     }
 
     [Fact]
