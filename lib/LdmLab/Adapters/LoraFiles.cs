@@ -43,14 +43,21 @@ public static class LoraFiles
     /// </summary>
     public static LoraLoad Read(string path, nn.Module unet, nn.Module? textEncoder = null)
     {
-        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: LoRA file not found", path);
-        if (!path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
-            throw new AdapterFormatException(path, Path.GetFileName(path),
-                "only .safetensors LoRA files are read (a .ckpt/.pt/.bin is a pickle, which LdmLab never loads): " +
-                "convert it to safetensors first");
+        RefusePickle(path, "LoRA");
         var tensors = SafeTensors.Load(path);            // a broken file is a DatasetException naming it
         try { return Parse(path, tensors, unet, textEncoder); }
         finally { foreach (var t in tensors.Values) t.Dispose(); }
+    }
+
+    /// <summary>Adapter files are read as .safetensors only: a missing file is a FileNotFoundException, any other
+    /// extension an <see cref="AdapterFormatException"/> (a .ckpt/.pt/.bin is a pickle, never opened).</summary>
+    internal static void RefusePickle(string path, string what)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: {what} file not found", path);
+        if (!path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+            throw new AdapterFormatException(path, Path.GetFileName(path),
+                $"only .safetensors {what} files are read (a .ckpt/.pt/.bin is a pickle, which LdmLab never loads): " +
+                "convert it to safetensors first");
     }
 
     static LoraLoad Parse(string file, Dictionary<string, Tensor> tensors, nn.Module unet, nn.Module? textEncoder)

@@ -187,6 +187,31 @@ public sealed class ClipTextEmbeddings : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    /// <summary>The token embedding table E_token [vocab, d].</summary>
+    public Parameter TokenWeight => token_embedding.weight!;
+
+    /// <summary>
+    /// Grows the token table to <paramref name="rows"/> rows (textual inversion's new tokens): the old rows are kept,
+    /// each new one starts as a copy of row <paramref name="initFrom"/> (diffusers initialises a placeholder from an
+    /// initializer word's embedding) or, without one, N(0, 0.02²) as transformers initialises embeddings.
+    /// </summary>
+    public void ResizeTokens(int rows, int? initFrom)
+    {
+        var old = token_embedding.weight!;
+        if (rows < old.shape[0])
+            throw new ArgumentOutOfRangeException(nameof(rows), rows,
+                $"the table has {old.shape[0]} rows; it only grows");
+        using var _ = no_grad();
+        var grown = empty(rows, old.shape[1], dtype: old.dtype, device: old.device);        // [rows, d]
+        grown[..(int)old.shape[0]] = old;
+        long added = rows - old.shape[0];
+        if (added > 0)
+            grown[(int)old.shape[0]..] = initFrom is { } from
+                ? old[from].unsqueeze(0).expand(added, -1)
+                : normal(0, 0.02, [added, old.shape[1]], dtype: old.dtype, device: old.device);
+        token_embedding.weight = new Parameter(grown, old.requires_grad);
+    }
+
     /// <summary>e_i = E_token[id_i] + E_position[i].</summary>
     public override Tensor forward(Tensor ids) =>
         token_embedding.call(ids) + position_embedding.call(arange(ids.shape[1], dtype: ScalarType.Int64, device: ids.device));
@@ -230,7 +255,7 @@ public sealed class ClipTextTransformer : nn.Module
 public sealed class ClipTextModel : nn.Module
 {
     readonly ClipTextTransformer text_model;
-    public ClipTextConfig Config { get; }
+    public ClipTextConfig Config { get; private set; }
     public const string WeightsName = "model.safetensors";
 
     public ClipTextModel(ClipTextConfig config) : base("CLIPTextModel")
@@ -238,6 +263,17 @@ public sealed class ClipTextModel : nn.Module
         Config = config;
         text_model = new ClipTextTransformer(config);
         RegisterComponents();
+    }
+
+    /// <summary>The token embedding table [vocab, d] (textual inversion trains rows of it).</summary>
+    public Parameter TokenEmbedding => text_model.embeddings.TokenWeight;
+
+    /// <summary>transformers' <c>resize_token_embeddings</c>: the table grows to <paramref name="vocabSize"/> rows
+    /// (new rows copy row <paramref name="initFrom"/>, or N(0, 0.02²)); the config's vocab_size follows.</summary>
+    public void ResizeTokenEmbeddings(int vocabSize, int? initFrom = null)
+    {
+        text_model.embeddings.ResizeTokens(vocabSize, initFrom);
+        Config = Config with { VocabSize = vocabSize };
     }
 
     /// <param name="inputIds">[B, L] int64, L ≤ max_position_embeddings.</param>

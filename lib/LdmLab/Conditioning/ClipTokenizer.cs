@@ -34,13 +34,20 @@ public sealed partial class ClipTokenizer
     readonly Dictionary<string, int> _vocab;
     readonly Dictionary<int, string> _byId;
     readonly Dictionary<string, int[]> _cache;
+    /// <summary>Tokens added after the BPE vocabulary (textual inversion), token → id, matched in the raw prompt
+    /// before cleaning, longest first.</summary>
+    readonly IReadOnlyDictionary<string, int> _added = new Dictionary<string, int>();
     static readonly (string[] ByByte, string[] VocabOrder) ByteSymbols = BuildByteSymbols();
 
     public int BosId { get; }
     public int EosId { get; }
     public int PadId { get; init; }
     public int MaxLength { get; init; } = 77;
-    public int VocabSize => _vocab.Count;
+    /// <summary>Entries of the vocabulary, added tokens included (the text encoder's embedding rows).</summary>
+    public int VocabSize => _vocab.Count + _added.Count;
+
+    /// <summary>The tokens added after the BPE vocabulary, with their ids.</summary>
+    public IReadOnlyDictionary<string, int> AddedTokens => _added;
 
     /// <summary>Where truncation warnings go (default: standard error).</summary>
     public Action<string> Warn { get; init; } = message => Console.Error.WriteLine(message);
@@ -108,12 +115,30 @@ public sealed partial class ClipTokenizer
                 var padToken = c["pad_token"] is System.Text.Json.Nodes.JsonObject po ? (string?)po["content"] : (string?)c["pad_token"];
                 return (padToken is not null && vocab.TryGetValue(padToken, out var p) ? p : pad, m);
             });
-        return tokenizer.With(pad, max);
+        tokenizer = tokenizer.With(pad, max);
+        var addedPath = Path.Combine(dir, "added_tokens.json");
+        if (!File.Exists(addedPath)) return tokenizer;
+        Dictionary<string, int> addedTokens;
+        try { addedTokens = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllText(addedPath)) ?? []; }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException($"{addedPath}: not a JSON object of token → id ({e.Message})", e);
+        }
+        foreach (var (token, id) in addedTokens.OrderBy(kv => kv.Value))
+        {
+            if (id != tokenizer.VocabSize)
+                throw new InvalidDataException($"{addedPath}: '{token}' has id {id}, expected " +
+                                               $"{tokenizer.VocabSize} (added tokens follow the vocabulary " +
+                                               "without gaps)");
+            tokenizer = tokenizer.WithAddedToken(token);
+        }
+        return tokenizer;
     }
 
     ClipTokenizer(ClipTokenizer other)
     {
         _bpe = other._bpe; _merges = other._merges; _vocab = other._vocab; _byId = other._byId; _cache = other._cache;
+        _added = other._added;
         BosId = other.BosId; EosId = other.EosId; PadId = other.PadId; MaxLength = other.MaxLength; Warn = other.Warn;
     }
 
@@ -145,10 +170,73 @@ public sealed partial class ClipTokenizer
             ["errors"] = "replace", ["clean_up_tokenization_spaces"] = true,
         };
         Data.AtomicFile.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), config.ToJsonString(json));
+        // transformers' added_tokens.json: token → id (a multi-vector token's parts are tokens of their own)
+        var added = _byId.Where(kv => kv.Key >= _vocab.Count).OrderBy(kv => kv.Key)
+            .ToDictionary(kv => kv.Value, kv => kv.Key);
+        var addedPath = Path.Combine(dir, "added_tokens.json");
+        if (added.Count > 0) Data.AtomicFile.WriteAllText(addedPath, JsonSerializer.Serialize(added, json));
+        else if (File.Exists(addedPath)) File.Delete(addedPath);
     }
 
-    /// <summary>BPE ids of a prompt, without BOS/EOS, truncation or padding.</summary>
-    public int[] EncodeIds(string text) => Pieces(text).SelectMany(PieceIds).ToArray();
+    /// <summary>BPE ids of a prompt, without BOS/EOS, truncation or padding; added tokens are matched first in the
+    /// raw text (case-sensitive, longest first, as transformers' added tokens), the text between them is cleaned and
+    /// split as usual.</summary>
+    public int[] EncodeIds(string text)
+    {
+        if (_added.Count == 0) return Pieces(text).SelectMany(PieceIds).ToArray();
+        var ids = new List<int>();
+        int start = 0;
+        var byLength = _added.Keys.OrderByDescending(k => k.Length).ToList();
+        for (int i = 0; i < text.Length;)
+        {
+            var hit = byLength.FirstOrDefault(k => string.CompareOrdinal(text, i, k, 0, k.Length) == 0);
+            if (hit is null) { i++; continue; }
+            ids.AddRange(Pieces(text[start..i]).SelectMany(PieceIds));
+            ids.AddRange(AddedIds(hit));
+            i += hit.Length;
+            start = i;
+        }
+        ids.AddRange(Pieces(text[start..]).SelectMany(PieceIds));
+        return ids.ToArray();
+    }
+
+    /// <summary>An added token's ids: its own, then those of <c>token_1</c>, <c>token_2</c>, … while the tokenizer
+    /// has them — diffusers' rule (<c>maybe_convert_prompt</c>) for multi-vector textual inversions.</summary>
+    IEnumerable<int> AddedIds(string token)
+    {
+        yield return _added[token];
+        for (int i = 1; _added.TryGetValue($"{token}_{i}", out var id); i++) yield return id;
+    }
+
+    /// <summary>
+    /// A tokenizer with <paramref name="vectors"/> new tokens for <paramref name="token"/> (textual inversion):
+    /// <c>token</c>, then <c>token_1</c> … <c>token_{n−1}</c> as diffusers names a multi-vector token, with ids from
+    /// <see cref="VocabSize"/> on; in a prompt, <c>token</c> stands for all n ids. A token the vocabulary already has
+    /// is refused (it would change what existing prompts mean).
+    /// </summary>
+    public ClipTokenizer WithAddedToken(string token, int vectors = 1)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(token);
+        ArgumentOutOfRangeException.ThrowIfLessThan(vectors, 1);
+        var names = Enumerable.Range(0, vectors).Select(i => i == 0 ? token : $"{token}_{i}").ToList();
+        foreach (var name in names)
+            if (_vocab.ContainsKey(name) || _vocab.ContainsKey(name + "</w>") || _added.ContainsKey(name))
+                throw new ArgumentException($"the tokenizer already contains the token '{name}': pass a different " +
+                                            "placeholder token, e.g. '<my-concept>'", nameof(token));
+        int first = VocabSize;
+        var added = new Dictionary<string, int>(_added);
+        for (int i = 0; i < vectors; i++) added[names[i]] = first + i;
+        var byId = new Dictionary<int, string>(_byId);
+        for (int i = 0; i < vectors; i++) byId[first + i] = names[i];
+        return new ClipTokenizer(this, added, byId);
+    }
+
+    ClipTokenizer(ClipTokenizer other, IReadOnlyDictionary<string, int> added, Dictionary<int, string> byId)
+        : this(other)
+    {
+        _added = added;
+        _byId = byId;
+    }
 
     /// <summary>The BPE token strings (byte symbols, "&lt;/w&gt;" ends a word), for inspection and parity.</summary>
     public string[] EncodeTokens(string text) => EncodeIds(text).Select(i => _byId[i]).ToArray();

@@ -61,7 +61,7 @@ public sealed record GenerationOptions
 /// </summary>
 public sealed partial class StableDiffusionPipeline
 {
-    public ClipTokenizer Tokenizer { get; }
+    public ClipTokenizer Tokenizer { get; private set; }
     public ClipTextModel TextEncoder { get; }
     public UNet2DConditionModel Unet { get; }
     public AutoencoderKL Vae { get; }

@@ -43,6 +43,36 @@ public sealed class DiffusionObjective(NoiseSchedule schedule, PredictionType pr
         return (perSample * Weights(t)).mean();
     }
 
+    /// <summary>
+    /// DreamBooth's objective with prior preservation (Ruiz et al. 2023; diffusers' train_dreambooth.py): one forward
+    /// of the batch [instance; class] — the few images of the subject with the identifier prompt, and images the base
+    /// model drew from the class prompt — split in halves after the prediction,
+    /// <code>L = ‖f(z_t, c_inst) − target‖²_inst + w · ‖f(z_t, c_class) − target‖²_class</code>
+    /// each term a mean over its half. The prior term keeps the class as the base model drew it (against language
+    /// drift and overfitting); w is 1 in diffusers, 0.5 in the chapter's sketch. <paramref name="model"/> maps
+    /// (z_t, t, rows) for the concatenated batch; conditions are the instance rows then the class rows.
+    /// </summary>
+    public (Tensor Loss, Tensor Instance, Tensor Prior) PriorPreservationLoss(Func<Tensor, Tensor, Tensor> model,
+        Tensor instance, Tensor prior, double priorWeight, Generator? generator = null)
+    {
+        if (!instance.shape.Skip(1).SequenceEqual(prior.shape.Skip(1)))
+            throw new ArgumentException($"instance latents [{string.Join(", ", instance.shape)}] and class latents " +
+                                        $"[{string.Join(", ", prior.shape)}] differ beyond the batch", nameof(prior));
+        var z0 = cat([instance, prior]);                                                     // [Bi + Bp, c, h, w]
+        long b = z0.shape[0];
+        var drawOn = generator?.device ?? z0.device;
+        var t = randint(0, Schedule.Length, [b], dtype: ScalarType.Int64, device: drawOn, generator: generator)
+            .to(z0.device);
+        var noise = randn(z0.shape, dtype: z0.dtype, device: drawOn, generator: generator).to(z0.device);
+        var zt = Schedule.AddNoise(z0, noise, t);
+        var target = Prediction == PredictionType.Epsilon ? noise : Schedule.Velocity(z0, noise, t);
+        var squared = (model(zt, t) - target).pow(2);                                        // [B, c, h, w]
+        long bi = instance.shape[0];
+        var instanceTerm = squared.narrow(0, 0, bi).mean();
+        var priorTerm = squared.narrow(0, bi, b - bi).mean();
+        return (instanceTerm + priorWeight * priorTerm, instanceTerm, priorTerm);
+    }
+
     /// <summary>Classifier-free guidance training: replace each label by <paramref name="nullLabel"/> with probability p.</summary>
     public static Tensor DropLabels(Tensor labels, double p, long nullLabel, Generator? generator = null)
         => DropConditions(labels, p, tensor(nullLabel), generator);
