@@ -27,13 +27,17 @@ public static class SampleCommand
                              honoured), a one-file SD 1.x/2.x .safetensors checkpoint, or
                              data/checkpoints/fashion-text2img (the lab's own model)
           --variant NAME     weights variant of a folder or repo id, e.g. fp16 (*.fp16.safetensors)
+          --prediction-type epsilon|v_prediction, --image-size PIXELS
+                             what a one-file checkpoint cannot say (default: SD 2.x files 768 px v-prediction,
+                             others 512 px epsilon, as diffusers assumes)
           --prompt TEXT      what to draw;  --negative TEXT  what to steer away from
           --steps N          denoising steps (default 25);  --guidance W  classifier-free guidance scale (default 7.5)
           --scheduler NAME   ddim, euler, euler-a, heun, lms, dpm++-2m, dpm++-2m-karras, pndm, unipc, ddpm, or a
                              diffusers class name (default: the model's own)
           --seed N           the initial noise's seed (default 0);  --width W --height H  in pixels
           --lora FILE[:S]    a LoRA file (diffusers, PEFT or kohya) at scale S (default 1); repeat for several
-          --init IMAGE       start from this image (img2img);  --strength S  how much to change it (default 0.75)
+          --init IMAGE       start from this image (img2img);  --strength S  how much to change it (default 0.75;
+                             1 with --mask)
           --mask IMAGE       repaint where the mask is white (needs --init)
           --out PNG          where to write the image (default sample.png)
           --attention-maps DIR  one cross-attention overlay per prompt word (text to image only)
@@ -45,7 +49,8 @@ public static class SampleCommand
         .ToDictionary(s => s.Name.ToLowerInvariant().Replace("dpm-solver++", "dpm++").Replace(" (plms)", "")
             .Replace(' ', '-'));
 
-    sealed record Arguments(string Model, string? Variant, string Prompt, string? Negative, int Steps, double Guidance,
+    sealed record Arguments(string Model, string? Variant, string? PredictionType, int? ImageSize, string Prompt,
+        string? Negative, int Steps, double Guidance,
         string? Scheduler, long Seed, int? Width, int? Height, IReadOnlyList<(string File, double Scale)> Loras,
         string? Init, double Strength, string? Mask, string Out, string? AttentionMaps);
 
@@ -59,7 +64,11 @@ public static class SampleCommand
         var a = Parse(args);
         TorchRuntime.Setup();
         Lab.SetThreads();
-        var (pipeline, modelName, size) = LoadModel(a.Model, a.Variant);
+        var (pipeline, modelName, size) = LoadModel(a);
+        if (pipeline.IsInpaintingUNet && a.Mask is null)
+            throw new CliArgumentException($"--model '{a.Model}' is an inpainting model (its U-Net takes " +
+                                           $"{pipeline.Unet.Config.InChannels} channels): give --init IMAGE and " +
+                                           "--mask IMAGE");
         if (a.Scheduler is { } scheduler) SetScheduler(pipeline, scheduler);
         var loras = a.Loras.Select(l => LoadLora(pipeline, l.File, l.Scale)).ToList();
         try
@@ -98,7 +107,8 @@ public static class SampleCommand
     {
         var values = new Dictionary<string, string>();
         var loras = new List<(string, double)>();
-        string[] known = ["--model", "--variant", "--prompt", "--negative", "--steps", "--guidance", "--scheduler",
+        string[] known = ["--model", "--variant", "--prediction-type", "--image-size", "--prompt", "--negative",
+            "--steps", "--guidance", "--scheduler",
             "--seed", "--width", "--height", "--lora", "--init", "--strength", "--mask", "--out", "--attention-maps"];
         for (int i = 0; i < args.Length; i++)
         {
@@ -131,15 +141,19 @@ public static class SampleCommand
             ? long.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) && n >= 0 ? n
                 : throw new CliArgumentException($"--seed '{s}': expected a whole number ≥ 0")
             : 0;
-        var a = new Arguments(Required("--model"), values.GetValueOrDefault("--variant"), Required("--prompt"),
+        var prediction = values.GetValueOrDefault("--prediction-type");
+        if (prediction is not (null or "epsilon" or "v_prediction"))
+            throw new CliArgumentException($"--prediction-type '{prediction}': expected epsilon or v_prediction");
+        var a = new Arguments(Required("--model"), values.GetValueOrDefault("--variant"), prediction,
+            Whole("--image-size", 64), Required("--prompt"),
             values.GetValueOrDefault("--negative"), Whole("--steps", 1) ?? 25, Real("--guidance", 0, 100) ?? 7.5,
             values.GetValueOrDefault("--scheduler"), seed,
             Whole("--width", 8), Whole("--height", 8), loras, values.GetValueOrDefault("--init"),
-            Real("--strength", 0, 1) ?? 0.75, values.GetValueOrDefault("--mask"),
+            Real("--strength", 0, 1) ?? (values.ContainsKey("--mask") ? 1.0 : 0.75), values.GetValueOrDefault("--mask"),
             values.GetValueOrDefault("--out") ?? "sample.png", values.GetValueOrDefault("--attention-maps"));
         if (a.Mask is not null && a.Init is null)
             throw new CliArgumentException("--mask needs --init IMAGE (the image to repaint)");
-        if (a.Init is not null && values.ContainsKey("--strength") && a.Strength == 0 && a.Mask is null)
+        if (a.Init is not null && a.Strength == 0)
             throw new CliArgumentException("--strength 0 changes nothing: give a strength in (0, 1]");
         if (a.AttentionMaps is not null && a.Init is not null)
             throw new CliArgumentException("--attention-maps records text to image only (drop --init)");
@@ -165,12 +179,16 @@ public static class SampleCommand
 
     /// <summary>The pipeline, a name for the PNG's parameters, and the model's own image size when it has
     /// one.</summary>
-    static (StableDiffusionPipeline, string, (int H, int W)?) LoadModel(string model, string? variant)
+    static (StableDiffusionPipeline, string, (int H, int W)?) LoadModel(Arguments a)
     {
+        var (model, variant) = (a.Model, a.Variant);
         try
         {
             if (File.Exists(model))
-                return (StableDiffusionPipeline.FromSingleFile(model), Path.GetFileNameWithoutExtension(model), null);
+                return (StableDiffusionPipeline.FromSingleFile(model, new SingleFileOptions
+                {
+                    PredictionType = a.PredictionType, ImageSize = a.ImageSize,
+                }), Path.GetFileNameWithoutExtension(model), null);
             if (Directory.Exists(model) && TextToImageRecipe.ShippedPipeline(model) is { } shipped)
                 return (shipped, Path.GetFileName(Path.GetFullPath(model).TrimEnd('/')),
                     (CaptionedScenes.Height, CaptionedScenes.Width));
@@ -233,6 +251,8 @@ public static class SampleCommand
                                                           && s.Overrides is null)?.Name ?? pipeline.SchedulerClass;
         if (a.Scheduler is { } named && Samplers.TryGetValue(named.ToLowerInvariant(), out var spec))
             sampler = spec.Name;
+        // A1111's own names, so its "send to txt2img" finds the sampler
+        sampler = sampler.Replace("DPM-Solver++", "DPM++").Replace("PNDM (PLMS)", "PLMS");
         var settings = new List<(string, string)>
         {
             ("Steps", a.Steps.ToString(CultureInfo.InvariantCulture)), ("Sampler", sampler),

@@ -55,6 +55,16 @@ public abstract class StepCase : IDisposable
         All.Concat(GpuSized).FirstOrDefault(c => c.name == name) is { name: not null } c ? c
         : throw new CliArgumentException($"unknown bench case '{name}'; cases: {string.Join(", ", AllNames)}");
 
+    /// <summary>SD 1.5's U-Net with seeded default-init weights, on <paramref name="device"/>, in eval mode.</summary>
+    protected static UNet2DConditionModel Sd15Inference(Device device)
+    {
+        manual_seed(0);
+        var unet = new UNet2DConditionModel(UNetConfig.StableDiffusion15);
+        unet.to(device);
+        unet.eval();
+        return unet;
+    }
+
     /// <summary>The tiny-unet fixture's config (diffusers v0.27.2: blocks 32-64, cross-attention dim 32, 8 heads).</summary>
     public static UNetConfig TinyUNetConfig => new()
     {
@@ -228,11 +238,8 @@ sealed class Sd15Sample50 : StepCase
 
     public Sd15Sample50()
     {
-        manual_seed(0);
         var device = Runtime.Lab.Device;
-        _unet = new UNet2DConditionModel(UNetConfig.StableDiffusion15);
-        _unet.to(device);
-        _unet.eval();
+        _unet = Sd15Inference(device);
         _noise = randn(1, 4, 64, 64).to(device);
         _context = randn(2, 77, 768).to(device);                                          // [uncond; cond]
     }
@@ -264,11 +271,8 @@ sealed class Sd15UNetStep : StepCase
 
     public Sd15UNetStep()
     {
-        manual_seed(0);
         var device = Runtime.Lab.Device;
-        _unet = new UNet2DConditionModel(UNetConfig.StableDiffusion15);
-        _unet.to(device);
-        _unet.eval();
+        _unet = Sd15Inference(device);
         _z = randn(2, 4, 64, 64).to(device);                                              // [uncond; cond] latents
         _c = randn(2, 77, 768).to(device);                                                // [2, 77, 768]
     }

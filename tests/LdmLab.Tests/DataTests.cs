@@ -112,20 +112,7 @@ public class FashionMnistDownloadTests
         public LocalServer(Dictionary<string, byte[]> files, Func<string, byte[], byte[]> mangle)
         {
             _files = files; _mangle = mangle;
-            // a free port from the OS (a random one may be in use); retried if taken between probe and start
-            for (int attempt = 0; ; attempt++)
-            {
-                var probe = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
-                probe.Start();
-                int port = ((IPEndPoint)probe.LocalEndpoint).Port;
-                probe.Stop();
-                var listener = new HttpListener();
-                listener.Prefixes.Add($"http://127.0.0.1:{port}/");
-                try { listener.Start(); }
-                catch (HttpListenerException) when (attempt < 5) { listener.Close(); continue; }
-                (_listener, Base) = (listener, new Uri($"http://127.0.0.1:{port}/"));
-                break;
-            }
+            (_listener, Base) = Loopback.Listen();
             _ = Task.Run(Serve);
         }
 

@@ -53,25 +53,16 @@ sealed class FakeHub : IDisposable
     /// <summary>For a blob GET (file name, nth GET of it from 1): bytes to send instead, and after how many of them
     /// to drop the connection (null: send all).</summary>
     public Func<string, int, byte[], (byte[] Body, int? DropAfter)>? Blob { get; set; }
+    /// <summary>Where LFS files are redirected: this server under another host name (localhost), as the real hub sends
+    /// them to its storage hosts.</summary>
+    public Uri StorageBase => new($"http://localhost:{Base.Port}/");
     /// <summary>Alters the headers of a resolve/ answer (file name, headers) before it is sent (fuzzing).</summary>
     public Action<string, WebHeaderCollection>? ResolveHeaders { get; set; }
     readonly ConcurrentDictionary<string, int> _gets = new();
 
     public FakeHub()
     {
-        for (int attempt = 0; ; attempt++)
-        {
-            var probe = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
-            probe.Start();
-            int port = ((IPEndPoint)probe.LocalEndpoint).Port;
-            probe.Stop();
-            var listener = new HttpListener();
-            listener.Prefixes.Add($"http://127.0.0.1:{port}/");
-            try { listener.Start(); }
-            catch (HttpListenerException) when (attempt < 5) { listener.Close(); continue; }
-            (_listener, Base) = (listener, new Uri($"http://127.0.0.1:{port}/"));
-            break;
-        }
+        (_listener, Base) = Loopback.Listen();
         _ = Task.Run(Serve);
     }
 
@@ -131,7 +122,7 @@ sealed class FakeHub : IDisposable
         {
             response.Headers["X-Linked-Etag"] = $"\"{etag}\"";
             response.Headers["X-Linked-Size"] = bytes.Length.ToString();
-            response.Headers["Location"] = new Uri(Base, $"lfs/{etag}").ToString();
+            response.Headers["Location"] = new Uri(StorageBase, $"lfs/{etag}").ToString();
             response.StatusCode = 302;
             ResolveHeaders?.Invoke(name, response.Headers);
             response.Close();

@@ -240,6 +240,42 @@ public class HubClientTests
     }
 
     [Fact]
+    public async Task A_download_waits_for_another_that_holds_the_partial_file()
+    {
+        using var hub = new FakeHub();
+        var repo = hub.Repos["tiny/sd"] = TinyRepo();
+        var o = Options(hub);
+        var blobs = Path.Combine(RepoFolder(o, "tiny/sd"), "blobs");
+        Directory.CreateDirectory(blobs);
+        var partial = Path.Combine(blobs, FakeRepo.Etag(Vae, repo.Files[Vae]) + ".incomplete");
+        // "another process" holds the partial file
+        var holder = new FileStream(partial, FileMode.Create, FileAccess.ReadWrite, FileShare.None);
+        var download = Task.Run(() => HubClient.DownloadFile("tiny/sd", Vae, o));
+        await Task.Delay(1500);
+        Assert.False(download.IsCompleted, "it waits instead of failing");
+        await holder.DisposeAsync();
+        var path = await download.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(repo.Files[Vae], File.ReadAllBytes(path));
+    }
+
+    [Fact]
+    public void A_blob_deleted_by_hand_is_fetched_again_and_relinked()
+    {
+        using var hub = new FakeHub();
+        var repo = hub.Repos["tiny/sd"] = TinyRepo();
+        var o = Options(hub);
+        var snapshot = HubClient.SnapshotForPipeline("tiny/sd", o);
+        var blob = Path.Combine(RepoFolder(o, "tiny/sd"), "blobs", FakeRepo.Etag(Vae, repo.Files[Vae]));
+        File.Delete(blob);                                    // the snapshot link now dangles
+        Assert.False(HubCache.Resolves(Path.Combine(snapshot, Vae)));
+        Assert.Throws<HubException>(() => HubClient.SnapshotForPipeline("tiny/sd", o with { Offline = true }));
+        hub.Log.Clear();
+        HubClient.SnapshotForPipeline("tiny/sd", o);
+        Assert.Equal(repo.Files[Vae], File.ReadAllBytes(Path.Combine(snapshot, Vae)));
+        Assert.Single(hub.FileRequests, r => r.Method == "GET");                   // only the missing blob
+    }
+
+    [Fact]
     public void Errors_name_the_repo_and_the_fix()
     {
         using var hub = new FakeHub();
@@ -287,6 +323,9 @@ public class HubClientTests
         Assert.True(File.Exists(Path.Combine(snapshot, Unet)));
         Assert.All(hub.Log.Where(r => !r.Path.StartsWith("/lfs/")),
             r => Assert.Equal("Bearer hf_secret", r.Authorization));
+        // the LFS blobs live on another host (signed addresses): the token never goes there
+        Assert.Contains(hub.Log, r => r.Path.StartsWith("/lfs/"));
+        Assert.All(hub.Log.Where(r => r.Path.StartsWith("/lfs/")), r => Assert.Null(r.Authorization));
         var config = HubClient.DownloadFile("tiny/private", "config.json", o with { Subfolder = "unet" });
         Assert.Equal(Path.Combine(snapshot, "unet", "config.json"), config);
     }

@@ -144,6 +144,7 @@ public class SampleCommandTests
     [InlineData("--width", "--width 15", "--width 15: must be a multiple of 2")]
     [InlineData("--lora", "--lora nowhere.safetensors", "--lora 'nowhere.safetensors'")]
     [InlineData("--init", "--init nowhere.png", "--init 'nowhere.png': file not found")]
+    [InlineData("--prediction-type", "--prediction-type x0", "--prediction-type 'x0'")]
     public void Argument_errors_name_the_argument_and_exit_2(string argument, string given, string expected)
     {
         TorchRuntime.Setup();
@@ -169,6 +170,7 @@ public class SampleCommandTests
             var text = new string(Enumerable.Range(0, rng.Next(0, 60)).Select(_ => alphabet[rng.Next(alphabet.Length)])
                 .ToArray());
             var parsed = GenerationParameters.Parse(text);                                  // never throws
+            if (parsed.Settings.Count == 0) continue;              // a prompt alone: nothing to round-trip
             var again = GenerationParameters.Parse(parsed.ToString());
             Assert.Equal(parsed.Settings, again.Settings);
         }
@@ -184,5 +186,9 @@ public class SampleCommandTests
         Assert.Equal(p.NegativePrompt, back.NegativePrompt);
         Assert.Equal(p.Settings, back.Settings);
         Assert.Contains("Model: \"a: b, c\"", p.ToString());
+        // A1111's rules: trimmed, and a last line with fewer than three settings is still the prompt
+        Assert.Equal("a cat", GenerationParameters.Parse("a cat\n").Prompt);
+        var short_ = GenerationParameters.Parse("a cat\nStyle: ink");
+        Assert.Equal(("a cat\nStyle: ink", 0), (short_.Prompt, short_.Settings.Count));
     }
 }

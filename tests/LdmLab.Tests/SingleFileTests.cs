@@ -176,6 +176,19 @@ public class SingleFileTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void What_a_file_cannot_say_follows_diffusers_rule_unless_given()
+    {
+        var none = new SingleFileOptions();
+        Assert.Equal((768, "v_prediction"), Pair(none.Resolved(openClip: true, inChannels: 4)));      // SD 2.x 768-v
+        Assert.Equal((512, "epsilon"), Pair(none.Resolved(openClip: true, inChannels: 9)));           // SD 2 inpainting
+        Assert.Equal((512, "epsilon"), Pair(none.Resolved(openClip: false, inChannels: 4)));          // SD 1.x
+        var base512 = new SingleFileOptions { ImageSize = 512, PredictionType = "epsilon" };          // SD 2.x base
+        Assert.Equal((512, "epsilon"), Pair(base512.Resolved(openClip: true, inChannels: 4)));
+        Assert.Throws<ArgumentException>(() => new SingleFileOptions { PredictionType = "x0" }.Resolved(false, 4));
+        static (int?, string?) Pair(SingleFileOptions o) => (o.ImageSize, o.PredictionType);
+    }
+
+    [Fact]
     public void Pickles_are_refused_unopened_and_bad_keys_are_named()
     {
         TorchRuntime.Setup();

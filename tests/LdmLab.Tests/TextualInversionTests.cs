@@ -223,8 +223,8 @@ public class DreamBoothLossTests
         var zt = schedule.AddNoise(z0, noise, t);
         var error = (Model(zt, t) - noise).pow(2);
         double byHandInstance = error[..2].mean().item<float>(), byHandPrior = error[2..].mean().item<float>();
-        Assert.Equal(byHandInstance, instanceTerm.item<float>(), 6);
-        Assert.Equal(byHandPrior, priorTerm.item<float>(), 6);
+        Assert.Equal(byHandInstance, instanceTerm.item<float>(), 5);
+        Assert.Equal(byHandPrior, priorTerm.item<float>(), 5);
         Assert.Equal(byHandInstance + w * byHandPrior, loss.item<float>(), 5);
         Assert.Throws<ArgumentException>(() => objective.PriorPreservationLoss(Model, instance, randn(3, 4, 4, 4), w));
     }

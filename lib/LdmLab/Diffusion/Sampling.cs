@@ -51,7 +51,10 @@ public static class Sampling
         int steps, double strength = 1.0, Action<SamplingStep>? callback = null)
     {
         scheduler.SetTimesteps(steps);
-        int start = Math.Min(scheduler.StartIndexForStrength(strength), scheduler.Timesteps.Length - 1);
+        int start = scheduler.StartIndexForStrength(strength);
+        if (start >= scheduler.Timesteps.Length)
+            throw new ArgumentOutOfRangeException(nameof(strength), strength,
+                $"strength {strength} leaves none of the {steps} steps to run; raise the strength or the steps");
         if (scheduler is SigmaScheduler sigma) sigma.SetBeginIndex(start);
         var x = strength >= 1 ? noise * scheduler.InitNoiseSigma : NoisedTo(scheduler, known, noise, start);
         Tensor Blend(int i, Tensor next)

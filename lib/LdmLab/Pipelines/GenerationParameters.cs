@@ -27,7 +27,8 @@ public sealed record GenerationParameters(string Prompt, string? NegativePrompt,
     {
         var text = new StringBuilder(Prompt);
         if (!string.IsNullOrEmpty(NegativePrompt)) text.Append("\nNegative prompt: ").Append(NegativePrompt);
-        text.Append('\n').Append(string.Join(", ", Settings.Select(s => $"{s.Key}: {Quote(s.Value)}")));
+        if (Settings.Count > 0)
+            text.Append('\n').Append(string.Join(", ", Settings.Select(s => $"{s.Key}: {Quote(s.Value)}")));
         return text.ToString();
     }
 
@@ -39,13 +40,15 @@ public sealed record GenerationParameters(string Prompt, string? NegativePrompt,
     /// <summary>The value of one setting, or null.</summary>
     public string? this[string key] => Settings.FirstOrDefault(s => s.Key == key).Value;
 
-    /// <summary>Reads the A1111 text back (the last line holds the settings; a "Negative prompt:" line starts the
-    /// negative prompt).</summary>
+    /// <summary>Reads the A1111 text back as A1111 does: trimmed; the last line is the settings when it holds at least
+    /// three "Key: value" pairs (otherwise it belongs to the prompt); a "Negative prompt:" line starts the negative
+    /// prompt.</summary>
     public static GenerationParameters Parse(string text)
     {
-        var lines = text.Replace("\r\n", "\n").Split('\n').ToList();
+        var lines = text.Replace("\r\n", "\n").Trim().Split('\n').ToList();
         var settings = ParseSettings(lines[^1]);
-        lines.RemoveAt(lines.Count - 1);
+        if (settings.Count >= 3) lines.RemoveAt(lines.Count - 1);
+        else settings = [];
         int negative = lines.FindIndex(l => l.StartsWith("Negative prompt: ", StringComparison.Ordinal));
         string prompt = string.Join("\n", negative < 0 ? lines : lines.Take(negative));
         string? negativePrompt = negative < 0 ? null

@@ -131,7 +131,9 @@ public sealed class LatentDiffusionPipeline
     /// (c latent channels in) samples with blended latents (<see cref="Sampling.Inpaint"/>): the known region is
     /// re-noised and put back after every step, so it ends as the image's own latents. An inpainting U-Net
     /// (2c + 1 channels in) sees [z_t, mask, latents of the image with the hole blanked] at every step instead.
-    /// Draws from the seed's generator: the image's posterior sample, the noise, the masked image's sample.
+    /// Draws from the seed's generator in diffusers' order: the image's posterior sample (unless an inpainting U-Net
+    /// starts from pure noise, which needs no image latents), the noise, the masked image's sample (always drawn, as
+    /// diffusers does, so that the same seed gives the same noise either way).
     /// </summary>
     public LatentGenerationOutput Inpaint(Tensor conditions, Tensor images, Tensor masks, LatentGenerationOptions o,
         double strength = 1.0)
@@ -164,15 +166,17 @@ public sealed class LatentDiffusionPipeline
             return posterior.Sample(randn(posterior.Mean.shape, generator: generator).to(device))
                    * vae.Config.ScalingFactor;                                                   // [B, c, h, w]
         }
-        var known = Latents(pixels);
-        var noise = randn(known.shape, generator: generator).to(device);
-        var small = nn.functional.interpolate(hole, size: [known.shape[2], known.shape[3]]);    // nearest, [B, 1, h, w]
+        int f = vae.Config.DownsamplingFactor;
+        long[] shape = [b, latent, pixels.shape[2] / f, pixels.shape[3] / f];                   // [B, c, h, w]
+        var known = inChannels == latent || strength < 1 ? Latents(pixels) : zeros(shape, device: device);
+        var noise = randn(shape, generator: generator).to(device);
+        var blanked = Latents(pixels * (1 - hole));                                              // [B, c, h, w]
+        var small = nn.functional.interpolate(hole, size: [shape[2], shape[3]]);                // nearest, [B, 1, h, w]
         var guided = GuidedDenoiser(rows, o);
         var scheduler = NewScheduler(o);
         if (inChannels == latent)
             return Timed(() => Sampling.Inpaint(scheduler, guided, known, small, noise, o.Steps, strength, o.Callback),
                 null, o.DecodeBatchSize);
-        var blanked = Latents(pixels * (1 - hole));                                              // [B, c, h, w]
         Diffusion.Denoiser withMask = (z, t) => guided(cat([z, small, blanked], 1), t);         // [B, 2c + 1, h, w]
         return Timed(() => Sampling.Inpaint(scheduler, withMask, known, null, noise, o.Steps, strength, o.Callback),
             null, o.DecodeBatchSize);

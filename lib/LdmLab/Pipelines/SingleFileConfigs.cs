@@ -14,18 +14,32 @@ public sealed class SingleFileException(string? file, string? key, string messag
 }
 
 /// <summary>
-/// What a one-file checkpoint cannot tell from its tensors, with Stable Diffusion's values as defaults: the image
-/// size the model was trained at, the prediction type (SD 2.x 768 models predict v), the VAE's latent scaling factor,
+/// What a one-file checkpoint cannot tell from its tensors, with diffusers' defaults: the image size the model was
+/// trained at and its prediction type — unset, an SD 2.x text-to-image checkpoint (OpenCLIP text tower, 4 input
+/// channels) is taken as the 768-pixel v-prediction model and everything else as 512-pixel ε-prediction, diffusers'
+/// rule for files without a global step (give both for SD 2.x base-512 files) —, the VAE's latent scaling factor and
 /// the scheduler. Group-norm groups and head counts are not stored either: they default to SD's rules (32 groups
 /// where the channel counts allow it; 8 heads for SD 1.x, 64-channel heads for SD 2.x's 1024-d context; CLIP heads of
 /// 64 channels) and can be given for models that break them.
 /// </summary>
 public sealed record SingleFileOptions
 {
-    /// <summary>Training resolution in pixels (SD 1.x and 2.x base: 512; SD 2.x 768-v: 768).</summary>
-    public int ImageSize { get; init; } = 512;
-    /// <summary>"epsilon" or "v_prediction".</summary>
-    public string PredictionType { get; init; } = "epsilon";
+    /// <summary>Training resolution in pixels (SD 1.x and 2.x base: 512; SD 2.x 768-v: 768); null: the rule
+    /// above.</summary>
+    public int? ImageSize { get; init; }
+    /// <summary>"epsilon" or "v_prediction"; null: the rule above.</summary>
+    public string? PredictionType { get; init; }
+
+    /// <summary>These options with the image size and prediction type filled in by diffusers' rule.</summary>
+    public SingleFileOptions Resolved(bool openClip, int inChannels)
+    {
+        bool v768 = openClip && inChannels == 4;
+        var prediction = PredictionType ?? (v768 ? "v_prediction" : "epsilon");
+        if (prediction is not ("epsilon" or "v_prediction"))
+            throw new ArgumentException($"prediction type '{prediction}': expected epsilon or v_prediction",
+                nameof(PredictionType));
+        return this with { ImageSize = ImageSize ?? (v768 ? 768 : 512), PredictionType = prediction };
+    }
     public double ScalingFactor { get; init; } = 0.18215;
     public string SchedulerClass { get; init; } = "PNDMScheduler";
     public int? NormNumGroups { get; init; }
@@ -74,7 +88,8 @@ public static class SingleFileConfigs
         var convIn = Shape("input_blocks.0.0.weight");
         return new UNetConfig
         {
-            SampleSize = o.ImageSize / 8, InChannels = (int)convIn[1], OutChannels = (int)Shape("out.2.weight")[0],
+            SampleSize = (o.ImageSize ?? 512) / 8, InChannels = (int)convIn[1],
+            OutChannels = (int)Shape("out.2.weight")[0],
             BlockOutChannels = widths, LayersPerBlock = lpb,
             DownBlockTypes = range.Select(i => DownAttn(i) ? "CrossAttnDownBlock2D" : "DownBlock2D").ToArray(),
             UpBlockTypes = range.Select(i => UpAttn(i) ? "CrossAttnUpBlock2D" : "UpBlock2D").ToArray(),
@@ -105,7 +120,7 @@ public static class SingleFileConfigs
             LatentChannels = (int)Shape("post_quant_conv.weight")[0],
             BlockOutChannels = Enumerable.Range(0, levels)
                 .Select(i => (int)Shape($"encoder.down.{i}.block.0.conv1.weight")[0]).ToArray(),
-            LayersPerBlock = lpb, SampleSize = o.ImageSize, ScalingFactor = o.ScalingFactor,
+            LayersPerBlock = lpb, SampleSize = o.ImageSize ?? 512, ScalingFactor = o.ScalingFactor,
             MidBlockAddAttention = s.ContainsKey("encoder.mid.attn_1.q.weight"),
             NormNumGroups = o.NormNumGroups
                             ?? Groups(s.Where(kv => kv.Key.EndsWith(".norm1.weight")).Select(kv => kv.Value[0])),

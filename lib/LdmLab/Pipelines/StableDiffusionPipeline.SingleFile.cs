@@ -38,6 +38,8 @@ public sealed partial class StableDiffusionPipeline
         var unetShapes = Shapes(SingleFileKeys.UNetPrefix);
         var vaeShapes = Shapes(SingleFileKeys.VaePrefix);
         bool openClip = entries.Any(e => e.Name.StartsWith(SingleFileKeys.OpenClipPrefix, StringComparison.Ordinal));
+        int inChannels = unetShapes.TryGetValue("input_blocks.0.0.weight", out var convIn) ? (int)convIn[1] : 4;
+        options = options.Resolved(openClip, inChannels);
         foreach (var (shapes, what) in new[]
                  {
                      (unetShapes, "U-Net (model.diffusion_model.*)"), (vaeShapes, "VAE (first_stage_model.*)"),
@@ -47,30 +49,43 @@ public sealed partial class StableDiffusionPipeline
         var unetConfig = SingleFileConfigs.UNet(unetShapes, options, path);
         var vaeConfig = SingleFileConfigs.Vae(vaeShapes, options, path);
 
-        var file = SafeTensors.Load(path);
-        var converted = new List<Tensor>();
+        // only the three components are read: EMA copies and schedule buffers never reach memory
+        var file = SafeTensors.Load(path, k => k.StartsWith("model.diffusion_model.", StringComparison.Ordinal)
+                                              || k.StartsWith(SingleFileKeys.VaePrefix, StringComparison.Ordinal)
+                                              || k.StartsWith("cond_stage_model.", StringComparison.Ordinal));
+        var built = new List<nn.Module>();
+        T Build<T>(T module) where T : nn.Module { built.Add(module); return module; }
         try
         {
             var used = new HashSet<string>();
-            var unet = new UNet2DConditionModel(unetConfig);
-            LoadComponent(unet, k => SingleFileKeys.UNetPrefix + SingleFileKeys.UNet(k, unetConfig), file, path, used);
-            var vae = new AutoencoderKL(vaeConfig);
-            LoadComponent(vae, k => SingleFileKeys.VaePrefix + SingleFileKeys.Vae(k, vaeConfig.BlockOutChannels.Length),
-                file, path, used);
-            var text = TextTensors(file, openClip, path, used, converted);
-            var clipConfig = SingleFileConfigs.Clip(text.ToDictionary(kv => kv.Key, kv => kv.Value.shape), openClip,
-                options, path);
-            // SD 2 uses the penultimate layer: the last one's tensors are read past, not loaded
-            foreach (var k in text.Keys.Where(k => k.StartsWith("text_model.encoder.layers.", StringComparison.Ordinal)
-                                                   && int.Parse(k.Split('.')[3]) >= clipConfig.NumHiddenLayers)
-                         .ToList())
-                text.Remove(k);
-            var textEncoder = new ClipTextModel(clipConfig);
-            var unknown = text.Keys.Where(k => k.StartsWith("unknown.", StringComparison.Ordinal)).ToList();
-            if (unknown.Count > 0)
-                throw new SingleFileException(path, unknown[0]["unknown.".Length..], "not a text-encoder key");
-            StateDicts.CopyInto(textEncoder, text, path, optional: ["text_model.embeddings.position_ids"],
-                keyPrefix: openClip ? SingleFileKeys.OpenClipPrefix + "(converted) " : SingleFileKeys.ClipPrefix);
+            var unet = Build(new UNet2DConditionModel(unetConfig));
+            // each copy in its own scope: reshaped views and widened float16 temporaries are freed at once
+            using (NewDisposeScope())
+                LoadComponent(unet, k => SingleFileKeys.UNetPrefix + SingleFileKeys.UNet(k, unetConfig), file, path,
+                    used);
+            var vae = Build(new AutoencoderKL(vaeConfig));
+            int levels = vaeConfig.BlockOutChannels.Length;
+            using (NewDisposeScope())
+                LoadComponent(vae, k => SingleFileKeys.VaePrefix + SingleFileKeys.Vae(k, levels),
+                    file, path, used);
+            ClipTextConfig clipConfig;
+            using (NewDisposeScope())                                  // shapes only: the views are freed here
+                clipConfig = SingleFileConfigs.Clip(TextTensors(file, openClip, path, used)
+                    .ToDictionary(kv => kv.Key, kv => kv.Value.shape), openClip, options, path);
+            var textEncoder = Build(new ClipTextModel(clipConfig));
+            using (NewDisposeScope())
+            {
+                var text = TextTensors(file, openClip, path, used);
+                // SD 2 uses the penultimate layer: the last one's tensors are read past, not loaded
+                bool Dropped(string k) => k.StartsWith("text_model.encoder.layers.", StringComparison.Ordinal)
+                                          && int.Parse(k.Split('.')[3]) >= clipConfig.NumHiddenLayers;
+                foreach (var k in text.Keys.Where(Dropped).ToList()) text.Remove(k);
+                var unknown = text.Keys.Where(k => k.StartsWith("unknown.", StringComparison.Ordinal)).ToList();
+                if (unknown.Count > 0)
+                    throw new SingleFileException(path, unknown[0]["unknown.".Length..], "not a text-encoder key");
+                StateDicts.CopyInto(textEncoder, text, path, optional: ["text_model.embeddings.position_ids"],
+                    keyPrefix: openClip ? SingleFileKeys.OpenClipPrefix + "(converted) " : SingleFileKeys.ClipPrefix);
+            }
             bool Component(string k) => k.StartsWith(SingleFileKeys.UNetPrefix, StringComparison.Ordinal)
                                         || k.StartsWith(SingleFileKeys.VaePrefix, StringComparison.Ordinal);
             var stray = file.Keys.Where(k => !used.Contains(k) && Component(k)).ToList();
@@ -82,12 +97,16 @@ public sealed partial class StableDiffusionPipeline
             // SD 2 pads with "!" (id 0), SD 1 with the end token
             var tokenizer = openClip ? ClipTokenizer.Default.With(padId: 0) : ClipTokenizer.Default;
             return new StableDiffusionPipeline(tokenizer, textEncoder, unet, vae, options.SchedulerClass,
-                StableDiffusionSchedule(options.PredictionType));
+                StableDiffusionSchedule(options.PredictionType!));
+        }
+        catch
+        {
+            foreach (var module in built) module.Dispose();       // nothing half-built outlives a refused file
+            throw;
         }
         finally
         {
             foreach (var t in file.Values) t.Dispose();
-            foreach (var t in converted) t.Dispose();
         }
     }
 
@@ -175,7 +194,7 @@ public sealed partial class StableDiffusionPipeline
 
     /// <summary>The text encoder's tensors in transformers' names (<c>text_model.…</c>), from either layout.</summary>
     static Dictionary<string, Tensor> TextTensors(IReadOnlyDictionary<string, Tensor> file, bool openClip, string path,
-        HashSet<string> used, List<Tensor> converted)
+        HashSet<string> used)
     {
         string prefix = openClip ? SingleFileKeys.OpenClipPrefix : SingleFileKeys.ClipPrefix;
         var tower = file.Where(kv => kv.Key.StartsWith(prefix, StringComparison.Ordinal))
@@ -189,8 +208,6 @@ public sealed partial class StableDiffusionPipeline
             return tower.ToDictionary(
                 kv => kv.Key.StartsWith("text_model.", StringComparison.Ordinal) ? kv.Key : "text_model." + kv.Key,
                 kv => kv.Value);
-        var result = SingleFileKeys.FromOpenClip(tower);
-        converted.AddRange(result.Values.Where(t => !tower.Values.Contains(t)));
-        return result;
+        return SingleFileKeys.FromOpenClip(tower);               // q, k, v views of the caller's scope
     }
 }

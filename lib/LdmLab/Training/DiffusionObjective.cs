@@ -48,13 +48,18 @@ public sealed class DiffusionObjective(NoiseSchedule schedule, PredictionType pr
     /// of the batch [instance; class] — the few images of the subject with the identifier prompt, and images the base
     /// model drew from the class prompt — split in halves after the prediction,
     /// <code>L = ‖f(z_t, c_inst) − target‖²_inst + w · ‖f(z_t, c_class) − target‖²_class</code>
-    /// each term a mean over its half. The prior term keeps the class as the base model drew it (against language
-    /// drift and overfitting); w is 1 in diffusers, 0.5 in the chapter's sketch. <paramref name="model"/> maps
+    /// each term a mean over its half; with min-SNR-γ the instance term is weighted per sample (diffusers weights the
+    /// instance term only) and the prior term stays a plain mean. The prior term keeps the class as the base model
+    /// drew it (against language drift and overfitting); w is 1 in diffusers, 0.5 in the chapter's sketch.
+    /// <paramref name="model"/> maps
     /// (z_t, t, rows) for the concatenated batch; conditions are the instance rows then the class rows.
     /// </summary>
     public (Tensor Loss, Tensor Instance, Tensor Prior) PriorPreservationLoss(Func<Tensor, Tensor, Tensor> model,
         Tensor instance, Tensor prior, double priorWeight, Generator? generator = null)
     {
+        if (instance.shape[0] < 1 || prior.shape[0] < 1)
+            throw new ArgumentException($"{instance.shape[0]} instance and {prior.shape[0]} class examples: prior " +
+                                        "preservation needs at least one of each", nameof(prior));
         if (!instance.shape.Skip(1).SequenceEqual(prior.shape.Skip(1)))
             throw new ArgumentException($"instance latents [{string.Join(", ", instance.shape)}] and class latents " +
                                         $"[{string.Join(", ", prior.shape)}] differ beyond the batch", nameof(prior));
@@ -68,7 +73,7 @@ public sealed class DiffusionObjective(NoiseSchedule schedule, PredictionType pr
         var target = Prediction == PredictionType.Epsilon ? noise : Schedule.Velocity(z0, noise, t);
         var squared = (model(zt, t) - target).pow(2);                                        // [B, c, h, w]
         long bi = instance.shape[0];
-        var instanceTerm = squared.narrow(0, 0, bi).mean();
+        var instanceTerm = (squared.narrow(0, 0, bi).mean([1, 2, 3]) * Weights(t.narrow(0, 0, bi))).mean();
         var priorTerm = squared.narrow(0, bi, b - bi).mean();
         return (instanceTerm + priorWeight * priorTerm, instanceTerm, priorTerm);
     }

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net;
 using System.Security.Cryptography;
 
@@ -19,14 +20,27 @@ static class BlobDownload
         HubFileMetadata meta, CancellationToken ct)
     {
         var partial = cache.IncompletePath(meta.Etag);
+        var blob = cache.BlobPath(meta.Etag);
         Directory.CreateDirectory(Path.GetDirectoryName(partial)!);
+        var stalled = Stopwatch.StartNew();
+        long seen = -1;
         for (int attempt = 1; ; attempt++)
         {
+            if (File.Exists(blob)) return;                        // another download of the same blob finished it
             long before = Length(partial);
             try
             {
-                await Attempt(o, cache, fileName, revision, meta, partial, ct);
-                break;
+                if (await Attempt(o, cache, fileName, revision, meta, partial, ct)) break;
+                // another process holds the partial file: wait while it makes progress (huggingface_hub waits on a
+                // lock file the same way), give up when it has not grown for LockPatience
+                if (before != seen) { seen = before; stalled.Restart(); }
+                if (stalled.Elapsed > LockPatience)
+                    throw new HubException(HubErrorKind.Network, cache.RepoId, fileName, null,
+                        $"'{fileName}' of '{cache.RepoId}': {partial} is held by another download that has not " +
+                        $"progressed for {LockPatience.TotalSeconds:F0} s; stop it or delete the file, then call " +
+                        "again");
+                attempt--;
+                await Task.Delay(TimeSpan.FromMilliseconds(500), ct);
             }
             catch (HubException e) when (e.Kind == HubErrorKind.Network && attempt < Attempts
                                                                         && Length(partial) > before)
@@ -34,23 +48,24 @@ static class BlobDownload
                 // the transfer broke after some bytes: resume from them
             }
         }
-        File.Move(partial, cache.BlobPath(meta.Etag), overwrite: true);
+        try { File.Move(partial, blob, overwrite: true); }
+        catch (FileNotFoundException) when (File.Exists(blob)) { }   // the other download moved it first
     }
+
+    /// <summary>How long a partial file held by another download may stay the same size before waiting stops.
+    /// </summary>
+    static readonly TimeSpan LockPatience = TimeSpan.FromMinutes(2);
 
     static long Length(string path) => File.Exists(path) ? new FileInfo(path).Length : 0;
 
-    static async Task Attempt(HubOptions o, HubCache cache, string fileName, string revision, HubFileMetadata meta,
-        string partial, CancellationToken ct)
+    /// <summary>One download attempt into the partial file; false when another download holds it.</summary>
+    static async Task<bool> Attempt(HubOptions o, HubCache cache, string fileName, string revision,
+        HubFileMetadata meta, string partial, CancellationToken ct)
     {
         string repoId = cache.RepoId;
         FileStream file;
         try { file = new FileStream(partial, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None); }
-        catch (IOException e)
-        {
-            throw new HubException(HubErrorKind.Network, repoId, fileName, null,
-                $"'{fileName}' of '{repoId}': {partial} is locked (another download of it is under way?); wait " +
-                "for it to finish, then call again", e);
-        }
+        catch (IOException) { return false; }
         await using var _ = file;
         using var hash = HubNames.IsSha256(meta.Etag) ? IncrementalHash.CreateHash(HashAlgorithmName.SHA256) : null;
         if (file.Length > meta.Size) file.SetLength(0);
@@ -84,6 +99,7 @@ static class BlobDownload
                                                                        $"{meta.Size}");
         if (hash is not null && Convert.ToHexStringLower(hash.GetHashAndReset()) is var actual && actual != meta.Etag)
             Discard(file, partial, repoId, fileName, $"the bytes have SHA-256 {actual}, the hub reported {meta.Etag}");
+        return true;
     }
 
     /// <summary>Streams the answer into the file, hashing and reporting progress; a stalled or broken transfer is a

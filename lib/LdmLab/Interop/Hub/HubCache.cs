@@ -78,6 +78,16 @@ public sealed class HubCache
         return pointer;
     }
 
+    /// <summary>True when <paramref name="pointer"/> is there and so is what it links to (on Unix File.Exists is true
+    /// for a dangling link: a blob deleted by hand to free space must count as not cached, as in
+    /// huggingface_hub).</summary>
+    public static bool Resolves(string pointer)
+    {
+        var info = new FileInfo(pointer);
+        if (info.LinkTarget is null) return info.Exists;
+        return info.ResolveLinkTarget(returnFinalTarget: true) is { Exists: true };
+    }
+
     /// <summary>
     /// Checks a cached file against what the hub reported: its size when known, and for an LFS blob (named by its
     /// SHA-256) the hash when <paramref name="hash"/>; throws a Corrupt <see cref="HubException"/> naming the file.

@@ -103,7 +103,7 @@ public static class HubClient
         }
         cache.WriteRef(revision, meta.Commit);
         var pointer = cache.PointerPath(meta.Commit, fileName);
-        if (File.Exists(pointer))
+        if (HubCache.Resolves(pointer))
         {
             cache.Verify(fileName, pointer, meta.Size, o.VerifyCache);
             return pointer;
@@ -119,7 +119,7 @@ public static class HubClient
     {
         if (commit is null) return null;
         var pointer = cache.PointerPath(commit, fileName);
-        if (!File.Exists(pointer)) return null;
+        if (!HubCache.Resolves(pointer)) return null;                 // a link to a deleted blob: fetch it again
         cache.Verify(fileName, pointer, null, o.VerifyCache);
         return pointer;
     }

@@ -171,13 +171,15 @@ static class HubHttp
 
     /// <summary>
     /// GET with an optional Range from byte <paramref name="from"/>, following redirects (at most ten); the token
-    /// is dropped once a redirect leads to another host (signed storage addresses must not receive it).
+    /// goes only to the hub's own host (<see cref="HubOptions.Endpoint"/>): a file's location on another host — the
+    /// signed storage address of an LFS file — never receives it, on the first request or after a redirect
+    /// (huggingface_hub: "CDN ⇒ the url is signed ⇒ don't send auth").
     /// </summary>
     internal static async Task<HttpResponseMessage> Get(HubOptions o, Uri url, long from, string repoId,
         string fileName, string revision, CancellationToken ct)
     {
         var token = o.Token;
-        var origin = url.Authority;
+        var origin = o.Endpoint.Authority;
         for (int hop = 0; ; hop++)
         {
             var request = Request(HttpMethod.Get, url, url.Authority == origin ? token : null);

@@ -19,7 +19,7 @@ public static class PipelineFiles
     /// <summary>The small files taken from a component's folder when present.</summary>
     public static IReadOnlyList<string> ConfigNames { get; } =
         ["config.json", "scheduler_config.json", "vocab.json", "merges.txt", "tokenizer_config.json",
-            "special_tokens_map.json"];
+            "special_tokens_map.json", "added_tokens.json"];
 
     static readonly string[] PickleExtensions = [".bin", ".ckpt", ".pt", ".pth", ".pkl"];
 
