@@ -411,6 +411,22 @@ public class HubClientTests
 public class HubOptionsTests
 {
     [Fact]
+    public void Without_a_reader_the_options_come_from_what_the_run_settings_captured_at_the_edge()
+    {
+        var home = TestPaths.TempDir("hub-settings");
+        var environment = new Dictionary<string, string>
+        {
+            ["HOME"] = home, ["HF_HUB_CACHE"] = Path.Combine(home, "hubcache"), ["HF_HUB_OFFLINE"] = "1",
+            ["UNRELATED"] = "x",
+        };
+        var settings = RunSettings.FromEnvironment(environment.GetValueOrDefault);
+        Assert.Equal((home, "1", null), (settings.HubVariable("HOME"), settings.HubVariable("HF_HUB_OFFLINE"),
+            settings.HubVariable("UNRELATED")));
+        var o = settings.Apply(() => HubOptions.FromEnvironment());
+        Assert.Equal((Path.Combine(home, "hubcache"), true), (o.CacheDir, o.Offline));
+    }
+
+    [Fact]
     public void Options_come_from_huggingface_hubs_variables()
     {
         var home = TestPaths.TempDir("hub-home");

@@ -21,6 +21,26 @@ public sealed record RunSettings(Profile Profile, string CacheDir, string? Check
     int? Threads = null, long Seed = 0, string? FashionMnistDir = null, string? PhotoDir = null,
     string? ResNet18Dir = null)
 {
+    /// <summary>
+    /// huggingface_hub's variables as the environment held them when these settings were read (HF_HOME, HF_HUB_CACHE,
+    /// HF_HUB_OFFLINE, HF_TOKEN, HF_ENDPOINT, their legacy names and the home folders they default from), for the
+    /// hub client's defaults (<c>Interop.Hub.HubOptions.FromEnvironment</c>): read here, at the edge, with the rest.
+    /// Kept as "NAME=value" entries joined by NUL (which no variable holds), so that settings compare by value.
+    /// </summary>
+    public string HubVariables { get; init; } = "";
+
+    /// <summary>One captured hub variable, or null.</summary>
+    public string? HubVariable(string name) =>
+        HubVariables.Split('\0', StringSplitOptions.RemoveEmptyEntries)
+            .FirstOrDefault(e => e.StartsWith(name + "=", StringComparison.Ordinal))?[(name.Length + 1)..];
+
+    /// <summary>The names <see cref="HubVariables"/> captures.</summary>
+    public static IReadOnlyList<string> HubVariableNames { get; } =
+    [
+        "HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_ENDPOINT", "XDG_CACHE_HOME", "HOME", "USERPROFILE",
+    ];
+
     /// <summary>The default cache folder: ~/.cache/ldmlab.</summary>
     public static string DefaultCacheDir =>
         Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "ldmlab");
@@ -48,7 +68,11 @@ public sealed record RunSettings(Profile Profile, string CacheDir, string? Check
             : 0;
         return new RunSettings(Lab.ParseProfile(Get("LDMLAB_PROFILE")), Get("LDMLAB_CACHE") ?? DefaultCacheDir,
             Get("LDMLAB_CHECKPOINTS"), Get("LDMLAB_DEVICE"), threads, seed, Get("LDMLAB_FASHION_MNIST"),
-            Get("LDMLAB_PHOTOS"), Get("LDMLAB_RESNET18_DIR"));
+            Get("LDMLAB_PHOTOS"), Get("LDMLAB_RESNET18_DIR"))
+        {
+            HubVariables = string.Join('\0', HubVariableNames.Select(n => (n, v: variable(n)))
+                .Where(x => x.v is { Length: > 0 }).Select(x => $"{x.n}={x.v}")),
+        };
     }
 
     /// <summary>Runs <paramref name="work"/> with these settings in force, restoring the previous ones after.</summary>

@@ -5,8 +5,9 @@ public sealed record HubProgress(string RepoId, string FileName, long Bytes, lon
 
 /// <summary>
 /// Where and how <see cref="HubClient"/> fetches from a Hugging Face hub. Every setting is a plain value passed in;
-/// only <see cref="FromEnvironment"/> reads the environment (huggingface_hub's variables), so that library code and
-/// tests never depend on the process's variables.
+/// <see cref="FromEnvironment"/> builds them from huggingface_hub's variables as the run settings captured them at
+/// the edge (<see cref="Runtime.RunSettings.HubVariables"/>), so that library code and tests never read the
+/// process's variables.
 /// </summary>
 public sealed record HubOptions
 {
@@ -63,11 +64,13 @@ public sealed record HubOptions
     /// HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE (1/true/yes/on), HF_TOKEN (or HUGGING_FACE_HUB_TOKEN, else the token
     /// file HF_TOKEN_PATH, default $HF_HOME/token, that <c>huggingface-cli login</c> writes) and HF_ENDPOINT.
     /// </summary>
-    /// <param name="variable">reads one variable (default: the process's environment); tests pass a
+    /// <param name="variable">reads one variable (default: the settings in force,
+    /// <see cref="Runtime.Lab.Settings"/>' <see cref="Runtime.RunSettings.HubVariable"/>); tests pass a
     /// dictionary's.</param>
     public static HubOptions FromEnvironment(Func<string, string?>? variable = null)
     {
-        variable ??= Environment.GetEnvironmentVariable;
+        var settings = Runtime.Lab.Settings;
+        variable ??= settings.HubVariable;
         string? Get(string name) => variable(name) is { Length: > 0 } v ? v : null;
         var home = Get("HOME") ?? Get("USERPROFILE")
                    ?? Environment.GetFolderPath(Environment.SpecialFolder.UserProfile);
