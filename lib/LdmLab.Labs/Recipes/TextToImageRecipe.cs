@@ -48,6 +48,18 @@ public static class TextToImageRecipe
     public static CaptionedScenes Scenes(FashionMnist train) =>
         CaptionedFashion.Make(train, SceneCount, pairs: 0.5, seed: 0);
 
+    /// <summary>The class fine-tuning teaches (section 10.5.2, notebook 08): the base model never sees it.</summary>
+    public const int HeldOutClass = 7;
+
+    /// <summary>The shipped folder of the model trained without one class: fashion-text2img-without-sneaker.</summary>
+    public static string ShippedWithout(int heldOut) =>
+        $"{Shipped}-without-{CaptionedFashion.Nouns[heldOut].Replace(' ', '-')}";
+
+    /// <summary>The training scenes of a profile with no item of class <paramref name="heldOut"/> in them (its word
+    /// never appears in a caption; "a shoe" then means the other shoes): the same count, pairs and seed.</summary>
+    public static CaptionedScenes ScenesWithout(FashionMnist train, int heldOut) =>
+        CaptionedFashion.Make(train.Without(heldOut), SceneCount, pairs: 0.5, seed: 0);
+
     /// <summary>The recipe's model, untrained (seeded), on <see cref="Lab.Device"/>.</summary>
     public static TextConditionedUNet New(long seed = 0) =>
         (TextConditionedUNet)New(ConditioningMethod.CrossAttention, seed);
@@ -157,9 +169,33 @@ public static class TextToImageRecipe
     /// scaled latents) and <paramref name="captions"/>, checkpointed every 500 steps and resumed when stopped.
     /// </summary>
     public static TrainedMethod Load(ConditioningMethod method, Tensor latents, IReadOnlyList<string> captions,
+        Viz.Progress? progress = null, long seed = 0) =>
+        LoadAs(ShippedName(method), method, latents, captions, progress, seed);
+
+    /// <summary>
+    /// The cross-attention model trained without class <paramref name="heldOut"/> (notebook 08's base): quick profile
+    /// the shipped <see cref="ShippedWithout"/>; otherwise the cache or a run of the same recipe on
+    /// <see cref="ScenesWithout"/> of <paramref name="train"/> encoded by <paramref name="vae"/>.
+    /// </summary>
+    public static Trained LoadWithout(int heldOut, FashionMnist train, AutoencoderKL vae,
         Viz.Progress? progress = null, long seed = 0)
     {
-        return ArtifactStore.Current.Resolve(ShippedName(method), seed,
+        var trained = ArtifactStore.Current.Resolve(ShippedWithout(heldOut), seed,
+            shipped => new TrainedMethod(ConditioningMethod.CrossAttention, shipped.LoadInto(New()),
+                DiffusionTrainingLog.Load(Path.Combine(shipped.Dir, LogFile)), shipped.Describe()),
+            () =>
+            {
+                var scenes = ScenesWithout(train, heldOut);
+                var (latents, _) = FashionLatentRecipe.ScaledLatents(vae, scenes.Images);
+                return LoadAs(null, ConditioningMethod.CrossAttention, latents, scenes.Captions, progress, seed);
+            });
+        return new Trained((TextConditionedUNet)trained.Model, trained.Log, trained.Source);
+    }
+
+    static TrainedMethod LoadAs(string? shippedName, ConditioningMethod method, Tensor latents,
+        IReadOnlyList<string> captions, Viz.Progress? progress, long seed)
+    {
+        return ArtifactStore.Current.Resolve(shippedName, seed,
             shipped => new TrainedMethod(method, shipped.LoadInto(New(method)),
                 DiffusionTrainingLog.Load(Path.Combine(shipped.Dir, LogFile)), shipped.Describe()),
             () =>

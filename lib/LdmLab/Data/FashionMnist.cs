@@ -145,5 +145,18 @@ public sealed class FashionMnist : IDisposable
         return (Images.index_select(0, t), Labels.index_select(0, t));
     }
 
+    /// <summary>The same split without the items of <paramref name="labels"/> (order kept): the data a model that has
+    /// never seen those classes learns from.</summary>
+    public FashionMnist Without(params int[] labels)
+    {
+        foreach (int label in labels)
+            if (label is < 0 or > 9)
+                throw new ArgumentOutOfRangeException(nameof(labels), label, "a Fashion-MNIST label is 0…9");
+        var keep = Labels.data<long>().Select((l, i) => (l, i)).Where(x => !labels.Contains((int)x.l))
+            .Select(x => (long)x.i).ToArray();
+        var index = tensor(keep);
+        return new FashionMnist(Images.index_select(0, index), Labels.index_select(0, index), Split);
+    }
+
     public void Dispose() { Images.Dispose(); Labels.Dispose(); }
 }
