@@ -36,6 +36,8 @@ public static class SampleCommand
                              diffusers class name (default: the model's own)
           --seed N           the initial noise's seed (default 0);  --width W --height H  in pixels
           --lora FILE[:S]    a LoRA file (diffusers, PEFT or kohya) at scale S (default 1); repeat for several
+          --embedding FILE[:TOKEN]  a textual-inversion file (diffusers' learned_embeds or A1111/kohya
+                             safetensors); its token (default: the file's) is then a word of --prompt; repeatable
           --init IMAGE       start from this image (img2img);  --strength S  how much to change it (default 0.75;
                              1 with --mask)
           --mask IMAGE       repaint where the mask is white (needs --init)
@@ -52,6 +54,7 @@ public static class SampleCommand
     sealed record Arguments(string Model, string? Variant, string? PredictionType, int? ImageSize, string Prompt,
         string? Negative, int Steps, double Guidance,
         string? Scheduler, long Seed, int? Width, int? Height, IReadOnlyList<(string File, double Scale)> Loras,
+        IReadOnlyList<(string File, string? Token)> Embeddings,
         string? Init, double Strength, string? Mask, string Out, string? AttentionMaps);
 
     public static int Run(string[] args)
@@ -64,12 +67,13 @@ public static class SampleCommand
         var a = Parse(args);
         TorchRuntime.Setup();
         Lab.SetThreads();
-        var (pipeline, modelName, size) = LoadModel(a);
+        var (pipeline, modelName, size) = LoadModel(a.Model, a.Variant, a.PredictionType, a.ImageSize);
         if (pipeline.IsInpaintingUNet && a.Mask is null)
             throw new CliArgumentException($"--model '{a.Model}' is an inpainting model (its U-Net takes " +
                                            $"{pipeline.Unet.Config.InChannels} channels): give --init IMAGE and " +
                                            "--mask IMAGE");
         if (a.Scheduler is { } scheduler) SetScheduler(pipeline, scheduler);
+        foreach (var (file, token) in a.Embeddings) LoadEmbedding(pipeline, file, token);
         var loras = a.Loras.Select(l => LoadLora(pipeline, l.File, l.Scale)).ToList();
         try
         {
@@ -107,7 +111,8 @@ public static class SampleCommand
     {
         var values = new Dictionary<string, string>();
         var loras = new List<(string, double)>();
-        string[] known = ["--model", "--variant", "--prediction-type", "--image-size", "--prompt", "--negative",
+        var embeddings = new List<(string, string?)>();
+        string[] known = ["--embedding", "--model", "--variant", "--prediction-type", "--image-size", "--prompt", "--negative",
             "--steps", "--guidance", "--scheduler",
             "--seed", "--width", "--height", "--lora", "--init", "--strength", "--mask", "--out", "--attention-maps"];
         for (int i = 0; i < args.Length; i++)
@@ -120,6 +125,7 @@ public static class SampleCommand
                 throw new CliArgumentException($"{name} needs a value");
             var value = args[++i];
             if (name == "--lora") loras.Add(Lora(value));
+            else if (name == "--embedding") embeddings.Add(Embedding(value));
             else if (!values.TryAdd(name, value)) throw new CliArgumentException($"{name} is given twice");
         }
         string Required(string name) => values.TryGetValue(name, out var v) && v.Trim().Length > 0 ? v
@@ -148,7 +154,7 @@ public static class SampleCommand
             Whole("--image-size", 64), Required("--prompt"),
             values.GetValueOrDefault("--negative"), Whole("--steps", 1) ?? 25, Real("--guidance", 0, 100) ?? 7.5,
             values.GetValueOrDefault("--scheduler"), seed,
-            Whole("--width", 8), Whole("--height", 8), loras, values.GetValueOrDefault("--init"),
+            Whole("--width", 8), Whole("--height", 8), loras, embeddings, values.GetValueOrDefault("--init"),
             Real("--strength", 0, 1) ?? (values.ContainsKey("--mask") ? 1.0 : 0.75), values.GetValueOrDefault("--mask"),
             values.GetValueOrDefault("--out") ?? "sample.png", values.GetValueOrDefault("--attention-maps"));
         if (a.Mask is not null && a.Init is null)
@@ -165,6 +171,29 @@ public static class SampleCommand
         return a;
     }
 
+    /// <summary>FILE or FILE:TOKEN (a token is the text after the last colon when FILE names no file as a whole).
+    /// </summary>
+    static (string, string?) Embedding(string value)
+    {
+        int colon = value.LastIndexOf(':');
+        return colon > 0 && !File.Exists(value) ? (value[..colon], value[(colon + 1)..]) : (value, null);
+    }
+
+    static void LoadEmbedding(StableDiffusionPipeline pipeline, string file, string? token)
+    {
+        try
+        {
+            var inversion = pipeline.LoadTextualInversion(file, token);
+            Console.WriteLine($"textual inversion {inversion.Token} ({inversion.Vectors} vector" +
+                              $"{(inversion.Vectors == 1 ? "" : "s")}) from {file}");
+        }
+        catch (Exception e) when (e is Adapters.AdapterFormatException or DatasetException or FileNotFoundException
+                                      or ArgumentException)
+        {
+            throw new CliArgumentException($"--embedding '{file}': {e.Message}");
+        }
+    }
+
     /// <summary>FILE or FILE:SCALE (a scale is the text after the last colon when it parses as a number).</summary>
     static (string, double) Lora(string value)
     {
@@ -179,15 +208,15 @@ public static class SampleCommand
 
     /// <summary>The pipeline, a name for the PNG's parameters, and the model's own image size when it has
     /// one.</summary>
-    static (StableDiffusionPipeline, string, (int H, int W)?) LoadModel(Arguments a)
+    internal static (StableDiffusionPipeline, string, (int H, int W)?) LoadModel(string model, string? variant,
+        string? predictionType = null, int? imageSize = null)
     {
-        var (model, variant) = (a.Model, a.Variant);
         try
         {
             if (File.Exists(model))
                 return (StableDiffusionPipeline.FromSingleFile(model, new SingleFileOptions
                 {
-                    PredictionType = a.PredictionType, ImageSize = a.ImageSize,
+                    PredictionType = predictionType, ImageSize = imageSize,
                 }), Path.GetFileNameWithoutExtension(model), null);
             if (Directory.Exists(model) && TextToImageRecipe.ShippedPipeline(model) is { } shipped)
                 return (shipped, Path.GetFileName(Path.GetFullPath(model).TrimEnd('/')),

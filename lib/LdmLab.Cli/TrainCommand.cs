@@ -24,17 +24,20 @@ public static class TrainCommand
     const int FirstLossesKept = 5;
 
     const string FashionVq = "fashion-vq", PhotoAutoencoders = "photo-autoencoders", FashionModes = "fashion-modes",
-        FashionKlSweep = "fashion-kl-sweep";
+        FashionKlSweep = "fashion-kl-sweep", FashionFineTunes = "fashion-fine-tunes";
 
     static readonly string[] Recipes =
         [FashionLatentRecipe.ShippedVae, FashionLatentRecipe.ShippedDenoiser, ClassifierRecipe.Shipped, FashionVq, PhotoAutoencoders,
-         TextToImageRecipe.Shipped, FashionModes, FashionKlSweep];
+         TextToImageRecipe.Shipped, FashionModes, FashionKlSweep, FashionFineTunes];
 
     public static int Run(string[] args)
     {
+        if (args.Length > 0 && FineTuneCommand.Methods.Contains(args[0])) return FineTuneCommand.Run(args);
         if (args.Length == 0 || !Recipes.Contains(args[0]))
-            throw new CliArgumentException($"usage: ldmlab train {string.Join("|", Recipes)} [--out DIR] " +
-                $"[--only NAME] [--method {string.Join("|", Methods)} (fashion-text2img)] " +
+            throw new CliArgumentException($"usage: ldmlab train {string.Join("|", FineTuneCommand.Methods)} … " +
+                "(ldmlab train lora --help)\n       " +
+                $"ldmlab train {string.Join("|", Recipes)} [--out DIR] " +
+                $"[--only NAME] [--method {string.Join("|", Methods)} (fashion-text2img)] [--without CLASS] " +
                 "[--schedule scaled-linear|linear|cosine|snr-adaptive|zero-snr|all (fashion-denoiser)]");
         string? Option(string name)
         {
@@ -43,16 +46,17 @@ public static class TrainCommand
             return at + 1 < args.Length ? args[at + 1] : throw new CliArgumentException($"{name} needs a value");
         }
         bool perModel = args[0] is FashionVq or PhotoAutoencoders or FashionModes or FashionKlSweep
-            or FashionLatentRecipe.ShippedDenoiser;
+            or FashionLatentRecipe.ShippedDenoiser or FashionFineTunes;
         var method = Option("--method") is { } named
             ? Enum.GetValues<ConditioningMethod>().Where(m => Name(m) == named).Cast<ConditioningMethod?>()
                   .FirstOrDefault() ?? Unknown(named)
             : ConditioningMethod.CrossAttention;
+        int? without = Option("--without") is { } held ? HeldOut(held, args[0], method) : null;
         var outDir = Path.GetFullPath(Option("--out")
             ?? Path.Combine(NotebookRunner.FindRepoRoot(Directory.GetCurrentDirectory())
                             ?? throw new CliArgumentException("not inside the LdmLab checkout: pass --out DIR"),
-                "data", "checkpoints", perModel ? "" : args[0] == TextToImageRecipe.Shipped
-                    ? TextToImageRecipe.ShippedName(method) : args[0]));
+                "data", "checkpoints", perModel ? "" : without is { } w ? TextToImageRecipe.ShippedWithout(w)
+                : args[0] == TextToImageRecipe.Shipped ? TextToImageRecipe.ShippedName(method) : args[0]));
         var schedules = args[0] == FashionLatentRecipe.ShippedDenoiser ? Schedules(Option("--schedule")) : [];
         Lab.Settings = Lab.Settings with { Profile = Profile.Full };  // the full recipe, whatever the caller's profile
         TorchRuntime.Setup();
@@ -62,10 +66,11 @@ public static class TrainCommand
             FashionLatentRecipe.ShippedVae => Vae(outDir),
             FashionLatentRecipe.ShippedDenoiser => Denoisers(outDir, schedules),
             ClassifierRecipe.Shipped => Classifier(outDir),
-            TextToImageRecipe.Shipped => TextToImage(outDir, method),
+            TextToImageRecipe.Shipped => TextToImage(outDir, method, without),
             FashionVq => FashionVqModel(outDir),
             FashionModes => Modes(outDir, Option("--only")),
             FashionKlSweep => KlSweep(outDir, Option("--only")),
+            FashionFineTunes => FineTunes(outDir, Option("--only")),
             _ => Photo(outDir, Option("--only")),
         };
     }
@@ -75,6 +80,16 @@ public static class TrainCommand
     /// <summary>A conditioning method as the command line names it: cross-attention, film, concatenation, …</summary>
     static string Name(ConditioningMethod method) =>
         method == ConditioningMethod.CrossAttention ? "cross-attention" : method.ToString().ToLowerInvariant();
+
+    /// <summary>--without CLASS: a Fashion-MNIST class noun (hyphens for spaces), for the cross-attention model.</summary>
+    static int HeldOut(string named, string recipe, ConditioningMethod method)
+    {
+        if (recipe != TextToImageRecipe.Shipped || method != ConditioningMethod.CrossAttention)
+            throw new CliArgumentException("--without is an option of fashion-text2img with cross-attention");
+        int label = Array.IndexOf(CaptionedFashion.Nouns, named.Replace('-', ' '));
+        return label >= 0 ? label : throw new CliArgumentException(
+            $"--without {named}: not one of {string.Join(", ", CaptionedFashion.Nouns.Select(n => n.Replace(' ', '-')))}");
+    }
 
     static ConditioningMethod Unknown(string named) =>
         throw new CliArgumentException($"--method {named}: not one of {string.Join(", ", Methods)}");
@@ -167,17 +182,18 @@ public static class TrainCommand
     /// VAE's latents of 60,000 captioned scenes (half of them two items), trained in a private cache folder
     /// (resumable); the EMA weights and the loss log are shipped.
     /// </summary>
-    static int TextToImage(string outDir, ConditioningMethod method)
+    static int TextToImage(string outDir, ConditioningMethod method, int? without)
     {
         var vaeCheckpoint = ShippedCheckpoint.Find(FashionLatentRecipe.ShippedVae)
             ?? throw new CliArgumentException("train fashion-vae first: the text-to-image model learns the shipped VAE's latents");
         vaeCheckpoint.Verify();
         var vae = Autoencoders.AutoencoderKL.FromPretrained(vaeCheckpoint.Dir);
         vae.eval();
-        var scenes = TextToImageRecipe.Scenes(FashionMnist.Load(Split.Train));
+        var train = FashionMnist.Load(Split.Train);
+        var scenes = without is { } held ? TextToImageRecipe.ScenesWithout(train, held) : TextToImageRecipe.Scenes(train);
         var (latents, scale) = FashionLatentRecipe.ScaledLatents(vae, scenes.Images);
         var options = TextToImageRecipe.Options;
-        var name = TextToImageRecipe.ShippedName(method);
+        var name = without is { } w ? TextToImageRecipe.ShippedWithout(w) : TextToImageRecipe.ShippedName(method);
         Console.WriteLine($"training {name} ({Name(method)}): {options.Steps} steps, batch {options.BatchSize}, " +
                           $"{latents.shape[0]:N0} scenes, latents {string.Join("×", latents.shape.Skip(1))} → {outDir}");
         var run = options with
@@ -195,10 +211,12 @@ public static class TrainCommand
             ["training_seconds"] = Math.Round(log.Elapsed.TotalSeconds),
             ["parameters"] = model.parameters().Sum(p => p.numel()),
         };
-        Ship(outDir, $"TextToImageRecipe {Name(method)} (full profile)",
+        var heldOut = without is { } h ? $" without {CaptionedFashion.Nouns[h]}" : "";
+        Ship(outDir, $"TextToImageRecipe {Name(method)}{heldOut} (full profile)",
             TextToImageRecipe.Key(latents, scenes.Captions, options, 0, method), options.Steps, 0,
             TextToImageRecipe.WeightsFile, log.Losses, metrics,
-            $"the shipped VAE's latents of {scenes.Count:N0} captioned 28×56 scenes from Fashion-MNIST train, VAE sha256 " +
+            $"the shipped VAE's latents of {scenes.Count:N0} captioned 28×56 scenes from Fashion-MNIST train{heldOut}, " +
+            "VAE sha256 " +
             vaeCheckpoint.WeightsSha256[..12], dir => TextToImageRecipe.SaveShipped(model, log, dir),
             $"final loss {metrics["train_loss_last_100_steps"]}");
         return 0;
@@ -263,6 +281,63 @@ public static class TrainCommand
                     model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.to_type(ScalarType.Float16)));
                 log.Save(Path.Combine(dir, FashionLatentRecipe.DenoiserLogFile));
             }, $"final loss {metrics["train_loss_last_100_steps"]}");
+    }
+
+    /// <summary>
+    /// Notebook 08's fine-tuning runs (<see cref="FineTuneLab"/>): the new class taught to the shipped model trained
+    /// without it by each of <see cref="FineTuneLab.Specs"/>, and the subject runs; each trained in a private folder
+    /// and shipped with its file, its losses, its training time and trainable count. --only NAME (a shipped folder's
+    /// name) trains one; runs already shipped with the same recipe key are skipped.
+    /// </summary>
+    static int FineTunes(string root, string? only)
+    {
+        var readBack = Lab.Settings with { CheckpointsDir = root, Profile = Profile.Quick };   // the shipped base
+        var vaeCheckpoint = ShippedCheckpoint.Find(FashionLatentRecipe.ShippedVae)
+            ?? throw new CliArgumentException("train fashion-vae first");
+        var vae = AutoencoderKL.FromPretrained(vaeCheckpoint.Dir);
+        vae.eval();
+        var train = FashionMnist.Load(Split.Train);
+        var baseName = TextToImageRecipe.ShippedWithout(TextToImageRecipe.HeldOutClass);
+        if (ShippedCheckpoint.Read(Path.Combine(root, baseName)) is null)
+            throw new CliArgumentException($"train the base first: ldmlab train fashion-text2img --without " +
+                                           CaptionedFashion.Nouns[TextToImageRecipe.HeldOutClass]);
+        var baseModel = readBack.Apply(() => TextToImageRecipe.LoadWithout(TextToImageRecipe.HeldOutClass, train, vae))
+            .Model;
+        var newClass = FineTuneLab.NewClass(train);
+        var subject = FineTuneLab.Subject(FashionMnist.Load(Split.Test));
+        var runs = FineTuneLab.Specs.Select(s => (target: newClass, spec: s))
+            .Concat(FineTuneLab.SubjectSpecs.Select(s => (target: subject, spec: s))).ToList();
+        var names = runs.Select(r => FineTuneLab.ShippedName(r.target, r.spec)).ToList();
+        if (only is not null && !names.Contains(only))
+            throw new CliArgumentException($"--only {only}: not one of {string.Join(", ", names)}");
+        foreach (var (target, spec) in runs)
+        {
+            var name = FineTuneLab.ShippedName(target, spec);
+            if (only is not null && name != only) continue;
+            var options = FineTuneLab.Options(spec) with { Seed = 0 };
+            var key = FineTuneLab.Key(target, spec, baseModel, options, 0);
+            if (AlreadyShipped(root, name, key)) continue;
+            Console.WriteLine($"training {name} ({spec.Label}): {options.Steps} steps, batch {options.BatchSize}");
+            var partial = ArtifactStore.PartialDir(root, name);
+            var (tuned, result) = FineTuneLab.Train(spec, target, baseModel, vae, options, partial,
+                new Viz.Progress(name, options.Steps, Viz.Progress.Console, TimeSpan.FromSeconds(30)));
+            var metrics = new Dictionary<string, double>
+            {
+                ["training_seconds"] = Math.Round(result.Log.Elapsed.TotalSeconds, 1),
+                ["trainable_parameters"] = result.Trainable,
+                ["file_bytes"] = tuned.FileBytes,
+                ["loss_last_50_steps"] = Math.Round(result.Log.Losses.TakeLast(50).Average(), 5),
+            };
+            Ship(Path.Combine(root, name), $"FineTuneLab {spec.Label} (full profile)", key, options.Steps, 0,
+                spec.WeightsFile, result.Log.Losses, metrics,
+                $"{target.Items.shape[0]} images of '{target.Word}' (Fashion-MNIST), base {baseName}",
+                dir =>
+                {
+                    foreach (var file in Directory.EnumerateFiles(partial))
+                        File.Copy(file, Path.Combine(dir, Path.GetFileName(file)));
+                }, $"{result.Trainable:N0} trainable parameters, {result.Log.Elapsed.TotalSeconds:F0} s");
+        }
+        return 0;
     }
 
     /// <summary>The study schedules --schedule names (default: SD's scaled-linear; all: the five).</summary>

@@ -17,7 +17,7 @@ public sealed class TextConditionedUNet : ConditionalDenoiser
     readonly UNet2DConditionModel unet;
 
     /// <summary>The CLIP tokenizer cut to the text encoder's positions.</summary>
-    public ClipTokenizer Tokenizer { get; }
+    public ClipTokenizer Tokenizer { get; private set; }
     public ClipTextModel TextEncoder => text_encoder;
     public override UNet2DConditionModel Backbone => unet;
 
@@ -32,6 +32,37 @@ public sealed class TextConditionedUNet : ConditionalDenoiser
         Tokenizer = (tokenizer ?? ClipTokenizer.Default).With(maxLength: textConfig.MaxPositionEmbeddings,
             warn: _ => { });                                                          // captions longer than L are cut
         RegisterComponents();
+    }
+
+    /// <summary>
+    /// Over existing modules — a loaded Stable Diffusion pipeline's U-Net, text encoder and tokenizer — so that the
+    /// generic training code (<see cref="Training.FineTuner"/>) fine-tunes them in place; nothing is copied.
+    /// </summary>
+    public TextConditionedUNet(UNet2DConditionModel unet, ClipTextModel textEncoder, ClipTokenizer tokenizer)
+        : base(nameof(TextConditionedUNet))
+    {
+        if (unet.Config.CrossAttentionDim != textEncoder.Config.HiddenSize)
+            throw new ArgumentException($"the U-Net's cross_attention_dim {unet.Config.CrossAttentionDim} must " +
+                                        $"equal the text encoder's hidden_size {textEncoder.Config.HiddenSize}",
+                nameof(unet));
+        text_encoder = textEncoder;
+        this.unet = unet;
+        Tokenizer = tokenizer.With(maxLength: Math.Min(tokenizer.MaxLength, textEncoder.Config.MaxPositionEmbeddings),
+            warn: _ => { });
+        RegisterComponents();
+    }
+
+    /// <summary>
+    /// Replaces the tokenizer with one that knows more tokens (textual inversion's
+    /// <see cref="Adapters.TextualInversion.AddTo"/> or <c>Create</c>): its vocabulary must match the text encoder's
+    /// token rows; it is cut to the encoder's positions.
+    /// </summary>
+    public void UseTokenizer(ClipTokenizer tokenizer)
+    {
+        if (tokenizer.VocabSize != text_encoder.TokenEmbedding.shape[0])
+            throw new ArgumentException($"the tokenizer has {tokenizer.VocabSize} entries but the text encoder " +
+                                        $"{text_encoder.TokenEmbedding.shape[0]} token rows", nameof(tokenizer));
+        Tokenizer = tokenizer.With(maxLength: Tokenizer.MaxLength, warn: _ => { });
     }
 
     /// <summary>Prompt ids [N, L] int64, padded and truncated to the text encoder's L positions.</summary>

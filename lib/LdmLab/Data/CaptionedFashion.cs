@@ -83,9 +83,13 @@ public static class CaptionedFashion
         string.Format(template, noun).Replace($"a {noun}", $"{Article(noun)} {noun}");
 
     /// <summary>A single-object caption: class noun in one of the templates (side named or not).</summary>
-    public static string SingleCaption(int label, Side? side, Random rng)
+    public static string SingleCaption(int label, Side? side, Random rng) => SingleCaption(Nouns[label], side, rng);
+
+    /// <summary>A single-object caption for any noun phrase (a new word: "sneaker", "&lt;sneaker&gt;", "sks bag").
+    /// </summary>
+    public static string SingleCaption(string noun, Side? side, Random rng)
     {
-        var caption = WithArticle(SingleTemplates[rng.Next(SingleTemplates.Length)], Nouns[label]);
+        var caption = WithArticle(SingleTemplates[rng.Next(SingleTemplates.Length)], noun);
         return side is { } s ? $"{caption} on the {Name(s)}" : caption;
     }
 

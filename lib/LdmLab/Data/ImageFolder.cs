@@ -25,7 +25,7 @@ public enum CropRegion
 public sealed class ImageFolder
 {
     public static readonly string[] DebianPhotoDirectories = ["/usr/share/backgrounds/mate/nature", "/usr/share/backgrounds"];
-    static readonly string[] Extensions = [".jpg", ".jpeg", ".png", ".webp", ".bmp"];
+    public static readonly string[] Extensions = [".jpg", ".jpeg", ".png", ".webp", ".bmp"];
 
     public IReadOnlyList<string> Files { get; }
     public int ShortSide { get; }
