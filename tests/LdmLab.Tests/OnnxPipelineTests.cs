@@ -1,0 +1,69 @@
+using LdmLab.Export;
+using LdmLab.Pipelines;
+using Xunit.Abstractions;
+using static TorchSharp.torch;
+
+namespace LdmLab.Tests;
+
+/// <summary>Sampling from an exported ONNX folder (OnnxStableDiffusionPipeline) against the TorchSharp pipeline.
+/// </summary>
+public class OnnxPipelineTests(ITestOutputHelper output)
+{
+    static readonly Lazy<string> Exported = new(() =>
+    {
+        var dir = TestPaths.TempDir("onnx-sd");
+        OnnxExport.SavePipeline(StableDiffusionPipelineFixture.Value.Pipeline, dir);
+        return dir;
+    });
+
+    static readonly GenerationOptions Astronaut = new()
+    {
+        Prompts = ["an astronaut riding a horse"], NegativePrompts = [""], Steps = 10, GuidanceScale = 7.5,
+        Height = 16, Width = 16, Seed = 42,
+    };
+
+    void AssertClose(PipelineOutput expected, PipelineOutput got, string what)
+    {
+        double images = Parity.MaxAbsDiff(got.Images, expected.Images);
+        double latents = Parity.MaxAbsDiff(got.Latents, expected.Latents);
+        output.WriteLine($"{what}: max |Δ| image {images:E2}, latents {latents:E2}");
+        Assert.True(images <= 1e-3, $"{what}: image differs by {images}");
+        Assert.True(latents <= 1e-3, $"{what}: latents differ by {latents}");
+    }
+
+    [Fact]
+    public void Onnx_pipeline_draws_the_torchsharp_pipelines_image()
+    {
+        var pipe = StableDiffusionPipelineFixture.Value.Pipeline;
+        using var onnx = OnnxStableDiffusionPipeline.FromFolder(Exported.Value);
+        Assert.Equal("DDIMScheduler", onnx.SchedulerClass);
+        Assert.Equal(pipe.Vae.Config.ScalingFactor, onnx.ScalingFactor);
+        Assert.Equal(pipe.VaeScaleFactor, onnx.VaeScaleFactor);
+        AssertClose(pipe.Generate(Astronaut), onnx.Generate(Astronaut), "guided, seed 42");
+        // two prompts with their own negatives at 16×24; then guidance 1 (no unconditional pass)
+        var two = Astronaut with
+        {
+            Prompts = ["a red door", "a cat"],
+            NegativePrompts = ["blurry", ""],
+            Width = 24,
+            Seed = 3,
+        };
+        AssertClose(pipe.Generate(two), onnx.Generate(two), "two prompts, 16×24");
+        var plain = Astronaut with { GuidanceScale = 1.0, Seed = 5 };
+        var withoutGuidance = onnx.Generate(plain);
+        Assert.Null(withoutGuidance.NegativePromptEmbeds);
+        AssertClose(pipe.Generate(plain), withoutGuidance, "guidance 1 (conditional pass alone)");
+        Assert.True(Parity.MaxAbsDiff(onnx.EncodePrompts(["a cat"]), pipe.EncodePrompts(["a cat"])) <= 1e-4);
+    }
+
+    [Fact]
+    public void A_folder_without_its_parts_is_named()
+    {
+        var e = Assert.Throws<DirectoryNotFoundException>(() =>
+            OnnxStableDiffusionPipeline.FromFolder(Path.Combine(TestPaths.TempDir("onnx-none"), "missing")));
+        Assert.Contains("missing", e.Message);
+        var empty = TestPaths.TempDir("onnx-empty");
+        var d = Assert.Throws<Data.DatasetException>(() => OnnxStableDiffusionPipeline.FromFolder(empty));
+        Assert.EndsWith("model_index.json", d.FilePath);
+    }
+}
