@@ -1,3 +1,4 @@
+using LdmLab.Cli;
 using LdmLab.Export;
 using LdmLab.Pipelines;
 using Xunit.Abstractions;
@@ -5,8 +6,8 @@ using static TorchSharp.torch;
 
 namespace LdmLab.Tests;
 
-/// <summary>Sampling from an exported ONNX folder (OnnxStableDiffusionPipeline) against the TorchSharp pipeline.
-/// </summary>
+/// <summary>Sampling from an exported ONNX folder (OnnxStableDiffusionPipeline) against the TorchSharp pipeline, and
+/// <c>ldmlab export-onnx</c>.</summary>
 public class OnnxPipelineTests(ITestOutputHelper output)
 {
     static readonly Lazy<string> Exported = new(() =>
@@ -65,5 +66,52 @@ public class OnnxPipelineTests(ITestOutputHelper output)
         var empty = TestPaths.TempDir("onnx-empty");
         var d = Assert.Throws<Data.DatasetException>(() => OnnxStableDiffusionPipeline.FromFolder(empty));
         Assert.EndsWith("model_index.json", d.FilePath);
+    }
+
+    static int Run(out string stdout, out string stderr, params string[] args)
+    {
+        var (o, e) = (new StringWriter(), new StringWriter());
+        var (savedOut, savedError) = (Console.Out, Console.Error);
+        Console.SetOut(o);
+        Console.SetError(e);
+        try { return Commands.Run(args); }
+        finally
+        {
+            Console.SetOut(savedOut);
+            Console.SetError(savedError);
+            (stdout, stderr) = (o.ToString(), e.ToString());
+        }
+    }
+
+    [Fact]
+    public void Export_onnx_command_writes_the_folder_and_names_bad_arguments()
+    {
+        var model = TestPaths.TempDir("onnx-cli-model");
+        StableDiffusionPipelineFixture.Value.Pipeline.SavePretrained(model);
+        var outDir = Path.Combine(TestPaths.TempDir("onnx-cli"), "sd-onnx");
+        int rc = Run(out var stdout, out var stderr, "export-onnx", "--model", model, "--out", outDir,
+            "--external-data-threshold", "1000");
+        Assert.True(rc == 0, stderr);
+        Assert.Contains("unet/weights.pb", stdout);
+        Assert.Contains("model_index.json", stdout);
+        using (var onnx = OnnxStableDiffusionPipeline.FromFolder(outDir))
+            Assert.Equal(4, onnx.LatentChannels);
+
+        (string[] args, string named)[] bad =
+        [
+            (["export-onnx", "--model", model], "--out is required"),
+            (["export-onnx", "--out", outDir], "--model is required"),
+            (["export-onnx", "--model", model, "--out", outDir, "--external-data-threshold", "lots"],
+                "--external-data-threshold 'lots'"),
+            (["export-onnx", "--model", model, "--out", outDir, "--fp16", "yes"], "--fp16: not an option"),
+            (["export-onnx", "--model", Path.Combine(model, "nothing-here"), "--out", outDir], "--model '"),
+            (["export-onnx", "--model", model, "--out", Path.Combine(model, "model_index.json")], "--out '"),
+            (["export-onnx", "--model"], "--model needs a value"),
+        ];
+        foreach (var (args, named) in bad)
+        {
+            Assert.Equal(2, Run(out _, out var error, args));
+            Assert.Contains(named, error);
+        }
     }
 }
