@@ -57,6 +57,19 @@ public class OnnxPipelineTests(ITestOutputHelper output)
         Assert.True(Parity.MaxAbsDiff(onnx.EncodePrompts(["a cat"]), pipe.EncodePrompts(["a cat"])) <= 1e-4);
     }
 
+    /// <summary>img2img through vae_encoder's latent_parameters: the same posterior draw and noise from the seed.
+    /// </summary>
+    [Fact]
+    public void Onnx_image_to_image_matches_torchsharp()
+    {
+        var pipe = StableDiffusionPipelineFixture.Value.Pipeline;
+        using var onnx = OnnxStableDiffusionPipeline.FromFolder(Exported.Value);
+        Assert.NotNull(onnx.VaeEncoder);
+        var image = rand(1, 3, 16, 16, generator: new Generator(12)) * 2 - 1;
+        var options = Astronaut with { Seed = 7 };
+        AssertClose(pipe.ImageToImage(image, 0.6, options), onnx.ImageToImage(image, 0.6, options), "img2img 0.6");
+    }
+
     [Fact]
     public void A_folder_without_its_parts_is_named()
     {
@@ -66,6 +79,24 @@ public class OnnxPipelineTests(ITestOutputHelper output)
         var empty = TestPaths.TempDir("onnx-empty");
         var d = Assert.Throws<Data.DatasetException>(() => OnnxStableDiffusionPipeline.FromFolder(empty));
         Assert.EndsWith("model_index.json", d.FilePath);
+    }
+
+    [Fact]
+    public void An_inpainting_unet_is_refused_by_name()
+    {
+        var dir = TestPaths.TempDir("onnx-inpaint");
+        foreach (var file in Directory.GetFiles(Exported.Value, "*", SearchOption.AllDirectories))
+        {
+            var target = Path.Combine(dir, Path.GetRelativePath(Exported.Value, file));
+            Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+            File.Copy(file, target);
+        }
+        var config = Path.Combine(dir, "unet", "config.json");
+        File.WriteAllText(config, File.ReadAllText(config).Replace("\"in_channels\": 4", "\"in_channels\": 9"));
+        using var onnx = OnnxStableDiffusionPipeline.FromFolder(dir);
+        Assert.Equal(9, onnx.UNetInChannels);
+        var e = Assert.Throws<NotSupportedException>(() => onnx.Generate(Astronaut));
+        Assert.Contains("9 channels", e.Message);
     }
 
     static int Run(out string stdout, out string stderr, params string[] args)

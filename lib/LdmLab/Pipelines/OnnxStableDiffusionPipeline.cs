@@ -10,12 +10,13 @@ using static TorchSharp.torch;
 namespace LdmLab.Pipelines;
 
 /// <summary>
-/// diffusers' OnnxStableDiffusionPipeline: text to image from an ONNX Stable Diffusion folder (unet/, vae_decoder/,
-/// text_encoder/ with model.onnx; tokenizer/; scheduler/; model_index.json — what Export.OnnxExport.SavePipeline
-/// writes), the three networks in ONNX Runtime and everything else LdmLab's own: the tokenizer, the schedulers
-/// (<see cref="Scheduler.Create"/>), the sampling loop (<see cref="Sampling.Sample"/>) and classifier-free guidance
-/// (<see cref="Guidance.Apply"/>: one U-Net call on [∅; c]), so that for the same options and seed it computes what
-/// <see cref="StableDiffusionPipeline.Generate"/> computes. The latent scale is vae_decoder/config.json's
+/// diffusers' OnnxStableDiffusionPipeline: text to image (and image to image, with vae_encoder) from an ONNX Stable
+/// Diffusion folder (unet/, vae_encoder/, vae_decoder/, text_encoder/ with model.onnx; tokenizer/; scheduler/;
+/// model_index.json — what Export.OnnxExport.SavePipeline writes), the networks in ONNX Runtime and everything else
+/// LdmLab's own: the tokenizer, the schedulers (<see cref="Scheduler.Create"/>), the sampling loops
+/// (<see cref="Sampling"/>) and classifier-free guidance (<see cref="Guidance.Apply"/>: one U-Net call on [∅; c]), so
+/// that for the same options and seed it computes what <see cref="StableDiffusionPipeline.Generate"/> and
+/// <see cref="StableDiffusionPipeline.ImageToImage"/> compute. The latent scale is vae_decoder/config.json's
 /// scaling_factor (0.18215, diffusers' ONNX pipeline's constant, when the folder has none).
 /// </summary>
 public sealed class OnnxStableDiffusionPipeline : IDisposable
@@ -24,12 +25,16 @@ public sealed class OnnxStableDiffusionPipeline : IDisposable
     public OnnxSession TextEncoder { get; }
     public OnnxSession Unet { get; }
     public OnnxSession VaeDecoder { get; }
+    /// <summary>vae_encoder/model.onnx when the folder has it (image to image needs it).</summary>
+    public OnnxSession? VaeEncoder { get; }
     public string SchedulerClass { get; }
     public JsonObject SchedulerConfig { get; }
     public double ScalingFactor { get; }
     /// <summary>2^(levels − 1) of the VAE (8 when vae_decoder/config.json is absent).</summary>
     public int VaeScaleFactor { get; }
     public int LatentChannels { get; }
+    /// <summary>The U-Net's in_channels: the latent channels, or 2c + 1 for an inpainting U-Net.</summary>
+    public int UNetInChannels { get; }
     /// <summary>The U-Net's sample_size: the default latent grid (64 when unet/config.json is absent).</summary>
     public int SampleSize { get; }
 
@@ -57,9 +62,12 @@ public sealed class OnnxStableDiffusionPipeline : IDisposable
         VaeScaleFactor = vae?["block_out_channels"] is JsonArray levels ? 1 << (levels.Count - 1) : 8;
         LatentChannels = (int?)vae?["latent_channels"] ?? (int?)unet?["in_channels"] ?? 4;
         SampleSize = (int?)unet?["sample_size"] ?? 64;
+        UNetInChannels = (int?)unet?["in_channels"] ?? LatentChannels;
         TextEncoder = new OnnxSession(Path.Combine(dir, "text_encoder", "model.onnx"), threads);
         Unet = new OnnxSession(Path.Combine(dir, "unet", "model.onnx"), threads);
         VaeDecoder = new OnnxSession(Path.Combine(dir, "vae_decoder", "model.onnx"), threads);
+        var encoder = Path.Combine(dir, "vae_encoder", "model.onnx");
+        if (File.Exists(encoder)) VaeEncoder = new OnnxSession(encoder, threads);
     }
 
     static JsonObject? Optional(string path) => File.Exists(path) ? ConfigFile.Read(path, json => json) : null;
@@ -83,26 +91,13 @@ public sealed class OnnxStableDiffusionPipeline : IDisposable
     /// attention recording are TorchSharp-only).</summary>
     public PipelineOutput Generate(GenerationOptions o)
     {
-        if (o.WeightedPrompts || o.RecordAttention)
-            throw new NotSupportedException("the ONNX pipeline has no prompt weights or attention recording");
         using var _ = no_grad();
-        var cond = o.PromptEmbeds ?? EncodePrompts(o.Prompts);                                     // [B, 77, d]
-        long b = cond.shape[0];
-        Tensor? uncond = null;
-        if (Guidance.Enabled(o.GuidanceScale) && o.NegativePromptEmbeds is { } given) uncond = given;
-        else if (Guidance.Enabled(o.GuidanceScale))
-        {
-            var negatives = o.NegativePrompts ?? Enumerable.Repeat("", (int)b).ToArray();
-            if (negatives.Length != b)
-                throw new ArgumentException($"{negatives.Length} negative prompts for {b} prompts (one each, or none)",
-                    nameof(o));
-            uncond = EncodePrompts(negatives);
-        }
+        var (cond, uncond) = Embeddings(o);                                                         // [B, 77, d]
         int height = o.Height ?? SampleSize * VaeScaleFactor, width = o.Width ?? SampleSize * VaeScaleFactor;
         if (height % VaeScaleFactor != 0 || width % VaeScaleFactor != 0)
             throw new ArgumentException(
                 $"height and width must be multiples of {VaeScaleFactor} (got {height}×{width})", nameof(o));
-        long[] shape = [b, LatentChannels, height / VaeScaleFactor, width / VaeScaleFactor];
+        long[] shape = [cond.shape[0], LatentChannels, height / VaeScaleFactor, width / VaeScaleFactor];
         Tensor noise;
         if (o.Latents is { } latentsGiven)
         {
@@ -113,19 +108,79 @@ public sealed class OnnxStableDiffusionPipeline : IDisposable
         }
         else
         {
-            using var seeded = o.Generator is null && o.Seed is long seed ? new Generator((ulong)seed) : null;
+            using var seeded = Seeded(o);
             noise = randn(shape, generator: o.Generator ?? seeded);                                // x_T [B, c, h, w]
         }
-
-        var scheduler = Scheduler.Create(SchedulerClass, SchedulerConfig);
-        if (scheduler is DdimScheduler ddim) ddim.Eta = o.Eta;
-        Diffusion.Denoiser denoiser = (z, t) => uncond is null
-            ? PredictNoise(z, tensor((float)t), cond)
-            : Guidance.Apply(PredictNoise, z, tensor((float)t), cond, uncond, o.GuidanceScale);
-        var latents = Sampling.Sample(scheduler, denoiser, noise, o.Steps, o.Callback is null ? null
-            : s => o.Callback(new PipelineStep(s.Index, s.Timestep, s.PrevSample, s.PredOriginalSample)));
+        var latents = Sampling.Sample(NewScheduler(o), Guided(cond, uncond, o), noise, o.Steps, Callback(o));
         return new PipelineOutput(Decode(latents), latents, cond, uncond);
     }
+
+    /// <summary>
+    /// Image to image as <see cref="StableDiffusionPipeline.ImageToImage"/> computes it, with vae_encoder: the
+    /// images [B, 3, H, W] in [−1, 1] → latent_parameters → a posterior sample × scaling_factor, noised to the
+    /// timestep that <paramref name="strength"/> selects and denoised from there; the posterior draw and then the
+    /// noise come from the seed's generator, in diffusers' order.
+    /// </summary>
+    public PipelineOutput ImageToImage(Tensor images, double strength, GenerationOptions o)
+    {
+        if (strength is < 0 or > 1)
+            throw new ArgumentOutOfRangeException(nameof(strength), strength, "strength must lie in [0, 1]");
+        var encoder = VaeEncoder ?? throw new InvalidOperationException(
+            "this ONNX folder has no vae_encoder/model.onnx to encode the image with");
+        using var _ = no_grad();
+        var (cond, uncond) = Embeddings(o);
+        if (images.dim() != 4 || images.shape[0] != cond.shape[0])
+            throw new ArgumentException($"image must be [{cond.shape[0]}, C, H, W] in [-1, 1], got " +
+                                        $"[{string.Join(", ", images.shape)}]", nameof(images));
+        var moments = encoder.Run(new Dictionary<string, Tensor> { ["sample"] = images }, "latent_parameters")
+            ["latent_parameters"];                                                                  // [B, 2c, h, w]
+        var posterior = new Autoencoders.DiagonalGaussian(moments);
+        using var seeded = Seeded(o);
+        var generator = o.Generator ?? seeded;
+        var x0 = posterior.Sample(randn(posterior.Mean.shape, generator: generator)) * ScalingFactor;
+        var noise = randn(x0.shape, generator: generator);                                         // [B, c, h, w]
+        var latents = Sampling.Img2Img(NewScheduler(o), Guided(cond, uncond, o), x0, noise, o.Steps, strength,
+            Callback(o));
+        return new PipelineOutput(Decode(latents), latents, cond, uncond);
+    }
+
+    /// <summary>The prompt embeddings c and, when guidance is on, the ∅ rows (negative prompts or "").</summary>
+    (Tensor cond, Tensor? uncond) Embeddings(GenerationOptions o)
+    {
+        if (o.WeightedPrompts || o.RecordAttention)
+            throw new NotSupportedException("the ONNX pipeline has no prompt weights or attention recording");
+        if (UNetInChannels != LatentChannels)
+            throw new NotSupportedException($"this U-Net takes {UNetInChannels} channels (an inpainting U-Net); " +
+                                            "the ONNX pipeline draws text to image and image to image only");
+        var cond = o.PromptEmbeds ?? EncodePrompts(o.Prompts);                                     // [B, 77, d]
+        if (!Guidance.Enabled(o.GuidanceScale)) return (cond, null);
+        if (o.NegativePromptEmbeds is { } given) return (cond, given);
+        long b = cond.shape[0];
+        var negatives = o.NegativePrompts ?? Enumerable.Repeat("", (int)b).ToArray();
+        if (negatives.Length != b)
+            throw new ArgumentException($"{negatives.Length} negative prompts for {b} prompts (one each, or none)",
+                nameof(o));
+        return (cond, EncodePrompts(negatives));
+    }
+
+    /// <summary>The sampler's denoiser: ε̂(z, t, c) alone, or guided on [∅; c] in one U-Net call.</summary>
+    Diffusion.Denoiser Guided(Tensor cond, Tensor? uncond, GenerationOptions o) => (z, t) => uncond is null
+        ? PredictNoise(z, tensor((float)t), cond)
+        : Guidance.Apply(PredictNoise, z, tensor((float)t), cond, uncond, o.GuidanceScale);
+
+    /// <summary>A fresh scheduler per call (no multistep history leaks), with DDIM's η.</summary>
+    Scheduler NewScheduler(GenerationOptions o)
+    {
+        var scheduler = Scheduler.Create(SchedulerClass, SchedulerConfig);
+        if (scheduler is DdimScheduler ddim) ddim.Eta = o.Eta;
+        return scheduler;
+    }
+
+    static Generator? Seeded(GenerationOptions o) =>
+        o.Generator is null && o.Seed is long seed ? new Generator((ulong)seed) : null;
+
+    static Action<SamplingStep>? Callback(GenerationOptions o) => o.Callback is null ? null
+        : s => o.Callback(new PipelineStep(s.Index, s.Timestep, s.PrevSample, s.PredOriginalSample));
 
     /// <summary>ε̂ for latents [N, c, h, w], a scalar timestep and context [N, L, d].</summary>
     Tensor PredictNoise(Tensor latents, Tensor timestep, Tensor context) =>
@@ -147,5 +202,6 @@ public sealed class OnnxStableDiffusionPipeline : IDisposable
         TextEncoder.Dispose();
         Unet.Dispose();
         VaeDecoder.Dispose();
+        VaeEncoder?.Dispose();
     }
 }
