@@ -6,10 +6,11 @@ using static TorchSharp.torch;
 namespace LdmLab.Interop.Onnx;
 
 /// <summary>
-/// An ONNX model in ONNX Runtime (CPU), fed and read as TorchSharp tensors: float32, int64 and int32 values are
-/// copied in and out. Each input is converted to the element type the model declares for it (diffusers' ONNX
-/// pipeline does the same with the timestep and the token ids), so callers need not know whether a text encoder
-/// was exported with int32 or int64 ids.
+/// An ONNX model in ONNX Runtime (CPU; the application supplies the native runtime, see <see cref="NewOptions"/>),
+/// fed and read as TorchSharp tensors: float32, int64 and int32 values are copied in and out. Each input is
+/// converted to the element type the model declares for it (diffusers' ONNX pipeline does the same with the
+/// timestep and the token ids), so callers need not know whether a text encoder was exported with int32 or int64
+/// ids.
 /// </summary>
 public sealed class OnnxSession : IDisposable
 {
@@ -22,12 +23,25 @@ public sealed class OnnxSession : IDisposable
     {
         if (!File.Exists(modelPath)) throw new DatasetException(modelPath, "ONNX model not found");
         ModelPath = modelPath;
-        using var options = new SessionOptions();
+        using var options = NewOptions();
         if (threads is int n) options.IntraOpNumThreads = n;
         try { _session = new InferenceSession(modelPath, options); }
         catch (OnnxRuntimeException e)
         {
             throw new DatasetException(modelPath, "ONNX Runtime cannot load this model: " + e.Message, e);
+        }
+    }
+
+    /// <summary>The first call into ONNX Runtime loads its native library, which LdmLab does not carry (only the
+    /// managed API): an application that runs ONNX graphs references the Microsoft.ML.OnnxRuntime package.</summary>
+    static SessionOptions NewOptions()
+    {
+        try { return new SessionOptions(); }
+        catch (Exception e)
+            when (e is DllNotFoundException or TypeInitializationException or EntryPointNotFoundException)
+        {
+            throw new InvalidOperationException("ONNX Runtime's native library was not found: add the " +
+                "Microsoft.ML.OnnxRuntime package (1.31.1) to the application that runs ONNX models", e);
         }
     }
 
