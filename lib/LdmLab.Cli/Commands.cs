@@ -16,6 +16,8 @@ public static class Commands
           ldmlab bench --profile           one latent U-Net training step by phase and layer family
           ldmlab sample --model DIR|REPO_ID|FILE --prompt TEXT [options]
                                            one image from a prompt (img2img, inpainting, LoRA; ldmlab sample --help)
+          ldmlab export-onnx --model DIR|REPO_ID|FILE --out DIR
+                                           the pipeline as an ONNX Stable Diffusion folder (ldmlab export-onnx --help)
           ldmlab notebooks [options]       execute notebooks in the real .NET Interactive kernel
               --dir DIR                    notebooks folder (default: notebooks)
               --out DIR                    executed notebooks + index.html (default: out)
@@ -53,6 +55,7 @@ public static class Commands
                 "checkpoint-soak" => CheckpointSoak(args[1..]),
                 "train" => TrainCommand.Run(args[1..]),
                 "sample" => SampleCommand.Run(args[1..]),
+                "export-onnx" => ExportOnnxCommand.Run(args[1..]),
                 _ => Fail($"unknown command '{args[0]}'\n\n{Usage}"),
             };
         }

@@ -256,6 +256,17 @@ public sealed partial class StableDiffusionPipeline
             schedulerClass, schedulerConfig);
     }
 
+    /// <summary>scheduler_config.json in <paramref name="dir"/>: the config with its _class_name, as diffusers
+    /// writes a pipeline's scheduler/ folder.</summary>
+    public void SaveSchedulerConfig(string dir)
+    {
+        Directory.CreateDirectory(dir);
+        var scheduler = (JsonObject)SchedulerConfig.DeepClone();
+        scheduler["_class_name"] = SchedulerClass;
+        scheduler["_diffusers_version"] = "0.27.2";
+        Data.AtomicFile.WriteAllText(Path.Combine(dir, "scheduler_config.json"), scheduler.ToJsonString(Indented));
+    }
+
     /// <summary>Writes the folder as diffusers writes it (model_index.json last, so a half-written folder has none).</summary>
     public void SavePretrained(string dir)
     {
@@ -264,11 +275,7 @@ public sealed partial class StableDiffusionPipeline
         Vae.SavePretrained(Path.Combine(dir, "vae"));
         TextEncoder.SavePretrained(Path.Combine(dir, "text_encoder"));
         Tokenizer.SavePretrained(Path.Combine(dir, "tokenizer"));
-        Directory.CreateDirectory(Path.Combine(dir, "scheduler"));
-        var scheduler = (JsonObject)SchedulerConfig.DeepClone();
-        scheduler["_class_name"] = SchedulerClass;
-        scheduler["_diffusers_version"] = "0.27.2";
-        Data.AtomicFile.WriteAllText(Path.Combine(dir, "scheduler", "scheduler_config.json"), scheduler.ToJsonString(Indented));
+        SaveSchedulerConfig(Path.Combine(dir, "scheduler"));
         var index = new JsonObject
         {
             ["_class_name"] = "StableDiffusionPipeline", ["_diffusers_version"] = "0.27.2",
