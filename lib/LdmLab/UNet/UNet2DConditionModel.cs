@@ -16,7 +16,8 @@ namespace LdmLab.UNet;
 public sealed class UNet2DConditionModel : nn.Module
 {
     // Field order = diffusers' registration order, so state_dict() lists keys in the same order.
-    readonly Conv2d conv_in;
+    // Conv2d and Linear layers are declared nn.Module<Tensor, Tensor> so Compression can swap in int8 twins.
+    readonly nn.Module<Tensor, Tensor> conv_in;
     readonly TimestepEmbedding time_embedding;
     readonly nn.Module<Tensor, Tensor>? class_embedding;   // labels (num_class_embeds) or vectors (projection)
     readonly TimestepEmbedding? add_embedding;   // SDXL's "text_time" conditioning
@@ -24,7 +25,7 @@ public sealed class UNet2DConditionModel : nn.Module
     readonly ModuleList<UpBlock> up_blocks;
     readonly MidBlock mid_block;
     readonly GroupNorm conv_norm_out;
-    readonly Conv2d conv_out;
+    readonly nn.Module<Tensor, Tensor> conv_out;
 
     public UNetConfig Config { get; }
 
