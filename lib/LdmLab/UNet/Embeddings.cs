@@ -26,7 +26,7 @@ public static class TimestepFeatures
 /// <summary>MLP on the timestep features: linear_1 → SiLU → linear_2 (diffusers' TimestepEmbedding).</summary>
 public sealed class TimestepEmbedding : nn.Module<Tensor, Tensor>
 {
-    readonly Linear linear_1, linear_2;
+    readonly nn.Module<Tensor, Tensor> linear_1, linear_2;   // Linear (or what Compression swaps in)
 
     public TimestepEmbedding(int inChannels, int timeEmbedDim) : base(nameof(TimestepEmbedding))
     {

@@ -12,13 +12,14 @@ namespace LdmLab.UNet;
 /// </summary>
 public sealed class ResnetBlock2D : nn.Module<Tensor, Tensor?, Tensor>
 {
-    // declared in diffusers' registration order (state_dict order follows it)
+    // declared in diffusers' registration order (state_dict order follows it); convolutions and the projection as
+    // nn.Module<Tensor, Tensor> so Compression can swap them (int8 twins, pruned widths)
     readonly GroupNorm norm1;
-    readonly Conv2d conv1;
-    readonly Linear? time_emb_proj;
+    readonly nn.Module<Tensor, Tensor> conv1;
+    readonly nn.Module<Tensor, Tensor>? time_emb_proj;
     readonly GroupNorm norm2;
-    readonly Conv2d conv2;
-    readonly Conv2d? conv_shortcut;
+    readonly nn.Module<Tensor, Tensor> conv2;
+    readonly nn.Module<Tensor, Tensor>? conv_shortcut;
     readonly bool _scaleShift;
     readonly double _outScale;
 
@@ -58,7 +59,7 @@ public sealed class ResnetBlock2D : nn.Module<Tensor, Tensor?, Tensor>
 /// <summary>Strided 3×3 convolution that halves H and W (padding 0 pads right/bottom by one first, as diffusers does).</summary>
 public sealed class Downsample2D : nn.Module<Tensor, Tensor>
 {
-    readonly Conv2d conv;
+    readonly nn.Module<Tensor, Tensor> conv;   // a Conv2d (or what Compression swaps in)
     readonly int _padding;
 
     public Downsample2D(int channels, int outChannels, int padding) : base(nameof(Downsample2D))
@@ -74,7 +75,7 @@ public sealed class Downsample2D : nn.Module<Tensor, Tensor>
 /// <summary>Nearest-neighbour upsampling (×2, or to a given size) followed by a 3×3 convolution.</summary>
 public sealed class Upsample2D : nn.Module<Tensor, long[]?, Tensor>
 {
-    readonly Conv2d conv;
+    readonly nn.Module<Tensor, Tensor> conv;   // a Conv2d (or what Compression swaps in)
 
     public Upsample2D(int channels, int outChannels) : base(nameof(Upsample2D))
     {

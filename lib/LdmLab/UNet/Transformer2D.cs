@@ -24,7 +24,7 @@ public delegate void AttentionObserver(string layer, Tensor probabilities);
 /// </summary>
 public sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
 {
-    readonly Linear to_q, to_k, to_v;
+    readonly nn.Module<Tensor, Tensor> to_q, to_k, to_v;   // Linear (or what Compression swaps in)
     readonly ModuleList<nn.Module<Tensor, Tensor>> to_out;
     readonly int _heads;
     readonly double _scale;
@@ -79,7 +79,7 @@ public sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
 /// <summary>GEGLU (Shazeer 2020): h, g = split(x W); h · GELU(g).</summary>
 public sealed class GEGLU : nn.Module<Tensor, Tensor>
 {
-    readonly Linear proj;
+    readonly nn.Module<Tensor, Tensor> proj;   // Linear (or what Compression swaps in)
 
     public GEGLU(int dimIn, int dimOut) : base(nameof(GEGLU))
     {

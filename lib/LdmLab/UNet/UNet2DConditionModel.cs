@@ -16,7 +16,8 @@ namespace LdmLab.UNet;
 public sealed class UNet2DConditionModel : nn.Module
 {
     // Field order = diffusers' registration order, so state_dict() lists keys in the same order.
-    readonly Conv2d conv_in;
+    // Conv2d and Linear layers are declared nn.Module<Tensor, Tensor> so Compression can swap in int8 twins.
+    readonly nn.Module<Tensor, Tensor> conv_in;
     readonly TimestepEmbedding time_embedding;
     readonly nn.Module<Tensor, Tensor>? class_embedding;   // labels (num_class_embeds) or vectors (projection)
     readonly TimestepEmbedding? add_embedding;   // SDXL's "text_time" conditioning
@@ -24,7 +25,7 @@ public sealed class UNet2DConditionModel : nn.Module
     readonly ModuleList<UpBlock> up_blocks;
     readonly MidBlock mid_block;
     readonly GroupNorm conv_norm_out;
-    readonly Conv2d conv_out;
+    readonly nn.Module<Tensor, Tensor> conv_out;
 
     public UNetConfig Config { get; }
 
@@ -75,6 +76,16 @@ public sealed class UNet2DConditionModel : nn.Module
     public long ParameterCount => parameters().Sum(p => p.numel());
 
     /// <summary>
+    /// Gradient checkpointing (diffusers' <c>enable_gradient_checkpointing</c>): while training with gradients on,
+    /// each down, mid and up block runs as one <see cref="GradientCheckpoint"/> segment — its activations are
+    /// recomputed in backward instead of stored. Same loss and gradients, less memory, about a third more compute.
+    /// </summary>
+    public bool GradientCheckpointing { get; set; }
+
+    public void EnableGradientCheckpointing() => GradientCheckpointing = true;
+    public void DisableGradientCheckpointing() => GradientCheckpointing = false;
+
+    /// <summary>
     /// Model output for latents [B,C,H,W], timesteps ([B] or a scalar, int or float) and context [B, L, cross_attention_dim].
     /// <paramref name="record"/> receives the outputs of the top-level modules by name (for parity checks and diagnostics).
     /// </summary>
@@ -114,24 +125,37 @@ public sealed class UNet2DConditionModel : nn.Module
         var h = conv_in.call(sample);
         record?.Add("conv_in", h);
         var skips = new List<Tensor> { h };
+        bool recompute = GradientCheckpointing && training && is_grad_enabled();
+        if (recompute && adaptDownBlocks is not null)
+            throw new ArgumentException("gradient checkpointing cannot recompute adaptDownBlocks (its gradients " +
+                                        "would be lost): disable one of them", nameof(adaptDownBlocks));
         for (int i = 0; i < down_blocks.Count; i++)
         {
             int block = i;
-            var (o, s) = down_blocks[i].Forward(h, emb, encoderHiddenStates,
-                adaptDownBlocks is null ? null : x => adaptDownBlocks(block, x));
+            var down = down_blocks[i];
+            var (o, s) = recompute
+                ? Checkpointed(down, x => down.Forward(x[0]!, x[1]!, x[2]).skips, h, emb, encoderHiddenStates)
+                : down.Forward(h, emb, encoderHiddenStates,
+                    adaptDownBlocks is null ? null : x => adaptDownBlocks(block, x));
             h = o;
             skips.AddRange(s);
             record?.Add($"down_blocks.{i}", h);
         }
-        h = mid_block.Forward(h, emb, encoderHiddenStates);
+        h = recompute
+            ? Checkpointed(mid_block, x => [mid_block.Forward(x[0]!, x[1]!, x[2])], h, emb, encoderHiddenStates).output
+            : mid_block.Forward(h, emb, encoderHiddenStates);
         record?.Add("mid_block", h);
         for (int i = 0; i < up_blocks.Count; i++)
         {
-            int n = up_blocks[i].Layers;
+            var up = up_blocks[i];
+            int n = up.Layers;
             var mine = skips.GetRange(skips.Count - n, n);
             skips.RemoveRange(skips.Count - n, n);
             long[]? size = skips.Count > 0 ? skips[^1].shape[2..] : null;
-            h = up_blocks[i].Forward(h, mine, emb, encoderHiddenStates, size);
+            h = recompute
+                ? Checkpointed(up, x => [up.Forward(x[0]!, x[3..]!, x[1]!, x[2], size)],
+                    [h, emb, encoderHiddenStates, .. mine]).output
+                : up.Forward(h, mine, emb, encoderHiddenStates, size);
             record?.Add($"up_blocks.{i}", h);
         }
         h = conv_norm_out.call(h);
@@ -139,6 +163,14 @@ public sealed class UNet2DConditionModel : nn.Module
         h = conv_out.call(nn.functional.silu(h));
         record?.Add("conv_out", h);
         return h;
+    }
+
+    /// <summary>One block as a checkpoint segment: (its last output, all its outputs — a down block's skips).</summary>
+    static (Tensor output, List<Tensor> skips) Checkpointed(nn.Module block, Func<Tensor?[], IEnumerable<Tensor>> f,
+        params Tensor?[] inputs)
+    {
+        var outputs = GradientCheckpoint.Run(block, x => f(x).ToArray(), inputs);
+        return (outputs[^1], outputs.ToList());
     }
 
     public const string WeightsName = DiffusersFolder.WeightsName;
