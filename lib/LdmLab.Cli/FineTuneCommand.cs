@@ -79,7 +79,8 @@ public static class FineTuneCommand
         using (no_grad())
             latents = VaeTrainer.EncodeMeans(pipeline.Vae, images) * pipeline.Vae.Config.ScalingFactor;
         Console.WriteLine($"{spec.Label} on {modelName}: {images.shape[0]} examples {width}×{height} → latents " +
-                          $"{string.Join("×", latents.shape.Skip(1))}, {options.Steps} steps, batch {options.BatchSize}" +
+                          $"{string.Join("×", latents.shape.Skip(1))}, {options.Steps} steps, " +
+                          $"batch {options.BatchSize}" +
                           $", lr {options.LearningRate.ToString(CultureInfo.InvariantCulture)}");
         Tensor? priorLatents = null;
         IReadOnlyList<string>? priorCaptions = null;
@@ -112,7 +113,8 @@ public static class FineTuneCommand
             int label = Array.IndexOf(CaptionedFashion.Nouns, name.Replace('-', ' '));
             if (label < 0)
                 throw new CliArgumentException($"--class {name}: not one of " +
-                                               string.Join(", ", CaptionedFashion.Nouns.Select(n => n.Replace(' ', '-'))));
+                                               string.Join(", ",
+                                                   CaptionedFashion.Nouns.Select(n => n.Replace(' ', '-'))));
             FineTuneTarget target;
             try { target = FineTuneLab.NewClass(FashionMnist.Load(Split.Train), label, a.Images); }
             catch (ArgumentException e) { throw new CliArgumentException($"--images {a.Images}: {e.Message}"); }
@@ -123,14 +125,17 @@ public static class FineTuneCommand
         var files = Directory.EnumerateFiles(a.Data!).Where(f => ImageFolder.Extensions.Contains(
             Path.GetExtension(f).ToLowerInvariant())).Order(StringComparer.Ordinal).ToList();
         if (files.Count == 0)
-            throw new CliArgumentException($"--data '{a.Data}': no images ({string.Join(" ", ImageFolder.Extensions)})");
+            throw new CliArgumentException(
+                $"--data '{a.Data}': no images ({string.Join(" ", ImageFolder.Extensions)})");
         var token = a.Token ?? "<concept>";
         var prompt = a.Prompt ?? (spec.Kind == FineTuneKind.TextualInversion ? $"a photo of {token}"
             : throw new CliArgumentException("--data needs --prompt TEXT (the caption of every image)"));
         if (spec.Kind == FineTuneKind.TextualInversion && !prompt.Contains(token, StringComparison.Ordinal))
-            throw new CliArgumentException($"--prompt '{prompt}': textual inversion learns {token}; use it in the prompt");
+            throw new CliArgumentException(
+                $"--prompt '{prompt}': textual inversion learns {token}; use it in the prompt");
         if (spec.Kind == FineTuneKind.TextualInversion && a.Init is null)
-            throw new CliArgumentException("textual-inversion with --data needs --init WORD (a one-token word close to " +
+            throw new CliArgumentException("textual-inversion with --data needs --init WORD (a one-token word " +
+                                           "close to " +
                                            "the concept, e.g. toy, dog)");
         var images = stack(files.Select(f => LoadImage(f, pipeline.Vae.Config.InChannels, width, height)).ToArray());
         return (images, Enumerable.Repeat(prompt, files.Count).ToList(),
@@ -142,7 +147,10 @@ public static class FineTuneCommand
         try
         {
             using var image = Image.Load<Rgb24>(path);
-            image.Mutate(x => x.Resize(new ResizeOptions { Size = new SixLabors.ImageSharp.Size(width, height), Mode = ResizeMode.Crop }));
+            image.Mutate(x => x.Resize(new ResizeOptions
+            {
+                Size = new SixLabors.ImageSharp.Size(width, height), Mode = ResizeMode.Crop,
+            }));
             var rgb = ImageTensors.FromImage(image);                                          // [3, H, W] in [0, 1]
             return (channels == 1 ? rgb.mean([0], keepdim: true) : rgb) * 2 - 1;              // [C, H, W] in [−1, 1]
         }
@@ -204,7 +212,8 @@ public static class FineTuneCommand
                 break;
         }
         var log = result.Log;
-        Console.WriteLine($"wrote {written}: {result.Trainable:N0} trainable parameters, {log.Elapsed.TotalSeconds:F0} s, " +
+        Console.WriteLine($"wrote {written}: {result.Trainable:N0} trainable parameters, " +
+                          $"{log.Elapsed.TotalSeconds:F0} s, " +
                           $"loss {log.Losses.Take(10).Average():F4} (first 10 steps) → " +
                           $"{log.Losses.TakeLast(10).Average():F4} (last 10)");
     }
@@ -232,13 +241,15 @@ public static class FineTuneCommand
         int? Whole(string name, int min, int max = int.MaxValue)
         {
             if (!values.TryGetValue(name, out var v)) return null;
-            return int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) && n >= min && n <= max
+            return int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out var n)
+                   && n >= min && n <= max
                 ? n : throw new CliArgumentException($"{name} '{v}': expected a whole number in [{min}, {max}]");
         }
         double? Real(string name, double min, double max)
         {
             if (!values.TryGetValue(name, out var v)) return null;
-            return double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out var x) && x >= min && x <= max
+            return double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out var x)
+                   && x >= min && x <= max
                 ? x : throw new CliArgumentException($"{name} '{v}': expected a number in [{min}, {max}]");
         }
         void Only(string option, string method)

@@ -112,7 +112,8 @@ public static class SampleCommand
         var values = new Dictionary<string, string>();
         var loras = new List<(string, double)>();
         var embeddings = new List<(string, string?)>();
-        string[] known = ["--embedding", "--model", "--variant", "--prediction-type", "--image-size", "--prompt", "--negative",
+        string[] known = ["--embedding", "--model", "--variant", "--prediction-type", "--image-size", "--prompt",
+            "--negative",
             "--steps", "--guidance", "--scheduler",
             "--seed", "--width", "--height", "--lora", "--init", "--strength", "--mask", "--out", "--attention-maps"];
         for (int i = 0; i < args.Length; i++)

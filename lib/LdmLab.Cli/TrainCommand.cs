@@ -81,14 +81,16 @@ public static class TrainCommand
     static string Name(ConditioningMethod method) =>
         method == ConditioningMethod.CrossAttention ? "cross-attention" : method.ToString().ToLowerInvariant();
 
-    /// <summary>--without CLASS: a Fashion-MNIST class noun (hyphens for spaces), for the cross-attention model.</summary>
+    /// <summary>--without CLASS: a Fashion-MNIST class noun (hyphens for spaces), for the cross-attention model.
+    /// </summary>
     static int HeldOut(string named, string recipe, ConditioningMethod method)
     {
         if (recipe != TextToImageRecipe.Shipped || method != ConditioningMethod.CrossAttention)
             throw new CliArgumentException("--without is an option of fashion-text2img with cross-attention");
         int label = Array.IndexOf(CaptionedFashion.Nouns, named.Replace('-', ' '));
         return label >= 0 ? label : throw new CliArgumentException(
-            $"--without {named}: not one of {string.Join(", ", CaptionedFashion.Nouns.Select(n => n.Replace(' ', '-')))}");
+            $"--without {named}: not one of " +
+            string.Join(", ", CaptionedFashion.Nouns.Select(n => n.Replace(' ', '-'))));
     }
 
     static ConditioningMethod Unknown(string named) =>
@@ -190,7 +192,8 @@ public static class TrainCommand
         var vae = Autoencoders.AutoencoderKL.FromPretrained(vaeCheckpoint.Dir);
         vae.eval();
         var train = FashionMnist.Load(Split.Train);
-        var scenes = without is { } held ? TextToImageRecipe.ScenesWithout(train, held) : TextToImageRecipe.Scenes(train);
+        var scenes = without is { } held ? TextToImageRecipe.ScenesWithout(train, held)
+            : TextToImageRecipe.Scenes(train);
         var (latents, scale) = FashionLatentRecipe.ScaledLatents(vae, scenes.Images);
         var options = TextToImageRecipe.Options;
         var name = without is { } w ? TextToImageRecipe.ShippedWithout(w) : TextToImageRecipe.ShippedName(method);
@@ -215,7 +218,8 @@ public static class TrainCommand
         Ship(outDir, $"TextToImageRecipe {Name(method)}{heldOut} (full profile)",
             TextToImageRecipe.Key(latents, scenes.Captions, options, 0, method), options.Steps, 0,
             TextToImageRecipe.WeightsFile, log.Losses, metrics,
-            $"the shipped VAE's latents of {scenes.Count:N0} captioned 28×56 scenes from Fashion-MNIST train{heldOut}, " +
+            $"the shipped VAE's latents of {scenes.Count:N0} captioned 28×56 scenes from Fashion-MNIST " +
+            $"train{heldOut}, " +
             "VAE sha256 " +
             vaeCheckpoint.WeightsSha256[..12], dir => TextToImageRecipe.SaveShipped(model, log, dir),
             $"final loss {metrics["train_loss_last_100_steps"]}");

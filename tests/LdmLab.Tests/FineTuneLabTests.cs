@@ -213,7 +213,8 @@ public class FineTuneLabTests
         Assert.Equal(1.0, itself.ToSubject, 4);
         Assert.Equal(1.0, itself.NearestIsSubject);
         Assert.True(itself.ToOthers < itself.ToSubject);
-        var stranger = FineTuneStudy.Fidelity(judge, Canvas(others.narrow(0, 0, 10)), subject, others.narrow(0, 10, 80));
+        var stranger = FineTuneStudy.Fidelity(judge, Canvas(others.narrow(0, 0, 10)), subject,
+            others.narrow(0, 10, 80));
         Assert.True(stranger.NearestIsSubject <= 0.2, $"{stranger.NearestIsSubject}");
         Assert.Equal(80, stranger.Others);
     }
@@ -251,8 +252,57 @@ public class FineTuneLabTests
         rows[5] = Row(prior, 0.98, 0.80, 0.2);
         text = string.Join("\n", FineTuneStudy.Takeaways(rows, "sneaker", "shoe"));
         Assert.Contains("The goal of rank ≤ 8 reaching ≥ 90 % is not met.", text);
-        Assert.Contains("lose at most 10 points (DreamBooth + prior (w = 0.5)); the goal of ≤ 3 points is not met.", text);
+        Assert.Contains("lose at most 10 points (DreamBooth + prior (w = 0.5)); the goal of ≤ 3 points is not met.",
+            text);
         Assert.Throws<ArgumentException>(() => FineTuneStudy.Takeaways(rows.Take(1).ToList(), "sneaker", "shoe"));
+    }
+
+    /// <summary>
+    /// Notebook 08's claims, where they are computed (40 samples per prompt set, the shipped runs): the base never
+    /// draws a sneaker; DreamBooth with prior preservation (w = 0.5) does most of the time and keeps the known classes;
+    /// textual inversion leaves them exactly as they were; LoRA and DreamBooth without the prior pay for the sneaker
+    /// with the known classes (language drift).
+    /// </summary>
+    [SkippableFact]
+    [Trait("Category", "Slow")]
+    public void The_shipped_runs_teach_the_sneaker_and_show_where_drift_happens()
+    {
+        TorchRuntime.Setup();
+        Skip.If(ShippedCheckpoint.Find(FineTuneLab.ShippedName(FineTuneLab.NewClass(FashionMnist.Load(Split.Train,
+            limit: 2000)), FineTuneLab.LoraR4)) is null, "no shipped fine-tuning runs here");
+        var (vae, judge, baseModel, target) = TestPaths.WithSettings(s => s with { Profile = Profile.Quick }, () =>
+        {
+            var train = FashionMnist.Load(Split.Train, limit: 4000);
+            var v = FashionLatentRecipe.Vae(train.Images).Vae;
+            return (v, ClassifierRecipe.Load(train).Model,
+                TextToImageRecipe.LoadWithout(TextToImageRecipe.HeldOutClass, train, v).Model,
+                FineTuneLab.NewClass(train));
+        });
+        const int n = 40;
+        var before = FineTuneStudy.Score(baseModel, vae, judge, target, target.Word, n);
+        FineTuneScore Tuned(FineTuneSpec spec)
+        {
+            var t = TestPaths.WithSettings(s => s with { Profile = Profile.Quick },
+                () => FineTuneLab.LoadOrTrain(spec, target, baseModel, vae));
+            Assert.StartsWith("loaded checkpoint", t.Source);
+            return FineTuneStudy.Score(t.Model, vae, judge, target, t.Word, n);
+        }
+        var prior = Tuned(FineTuneLab.Specs.First(s => s.Kind == FineTuneKind.DreamBooth && s.PriorWeight == 0.5));
+        var noPrior = Tuned(FineTuneLab.Specs.First(s => s.Kind == FineTuneKind.DreamBooth && s.PriorWeight == 0));
+        var lora = Tuned(FineTuneLab.LoraR4);
+        var ti = Tuned(FineTuneLab.Specs.First(s => s.Kind == FineTuneKind.TextualInversion));
+        Assert.True(before.Target <= 0.05, $"base: {before.Target:P0} sneakers");
+        Assert.True(before.Known >= 0.8, $"base: {before.Known:P0} on the known classes");
+        Assert.True(prior.Target >= 0.6, $"DreamBooth + prior: {prior.Target:P0} sneakers");
+        Assert.True(prior.Known >= before.Known - 0.1,
+            $"DreamBooth + prior: known {prior.Known:P0}, before {before.Known:P0}");
+        Assert.Equal(before.Known, ti.Known);                                     // only the new token's row changed
+        Assert.True(lora.Target >= 0.4, $"LoRA r = 4: {lora.Target:P0} sneakers");
+        Assert.True(lora.Known <= before.Known - 0.3, $"LoRA r = 4: known {lora.Known:P0} (drift expected)");
+        Assert.True(noPrior.Known <= before.Known - 0.3, $"DreamBooth, no prior: known {noPrior.Known:P0}");
+        Assert.True(noPrior.ClassWordAsTarget >= before.ClassWordAsTarget + 0.2,
+            $"DreamBooth, no prior: \"a shoe\" → sneaker {noPrior.ClassWordAsTarget:P0}, " +
+            $"before {before.ClassWordAsTarget:P0}");
     }
 
     // ---- the command line ----

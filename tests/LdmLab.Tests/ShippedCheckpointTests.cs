@@ -322,6 +322,60 @@ public class ShippedTextToImageTests
     }
 
     /// <summary>
+    /// Notebook 08's base — the cross-attention model trained without sneakers — and the fine-tuning runs shipped
+    /// on it: hashes; recipe keys (the base's: its 60,000 scenes without the class; each run's: method, options, seed,
+    /// the shipped base's weights, the instance images); the quick profile loading them (the run's file applied: a
+    /// LoRA matching every module, the token added); and the first five steps of each recipe reproducing the
+    /// shipped runs' first losses (relative 1e-4).
+    /// </summary>
+    [Fact]
+    public void The_fine_tuning_base_and_runs_are_their_recipes_and_their_first_steps_reproduce()
+    {
+        TorchRuntime.Setup();
+        var vae = AutoencoderKL.FromPretrained(ShippedCheckpoint.Find(FashionLatentRecipe.ShippedVae)!.Dir);
+        vae.eval();
+        var train = FashionMnist.Load(Split.Train);
+        int held = TextToImageRecipe.HeldOutClass;
+        var scenes = Full(() => TextToImageRecipe.ScenesWithout(train, held));
+        Assert.Equal(60000, scenes.Count);
+        var (latents, _) = FashionLatentRecipe.ScaledLatents(vae, scenes.Images);
+        var options = Full(() => TextToImageRecipe.Options);
+        var name = TextToImageRecipe.ShippedWithout(held);
+        var shipped = ShippedCheckpoint.Find(name)
+            ?? throw new InvalidOperationException($"data/checkpoints/{name} is missing from this checkout");
+        Assert.Equal(TextToImageRecipe.Key(latents, scenes.Captions, options, 0), shipped.RecipeKey);
+        var trained = TestPaths.WithSettings(s => s with { Profile = Profile.Quick },
+            () => TextToImageRecipe.LoadWithout(held, train, vae));
+        Assert.StartsWith($"loaded checkpoint data/checkpoints/{name}", trained.Source);
+        var (_, log) = TextToImageRecipe.Train(latents, scenes.Captions,
+            options with { Steps = shipped.FirstLosses.Count, Seed = 0 });
+        ShippedJudgeAndAutoencoderTests.AssertFirstLosses(shipped.FirstLosses, log.Losses, name);
+
+        var newClass = FineTuneLab.NewClass(train);
+        var subject = FineTuneLab.Subject(FashionMnist.Load(Split.Test));
+        var runs = FineTuneLab.Specs.Select(s => (newClass, s))
+            .Concat(FineTuneLab.SubjectSpecs.Select(s => (subject, s)));
+        foreach (var (target, spec) in runs)
+        {
+            var runName = FineTuneLab.ShippedName(target, spec);
+            var run = ShippedCheckpoint.Find(runName)
+                ?? throw new InvalidOperationException($"data/checkpoints/{runName} is missing from this checkout");
+            run.Verify();
+            var runOptions = Full(() => FineTuneLab.Options(spec)) with { Seed = 0 };
+            Assert.Equal(FineTuneLab.Key(target, spec, trained.Model, runOptions, 0), run.RecipeKey);
+            Assert.Equal(runOptions.Steps, run.Steps);
+            var tuned = TestPaths.WithSettings(s => s with { Profile = Profile.Quick },
+                () => FineTuneLab.LoadOrTrain(spec, target, trained.Model, vae));
+            Assert.StartsWith($"loaded checkpoint data/checkpoints/{runName}", tuned.Source);
+            Assert.Equal(runOptions.Steps, tuned.Log.Losses.Count);
+            Assert.Equal(run.Metrics["trainable_parameters"], tuned.Trainable);
+            var replay = FineTuneLab.Train(spec, target, trained.Model, vae,
+                runOptions with { Steps = run.FirstLosses.Count }, TestPaths.TempDir("ft-replay-" + runName));
+            ShippedJudgeAndAutoencoderTests.AssertFirstLosses(run.FirstLosses, replay.Result.Log.Losses, runName);
+        }
+    }
+
+    /// <summary>
     /// The quality modes' denoisers (f = 2, 4, 8 on 32×32 canvases): hash; recipe key (f, config, full-profile
     /// options, seed, the shipped autoencoder's latents of the 60,000 padded training images, the labels); the
     /// recorded latent scale measured again (relative 1e-4); the quick profile loading the pair; and the recipe's first

@@ -165,7 +165,8 @@ public static class FineTuneLab
     /// <summary>The objective the base model was trained with (SD's scaled-linear schedule, ε).</summary>
     public static DiffusionObjective Objective => new(NoiseSchedule.ScaledLinear());
 
-    /// <summary>The shipped folder of one run: fashion-finetune-sneaker-lora-r4, fashion-finetune-subject-bag-….</summary>
+    /// <summary>The shipped folder of one run: fashion-finetune-sneaker-lora-r4-te, fashion-finetune-subject-bag-….
+    /// </summary>
     public static string ShippedName(FineTuneTarget target, FineTuneSpec spec) =>
         $"fashion-finetune-{target.Name}-{spec.Name}";
 

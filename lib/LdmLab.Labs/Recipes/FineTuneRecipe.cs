@@ -205,7 +205,8 @@ public static class FineTuneRecipe
                 j[key]?.AsArray().Select(v => v is null ? double.NaN : (double)v).ToList()
                 ?? throw new FormatException($"no '{key}'");
             return (new FineTuneLog(List("losses"), List("instance_losses"), List("prior_losses"),
-                    TimeSpan.FromSeconds((double?)j["training_seconds"] ?? throw new FormatException("no 'training_seconds'"))),
+                    TimeSpan.FromSeconds((double?)j["training_seconds"]
+                                         ?? throw new FormatException("no 'training_seconds'"))),
                 (long?)j["trainable_parameters"] ?? throw new FormatException("no 'trainable_parameters'"));
         });
 
@@ -239,7 +240,8 @@ public static class FineTuneRecipe
     }
 
     /// <summary>The size in bytes of what a user downloads for this result (the weights file).</summary>
-    public static long FileBytes(FineTuneSpec spec, string dir) => new FileInfo(Path.Combine(dir, spec.WeightsFile)).Length;
+    public static long FileBytes(FineTuneSpec spec, string dir) =>
+        new FileInfo(Path.Combine(dir, spec.WeightsFile)).Length;
 
     /// <summary>The objective a pipeline's scheduler config describes (betas, ε or v), as its model was trained.
     /// </summary>

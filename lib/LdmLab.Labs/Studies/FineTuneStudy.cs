@@ -145,7 +145,8 @@ public static class FineTuneStudy
         static string Points(double d) => $"{(d >= 0 ? "+" : "−")}{Math.Abs(100 * d):F0} points";
         var points = new List<string>
         {
-            $"Before: the base model's \"a photo of a {word}\" is judged a {word} {P(before.Score.Target)} of the time " +
+            $"Before: the base model's \"a photo of a {word}\" is judged a {word} {P(before.Score.Target)} of the " +
+            "time " +
             $"(it never saw one); its nine known classes come out right {P(before.Score.Known)}, and \"a photo of a " +
             $"{classWord}\" is a {classWord} {P(before.Score.ClassWord)}.",
         };
@@ -162,22 +163,26 @@ public static class FineTuneStudy
                            $"r = {r.Spec!.Rank} {P(r.Score.Target)} ({FineTuneRow.Size(r.FileBytes)})")) +
                        ". The goal of rank ≤ 8 reaching ≥ 90 % is " +
                        (loras.Any(r => r.Spec!.Rank <= 8 && r.Score.Target >= 0.9) ? "met." : "not met.") +
-                       $" Known classes under LoRA: {string.Join(", ", loras.Select(r => Points(r.Score.Known - before.Score.Known)))}.");
+                       " Known classes under LoRA: " +
+                       $"{string.Join(", ", loras.Select(r => Points(r.Score.Known - before.Score.Known)))}.");
         if (tuned.FirstOrDefault(r => r.Spec!.Kind == FineTuneKind.TextualInversion) is { } ti)
         {
             double bestOther = tuned.Where(r => r != ti).Select(r => r.Score.Target).DefaultIfEmpty(0).Max();
             points.Add($"Textual inversion trains {ti.Trainable:N0} numbers and reaches {P(ti.Score.Target)}" +
                        (ti.Score.Target <= bestOther - 0.2
-                           ? $", far below the methods that change the U-Net ({P(bestOther)}): a new word can only point " +
+                           ? $", far below the methods that change the U-Net ({P(bestOther)}): a new word can only " +
+                             "point " +
                              "the frozen U-Net at what it already draws, and this one never drew the class"
                            : ", as far as the methods that change the U-Net: the frozen model could already draw " +
                              "close enough to it") +
-                       $"; the known classes move {Points(ti.Score.Known - before.Score.Known)} (nothing else changed).");
+                       $"; the known classes move {Points(ti.Score.Known - before.Score.Known)} " +
+                       "(nothing else changed).");
         }
         var dreambooth = tuned.Where(r => r.Spec!.Kind == FineTuneKind.DreamBooth).OrderBy(r => r.Spec!.PriorWeight)
             .ToList();
         foreach (var r in dreambooth)
-            points.Add($"{r.Method}: {P(r.Score.Target)} {word}s; known classes {Points(r.Score.Known - before.Score.Known)}; " +
+            points.Add($"{r.Method}: {P(r.Score.Target)} {word}s; known classes " +
+                       $"{Points(r.Score.Known - before.Score.Known)}; " +
                        $"\"a {classWord}\" drawn as a {word} {P(r.Score.ClassWordAsTarget)} (before " +
                        $"{P(before.Score.ClassWordAsTarget)}), as a {classWord} {P(r.Score.ClassWord)}.");
         var withPrior = dreambooth.Where(r => r.Spec!.PriorWeight > 0).ToList();
@@ -185,8 +190,9 @@ public static class FineTuneStudy
         {
             var worst = withPrior.MinBy(r => r.Score.Known)!;
             points.Add("With prior preservation the known classes lose at most " +
-                       $"{Math.Max(0, 100 * (before.Score.Known - worst.Score.Known)):F0} points ({worst.Method}); the " +
-                       "goal of ≤ 3 points is " + (before.Score.Known - worst.Score.Known <= 0.03 ? "met." : "not met."));
+                       $"{Math.Max(0, 100 * (before.Score.Known - worst.Score.Known)):F0} points ({worst.Method}); " +
+                       "the goal of ≤ 3 points is " +
+                       (before.Score.Known - worst.Score.Known <= 0.03 ? "met." : "not met."));
         }
         var drift = tuned.MinBy(r => r.Score.Known)!;
         var classDrift = tuned.MaxBy(r => r.Score.ClassWordAsTarget)!;
