@@ -1,5 +1,4 @@
 using LdmLab.Adapters;
-using LdmLab.Cli;
 using LdmLab.Conditioning;
 using LdmLab.Data;
 using LdmLab.Diffusion;
@@ -307,20 +306,8 @@ public class FineTuneLabTests
 
     // ---- the command line ----
 
-    static int Run(out string stdout, out string stderr, params string[] args)
-    {
-        var (o, e) = (new StringWriter(), new StringWriter());
-        var (savedOut, savedError) = (Console.Out, Console.Error);
-        Console.SetOut(o);
-        Console.SetError(e);
-        try { return Commands.Run(args); }
-        finally
-        {
-            Console.SetOut(savedOut);
-            Console.SetError(savedError);
-            (stdout, stderr) = (o.ToString(), e.ToString());
-        }
-    }
+    static int Run(out string stdout, out string stderr, params string[] args) =>
+        CliCapture.Run(out stdout, out stderr, args);
 
     static string ShippedModel => Path.Combine(TestPaths.RepoRoot, "data", "checkpoints", TextToImageRecipe.Shipped);
 

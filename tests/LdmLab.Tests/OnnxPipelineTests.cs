@@ -1,4 +1,3 @@
-using LdmLab.Cli;
 using LdmLab.Export;
 using LdmLab.Pipelines;
 using Xunit.Abstractions;
@@ -99,20 +98,8 @@ public class OnnxPipelineTests(ITestOutputHelper output)
         Assert.Contains("9 channels", e.Message);
     }
 
-    static int Run(out string stdout, out string stderr, params string[] args)
-    {
-        var (o, e) = (new StringWriter(), new StringWriter());
-        var (savedOut, savedError) = (Console.Out, Console.Error);
-        Console.SetOut(o);
-        Console.SetError(e);
-        try { return Commands.Run(args); }
-        finally
-        {
-            Console.SetOut(savedOut);
-            Console.SetError(savedError);
-            (stdout, stderr) = (o.ToString(), e.ToString());
-        }
-    }
+    static int Run(out string stdout, out string stderr, params string[] args) =>
+        CliCapture.Run(out stdout, out stderr, args);
 
     [Fact]
     public void Export_onnx_command_writes_the_folder_and_names_bad_arguments()

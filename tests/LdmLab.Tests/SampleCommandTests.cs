@@ -1,4 +1,3 @@
-using LdmLab.Cli;
 using LdmLab.Data;
 using LdmLab.Labs;
 using LdmLab.Pipelines;
@@ -16,20 +15,8 @@ public class SampleCommandTests
     static string Fixture(string name) => Path.Combine(AppContext.BaseDirectory, "fixtures", name);
     static string ShippedModel => Path.Combine(TestPaths.RepoRoot, "data", "checkpoints", TextToImageRecipe.Shipped);
 
-    static int Run(out string stdout, out string stderr, params string[] args)
-    {
-        var (o, e) = (new StringWriter(), new StringWriter());
-        var (savedOut, savedError) = (Console.Out, Console.Error);
-        Console.SetOut(o);
-        Console.SetError(e);
-        try { return Commands.Run(args); }
-        finally
-        {
-            Console.SetOut(savedOut);
-            Console.SetError(savedError);
-            (stdout, stderr) = (o.ToString(), e.ToString());
-        }
-    }
+    static int Run(out string stdout, out string stderr, params string[] args) =>
+        CliCapture.Run(out stdout, out stderr, args);
 
     /// <summary>A written canvas back as [1, 1, 28, 56] in [−1, 1].</summary>
     static Tensor Canvas(string png)
