@@ -258,7 +258,8 @@ public class FineTuneLabTests
 
     /// <summary>
     /// Notebook 08's claims, where they are computed (40 samples per prompt set, the shipped runs): the base never
-    /// draws a sneaker; DreamBooth with prior preservation (w = 0.5) does most of the time and keeps the known classes;
+    /// draws a sneaker; DreamBooth with prior preservation (w = 0.5) does most of the time and keeps far more of the
+    /// known classes than without it;
     /// textual inversion leaves them exactly as they were; LoRA and DreamBooth without the prior pay for the sneaker
     /// with the known classes (language drift).
     /// </summary>
@@ -293,8 +294,9 @@ public class FineTuneLabTests
         Assert.True(before.Target <= 0.05, $"base: {before.Target:P0} sneakers");
         Assert.True(before.Known >= 0.8, $"base: {before.Known:P0} on the known classes");
         Assert.True(prior.Target >= 0.6, $"DreamBooth + prior: {prior.Target:P0} sneakers");
-        Assert.True(prior.Known >= before.Known - 0.1,
-            $"DreamBooth + prior: known {prior.Known:P0}, before {before.Known:P0}");
+        // at 100 samples per set the prior keeps 74 % of 90 % (no prior: 16 %): far more, not all
+        Assert.True(prior.Known >= before.Known - 0.25 && prior.Known >= noPrior.Known + 0.3,
+            $"DreamBooth + prior: known {prior.Known:P0}, no prior {noPrior.Known:P0}, before {before.Known:P0}");
         Assert.Equal(before.Known, ti.Known);                                     // only the new token's row changed
         Assert.True(lora.Target >= 0.4, $"LoRA r = 4: {lora.Target:P0} sneakers");
         Assert.True(lora.Known <= before.Known - 0.3, $"LoRA r = 4: known {lora.Known:P0} (drift expected)");
