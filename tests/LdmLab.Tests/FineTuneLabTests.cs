@@ -135,8 +135,12 @@ public class FineTuneLabTests
         Assert.Equal(result.Trainable, trainable);
         Assert.Equal(result.Log.Losses.Select(l => Math.Round(l, 6)), log.Losses);
         Assert.All(log.PriorLosses, l => Assert.True(double.IsNaN(l)));                    // no prior: NaN kept
-        Assert.Throws<ArgumentException>(() => FineTuneRecipe.Run(spec, TinyModel(), objective, latents,
+        var refused = TinyModel();
+        long rows = refused.TextEncoder.TokenEmbedding.shape[0];
+        Assert.Throws<ArgumentException>(() => FineTuneRecipe.Run(spec, refused, objective, latents,
             Enumerable.Repeat("a photo of a dog", 6).ToList(), Few, "<cat-toy>", "toy"));  // captions lack the token
+        Assert.Equal(rows, refused.TextEncoder.TokenEmbedding.shape[0]);                    // refused before growing
+        Assert.False(refused.Tokenizer.AddedTokens.ContainsKey("<cat-toy>"));
     }
 
     [Fact]

@@ -90,11 +90,11 @@ public static class FineTuneRecipe
                 if (word is null || initializer is null)
                     throw new ArgumentException("textual inversion needs the new token and an initializer word",
                         nameof(word));
+                if (!captions.Any(c => c.Contains(word, StringComparison.Ordinal)))    // before the model grows
+                    throw new ArgumentException($"no caption uses the new token '{word}'", nameof(captions));
                 var (tokenizer, ids) = TextualInversion.Create(model.Tokenizer, model.TextEncoder, word, initializer,
                     spec.Vectors);
                 model.UseTokenizer(tokenizer);
-                if (!captions.Any(c => c.Contains(word, StringComparison.Ordinal)))
-                    throw new ArgumentException($"no caption uses the new token '{word}'", nameof(captions));
                 using var rows = new TokenRowTraining(model.TextEncoder, ids);
                 var log = new FineTuner(model, objective, [("token_embedding", rows.Parameter)], options,
                     rows.RestoreFrozenRows).Train(latents, model.Tokenize(captions), progress: progress);

@@ -57,8 +57,7 @@ public static class TextToImageRecipe
 
     /// <summary>The training scenes of a profile with no item of class <paramref name="heldOut"/> in them (its word
     /// never appears in a caption; "a shoe" then means the other shoes): the same count, pairs and seed.</summary>
-    public static CaptionedScenes ScenesWithout(FashionMnist train, int heldOut) =>
-        CaptionedFashion.Make(train.Without(heldOut), SceneCount, pairs: 0.5, seed: 0);
+    public static CaptionedScenes ScenesWithout(FashionMnist train, int heldOut) => Scenes(train.Without(heldOut));
 
     /// <summary>The recipe's model, untrained (seeded), on <see cref="Lab.Device"/>.</summary>
     public static TextConditionedUNet New(long seed = 0) =>
