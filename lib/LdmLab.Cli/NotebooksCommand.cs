@@ -15,7 +15,7 @@ static class NotebooksCommand
                 case "--dir": dir = Next(); break;
                 case "--out": outDir = Next(); break;
                 case "--profile": profile = Next(); break;
-                case "--only": only = Next().Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList(); break;
+                case "--only": (only ??= []).AddRange(Next().Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)); break;
                 case "--timeout":
                     var t = Next();
                     if (!int.TryParse(t, out timeout) || timeout <= 0) throw new CliArgumentException($"--timeout {t}: expected a positive number of seconds");
