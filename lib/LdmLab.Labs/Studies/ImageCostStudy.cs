@@ -24,13 +24,17 @@ public static class ImageCostStudy
 {
     /// <summary>
     /// Times <paramref name="reps"/> runs of <paramref name="work"/> after one warm-up; the peak-memory increase is
-    /// that of the warm-up (the first run allocates what the others reuse).
+    /// that of the first run (it allocates what the others reuse). Without <paramref name="warmUp"/> the first run is
+    /// also the first timed one: a cold time (oneDNN primitive creation, first allocations included), at one run less.
     /// </summary>
-    public static PartTiming Time(string part, Action work, int reps)
+    public static PartTiming Time(string part, Action work, int reps, bool warmUp = true)
     {
-        long? peak = ProcessMemory.PeakIncrease(work);
+        if (reps < 1) throw new ArgumentOutOfRangeException(nameof(reps), reps, "at least one timed run");
         var times = new List<double>();
-        for (int i = 0; i < reps; i++)
+        var first = Stopwatch.StartNew();
+        long? peak = ProcessMemory.PeakIncrease(work);
+        if (!warmUp) times.Add(first.Elapsed.TotalSeconds);
+        for (int i = times.Count; i < reps; i++)
         {
             var clock = Stopwatch.StartNew();
             work();
@@ -45,7 +49,7 @@ public static class ImageCostStudy
     /// <paramref name="hollow"/>: the weights are zero-stride views of one zero (<see cref="Lab.Hollow"/>): the same
     /// kernels run at the same shapes without 3.4 GB of weights in memory; false builds the real float32 model.
     /// </summary>
-    public static PartTiming UNetStep(bool hollow, int reps)
+    public static PartTiming UNetStep(bool hollow, int reps, bool warmUp = true)
     {
         manual_seed(0);
         using var unet = hollow ? Lab.Hollow(() => new UNet2DConditionModel(UNetConfig.StableDiffusion15))
@@ -59,11 +63,11 @@ public static class ImageCostStudy
             using var scope = NewDisposeScope();
             using var _ = no_grad();
             unet.Forward(z, t, context);
-        }, reps);
+        }, reps, warmUp);
     }
 
     /// <summary>The CLIP ViT-L/14 text encoder on two 77-token prompts (the prompt and the negative one).</summary>
-    public static PartTiming TextEncoder(ClipTextModel text, int reps)
+    public static PartTiming TextEncoder(ClipTextModel text, int reps, bool warmUp = true)
     {
         var ids = zeros(2, 77, dtype: ScalarType.Int64);                                // [2, 77]
         return Time("text encoder (2 prompts)", () =>
@@ -71,7 +75,7 @@ public static class ImageCostStudy
             using var scope = NewDisposeScope();
             using var _ = no_grad();
             text.Forward(ids);
-        }, reps);
+        }, reps, warmUp);
     }
 
     /// <summary>
@@ -79,7 +83,8 @@ public static class ImageCostStudy
     /// <see cref="DecodeScale"/>): the decoder's time follows its FLOPs, so a smaller measured decode stands for the
     /// 512² one (1 when measured at 64²).
     /// </summary>
-    public static (PartTiming Timing, double Scale) Decode(AutoencoderKL vae, int latentSize, int reps)
+    public static (PartTiming Timing, double Scale) Decode(AutoencoderKL vae, int latentSize, int reps,
+        bool warmUp = true)
     {
         var z = randn(1, vae.Config.LatentChannels, latentSize, latentSize);
         var timing = Time($"VAE decode ({latentSize * vae.Config.DownsamplingFactor}² image)", () =>
@@ -87,7 +92,7 @@ public static class ImageCostStudy
             using var scope = NewDisposeScope();
             using var _ = no_grad();
             vae.Decode(z);
-        }, reps);
+        }, reps, warmUp);
         return (timing, DecodeScale(vae, latentSize, 64));
     }
 
