@@ -29,9 +29,9 @@ public static class CheckpointingCost
 {
     /// <summary>
     /// Measures <paramref name="model"/> (on its device, in training mode) on random latents [batch, C, size, size]
-    /// and context [batch, tokens, d]: one warm-up step, the median of <paramref name="reps"/> timed steps and the peak
-    /// of one more, plain then checkpointed. The model's training mode and checkpointing switch are restored and its
-    /// gradients cleared.
+    /// and context [batch, tokens, d]: one warm-up step each way, the medians of <paramref name="reps"/> timed steps
+    /// taken alternately, and the peak of one more step each way. The model's training mode and checkpointing switch
+    /// are restored and its gradients cleared.
     /// </summary>
     public static CheckpointingMeasurement Measure(UNet2DConditionModel model, int batch, int size,
         int contextTokens = 77, int reps = 3, long seed = 0)
@@ -54,27 +54,33 @@ public static class CheckpointingCost
             (model.Forward(x, t, context) - noise).pow(2).mean().backward();
             if (device.type == DeviceType.CUDA) cuda.synchronize();
         }
-        (double seconds, long? peak) Run(bool checkpointing)
+        double Timed(bool checkpointing)
         {
             model.GradientCheckpointing = checkpointing;
+            var sw = Stopwatch.StartNew();
             Step();
-            var times = new List<double>();
-            for (int i = 0; i < reps; i++)
-            {
-                var sw = Stopwatch.StartNew();
-                Step();
-                times.Add(sw.Elapsed.TotalSeconds);
-            }
-            times.Sort();
-            long? peak = device.type == DeviceType.CPU ? ProcessMemory.PeakIncrease(Step) : null;
-            return (times[times.Count / 2], peak);
+            return sw.Elapsed.TotalSeconds;
+        }
+        long? Peak(bool checkpointing)
+        {
+            model.GradientCheckpointing = checkpointing;
+            return device.type == DeviceType.CPU ? ProcessMemory.PeakIncrease(Step) : null;
         }
         try
         {
-            var plain = Run(false);
-            var checkpointed = Run(true);
-            return new CheckpointingMeasurement(batch, size, plain.seconds, checkpointed.seconds, plain.peak,
-                checkpointed.peak);
+            Timed(false);                                                    // warm-up, each way
+            Timed(true);
+            // alternating, so that a machine that speeds up or slows down during the run favours neither
+            var plain = new List<double>();
+            var checkpointed = new List<double>();
+            for (int i = 0; i < reps; i++)
+            {
+                plain.Add(Timed(false));
+                checkpointed.Add(Timed(true));
+            }
+            double Median(List<double> v) => v.Order().ElementAt(v.Count / 2);
+            return new CheckpointingMeasurement(batch, size, Median(plain), Median(checkpointed), Peak(false),
+                Peak(true));
         }
         finally
         {

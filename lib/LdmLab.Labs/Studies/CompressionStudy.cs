@@ -1,0 +1,221 @@
+using System.Diagnostics;
+using LdmLab.Compression;
+using LdmLab.Conditioning;
+using LdmLab.Data;
+using LdmLab.Diffusion;
+using LdmLab.Export;
+using LdmLab.Pipelines;
+using LdmLab.Training;
+
+namespace LdmLab.Labs;
+
+/// <summary>
+/// One way of running the shipped text-to-image model (notebook 10): how it draws canvases for prompts
+/// (<c>Generate(prompts, steps, w, seed)</c> → [N, 1, 28, 56] in [−1, 1]), how one guided denoiser call runs at a
+/// batch of prompts (<c>Step(batch)</c>: 2·batch rows, the unconditional and conditional halves), and the bytes its
+/// U-Net's weights take where they are stored.
+/// </summary>
+public sealed record CompressionVariant(string Name, string Runtime, long WeightBytes,
+    Func<IReadOnlyList<ScenePrompt>, int, double, long, Tensor> Generate, Action<int> Step, string Note);
+
+/// <summary>A variant measured: weights, time and peak-memory increase of one guided U-Net call, judged quality.</summary>
+public sealed record CompressionRow(string Variant, string Runtime, double WeightMB, double MsPerStep,
+    double? StepPeakMB, double Accuracy, double Frechet, string Note);
+
+/// <summary>
+/// Section 10.5.3 on the lab's model: the float32 U-Net against int8 weights (stored int8 with a float scale per
+/// output channel, dequantized in forward: memory, not speed, since TorchSharp has no integer kernels), magnitude
+/// pruning (zeros in dense tensors), structured pruning that removes ResNet channels (smaller tensors, fewer FLOPs),
+/// and the same U-Net exported to ONNX and run in ONNX Runtime. Each variant draws the same prompts from the same
+/// noise and is judged by the lab's classifier (intended-class accuracy, Fréchet distance on its features).
+/// </summary>
+public static class CompressionStudy
+{
+    public const int Steps = 20;
+    public const double Guidance = 5;
+
+    /// <summary>The shipped cross-attention model as a fresh pipeline (each variant changes its own copy).</summary>
+    public static StableDiffusionPipeline Shipped()
+    {
+        var name = TextToImageRecipe.ShippedName(ConditioningMethod.CrossAttention);
+        var dir = ShippedCheckpoint.Find(name)?.Dir
+                  ?? throw new DirectoryNotFoundException($"data/checkpoints/{name} is missing from this checkout");
+        var pipeline = TextToImageRecipe.ShippedPipeline(dir)
+                       ?? throw new InvalidDataException($"{dir}: not a shipped text-to-image checkpoint");
+        pipeline.Unet.eval();
+        pipeline.TextEncoder.eval();
+        return pipeline;
+    }
+
+    /// <summary>The pipeline as it is, float32 weights and compute.</summary>
+    public static CompressionVariant Float32(StableDiffusionPipeline p) =>
+        Torch("float32", p, "the reference");
+
+    /// <summary>
+    /// Linear and convolution weights to int8 + one float32 scale per output channel (w ≈ q·s, s = max|w_row|/127),
+    /// except <see cref="Int8Weights.UNetKeyLayers"/> (the first and last convolutions, the time embedding), which
+    /// stay float32 as the chapter's "keep key layers fp32" says. Changes <paramref name="p"/>'s U-Net in place.
+    /// </summary>
+    public static CompressionVariant Int8WeightOnly(StableDiffusionPipeline p)
+    {
+        var report = Int8Weights.Quantize(p.Unet, Int8Weights.UNetKeyLayers);
+        return Torch("int8 weights (dequantized in forward)", p,
+            $"{report.Quantized.Count} layers int8, {report.Kept.Count} kept float32");
+    }
+
+    /// <summary>Unstructured L1 pruning of every Linear and Conv2d weight at <paramref name="amount"/> (masks applied:
+    /// the zeros stay in dense tensors, so neither the file nor the time changes).</summary>
+    public static CompressionVariant MagnitudePruned(StableDiffusionPipeline p, double amount)
+    {
+        var masks = Pruning.Magnitude(p.Unet, amount);
+        masks.Apply();
+        return Torch($"magnitude pruned {amount:P0}", p, $"sparsity {masks.Sparsity:P1}, stored dense");
+    }
+
+    /// <summary>
+    /// Structured L1 pruning of <paramref name="amount"/> of each ResNet block's inner channels (the next
+    /// convolution shrinks with them), optionally followed by a short fine-tune of the U-Net alone (text encoder
+    /// frozen) on <paramref name="fineTune"/>'s scaled latents and captions.
+    /// </summary>
+    public static CompressionVariant StructuredPruned(StableDiffusionPipeline p, double amount,
+        (Tensor Latents, IReadOnlyList<string> Captions, TrainerOptions Options)? fineTune = null)
+    {
+        var report = Pruning.Structured(p.Unet, amount);
+        string note = $"{report.Blocks.Count} ResNet blocks, parameters {report.ParametersBefore:N0} → " +
+                      $"{report.ParametersAfter:N0}";
+        if (fineTune is { } ft)
+        {
+            var model = new TextConditionedUNet(p.Unet, p.TextEncoder, p.Tokenizer);
+            foreach (var (_, w) in p.TextEncoder.named_parameters()) w.requires_grad_(false);
+            var trainer = new LatentDiffusionTrainer(model, new DiffusionObjective(NoiseSchedule.ScaledLinear()),
+                ft.Options);
+            var log = trainer.Train(ft.Latents, TextToImageRecipe.Conditions(model, ft.Captions));
+            model.eval();
+            note += $"; fine-tuned {log.Losses.Count} steps (loss {log.Losses.TakeLast(20).Average():F4})";
+        }
+        return Torch($"structured pruned {amount:P0}{(fineTune is null ? "" : " + fine-tune")}", p, note);
+    }
+
+    /// <summary>
+    /// The pipeline exported to ONNX (<see cref="OnnxExport.SavePipeline"/>, into <paramref name="dir"/>) and run by
+    /// ONNX Runtime on the CPU (<paramref name="threads"/> intra-op threads; null: ORT's default).
+    /// </summary>
+    public static CompressionVariant Onnx(StableDiffusionPipeline p, string dir, int? threads = null)
+    {
+        OnnxExport.SavePipeline(p, dir);
+        var ort = OnnxStableDiffusionPipeline.FromFolder(dir, threads);
+        long bytes = Directory.GetFiles(Path.Combine(dir, "unet")).Sum(f => new FileInfo(f).Length);
+        var (z, t, context) = StepInputs(p, 1);
+        void Step(int batch)
+        {
+            var (zb, tb, cb) = batch == 1 ? (z, t, context) : StepInputs(p, batch);
+            using var scope = NewDisposeScope();
+            ort.Unet.Run(new Dictionary<string, Tensor>
+            {
+                ["sample"] = zb, ["timestep"] = tb, ["encoder_hidden_states"] = cb,
+            }, "out_sample");
+        }
+        Tensor Generate(IReadOnlyList<ScenePrompt> prompts, int steps, double w, long seed)
+        {
+            var batches = new List<Tensor>();
+            for (int start = 0; start < prompts.Count; start += 100)
+            {
+                int n = Math.Min(100, prompts.Count - start);
+                var output = ort.Generate(new GenerationOptions
+                {
+                    Prompts = prompts.Skip(start).Take(n).Select(q => q.Text).ToArray(), Steps = steps,
+                    GuidanceScale = w, Height = CaptionedScenes.Height, Width = CaptionedScenes.Width,
+                    Seed = seed + start,
+                });
+                batches.Add(output.Images * 2 - 1);                                          // [0, 1] → [−1, 1]
+            }
+            return cat(batches.ToArray());
+        }
+        return new CompressionVariant("ONNX float32", "ONNX Runtime", bytes, Generate, Step,
+            "the project's own export (opset 17)");
+    }
+
+    static CompressionVariant Torch(string name, StableDiffusionPipeline p, string note)
+    {
+        long bytes = Int8Weights.Bytes(p.Unet);
+        void Step(int batch)
+        {
+            var (z, t, context) = StepInputs(p, batch);
+            using var scope = NewDisposeScope();
+            using var _ = no_grad();
+            p.Unet.Forward(z, t, context);
+        }
+        return new CompressionVariant(name, "TorchSharp", bytes,
+            (prompts, steps, w, seed) => TextToImageStudies.Generate(p, prompts, steps, w, seed), Step, note);
+    }
+
+    /// <summary>One guided call's inputs at <paramref name="batch"/> prompts: latents [2·batch, c, 7, 14], a
+    /// timestep, the text context [2·batch, L, D] of an empty and a real prompt.</summary>
+    static (Tensor z, Tensor t, Tensor context) StepInputs(StableDiffusionPipeline p, int batch)
+    {
+        using var _ = no_grad();
+        int f = p.VaeScaleFactor;
+        var z = randn(2 * batch, p.Vae.Config.LatentChannels, CaptionedScenes.Height / f, CaptionedScenes.Width / f);
+        var prompts = Enumerable.Repeat("", batch).Concat(Enumerable.Repeat("a photo of a bag", batch)).ToList();
+        var context = p.EncodePrompts(prompts);                                         // [2·batch, L, D]
+        return (z, tensor(500f), context);
+    }
+
+    /// <summary>
+    /// Measures the variants: the peak-memory increase of each one's first guided call at <paramref name="batch"/>
+    /// prompts (a warm-up), then <paramref name="rounds"/> rounds that time one call of every variant in turn (the
+    /// median per variant; taking turns keeps a machine that speeds up or slows down during the run from favouring
+    /// any), then each variant draws the prompts from the same seed and is judged: intended-class accuracy and
+    /// Fréchet distance of the drawn items to <paramref name="reference"/>.
+    /// </summary>
+    public static IReadOnlyList<CompressionRow> Measure(IReadOnlyList<CompressionVariant> variants,
+        IReadOnlyList<ScenePrompt> prompts, FashionClassifier judge, FrechetReference reference, int batch = 50,
+        int rounds = 3, long seed = 0)
+    {
+        if (variants.Count == 0) throw new ArgumentException("no variants to measure", nameof(variants));
+        if (rounds < 1) throw new ArgumentOutOfRangeException(nameof(rounds), rounds, "at least one timed round");
+        var peaks = variants.Select(v => Runtime.ProcessMemory.PeakIncrease(() => v.Step(batch))).ToList();
+        var times = variants.Select(_ => new List<double>()).ToList();
+        for (int r = 0; r < rounds; r++)
+            for (int i = 0; i < variants.Count; i++)
+            {
+                var clock = Stopwatch.StartNew();
+                variants[i].Step(batch);
+                times[i].Add(clock.Elapsed.TotalMilliseconds);
+            }
+        return variants.Select((v, i) =>
+        {
+            var canvases = v.Generate(prompts, Steps, Guidance, seed);
+            return new CompressionRow(v.Name, v.Runtime, v.WeightBytes / 1e6, times[i].Order().ElementAt(rounds / 2),
+                peaks[i] is long b ? b / 1e6 : null, TextToImageStudies.Accuracy(judge, canvases, prompts),
+                reference.Of(TextToImageStudies.InkedSlot(canvases)), v.Note);
+        }).ToList();
+    }
+
+    /// <summary>What the rows say, against the first (float32) row: size, speed and judged quality of each.</summary>
+    public static IReadOnlyList<string> Takeaways(IReadOnlyList<CompressionRow> rows, int samples)
+    {
+        if (rows.Count < 2) throw new ArgumentException("need the float32 row and at least one variant", nameof(rows));
+        var b = rows[0];
+        // one count in n moves accuracy by 1/n: differences within ±2/n are the sampling noise of this table
+        double noise = 2.0 / samples;
+        var points = new List<string>();
+        foreach (var r in rows.Skip(1))
+        {
+            double dAcc = r.Accuracy - b.Accuracy;
+            string quality = Math.Abs(dAcc) <= noise
+                ? $"judged accuracy {r.Accuracy:P0} vs {b.Accuracy:P0} (within ±{noise:P0}, the noise of {samples} " +
+                  "samples)"
+                : $"judged accuracy {r.Accuracy:P0} vs {b.Accuracy:P0} ({dAcc * 100:+0;-0} points)";
+            points.Add($"{r.Variant} ({r.Runtime}): weights {r.WeightMB:F2} MB ({b.WeightMB / r.WeightMB:F1}× smaller" +
+                       $" than float32), one guided call {r.MsPerStep:F0} ms ({b.MsPerStep / r.MsPerStep:F2}× the " +
+                       $"float32 speed); {quality}.");
+        }
+        var fastest = rows.MinBy(r => r.MsPerStep)!;
+        var smallest = rows.MinBy(r => r.WeightMB)!;
+        points.Add($"Fastest here: {fastest.Variant} ({fastest.Runtime}); smallest: {smallest.Variant}. Weight-only " +
+                   "int8 and unstructured pruning save storage (or nothing, when stored dense), not time: without " +
+                   "integer kernels or sparse storage the arithmetic is the float32 model's.");
+        return points;
+    }
+}
