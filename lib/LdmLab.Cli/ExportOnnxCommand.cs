@@ -26,10 +26,10 @@ public static class ExportOnnxCommand
                                      weights past this size go to a side file (default 2000000000; the U-Net's is
                                      unet/weights.pb)
           --int8 dynamic|static      the U-Net (the per-step cost) as int8 compute in ONNX Runtime: weights int8 per
-                                     output channel; activations scaled per call (dynamic: MatMulInteger,
-                                     ConvInteger) or from calibration (static: QDQ → QLinearConv,
-                                     MatMulIntegerToFloat). conv_in, conv_out, the time embedding, normalisations
-                                     and attention products stay float
+                                     output channel; activations scaled per call (dynamic: MatMulInteger; its
+                                     convolutions stay float, ORT's ConvInteger being slower than float) or from
+                                     calibration (static: QDQ → QLinearConv, MatMulIntegerToFloat). conv_in,
+                                     conv_out, the time embedding, normalisations and attention products stay float
           --calibration-prompts FILE static only, required: prompts (one a line) sampled with the float U-Net;
                                      the U-Net inputs met on the way give the activation ranges
           --calibration-steps N      static only: sampler steps per calibration run (default 8)

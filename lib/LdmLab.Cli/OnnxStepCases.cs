@@ -80,19 +80,21 @@ sealed class TextToImageTorchStep : TextToImageStep
     }
 }
 
-/// <summary>ONNX Runtime (CPU) on the exported graph: float32, int8 dynamic or int8 static (calibrated on 8
+/// <summary>ONNX Runtime (CPU) on the exported graph: float32, int8 dynamic (convolutions as
+/// the constructor says, default float) or int8 static (calibrated on 8
 /// captions × 8 DDIM steps sampled by the float U-Net, <see cref="UNetCalibration"/>).</summary>
 sealed class TextToImageOrtStep : TextToImageStep
 {
     readonly OnnxSession _session;
 
-    public TextToImageOrtStep(OnnxInt8Mode? int8) : base(needsDir: true)
+    public TextToImageOrtStep(OnnxInt8Mode? int8, bool? convolutions = null) : base(needsDir: true)
     {
         var model = ExportFloat();
         if (int8 is OnnxInt8Mode.Dynamic)
         {
             var q = Path.Combine(Dir, "unet.int8.onnx");
-            Console.Error.WriteLine(OnnxInt8.QuantizeDynamic(model, q));
+            Console.Error.WriteLine(OnnxInt8.QuantizeDynamic(model, q,
+                new OnnxInt8Options { Convolutions = convolutions }));
             model = q;
         }
         else if (int8 is OnnxInt8Mode.Static)

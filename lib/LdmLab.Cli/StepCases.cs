@@ -31,8 +31,10 @@ public abstract class StepCase : IDisposable
         ("t2i-unet-torch-int8w", T2I + "TorchSharp, int8 weight-only Linear/Conv2d (dequantized per forward)",
             () => new TextToImageTorchStep(int8Weights: true)),
         ("t2i-unet-ort", T2I + "ONNX Runtime float32 on the project's export", () => new TextToImageOrtStep(null)),
-        ("t2i-unet-ort-int8-dynamic", T2I + "ONNX Runtime int8, dynamic scales (MatMulInteger, ConvInteger)",
+        ("t2i-unet-ort-int8-dynamic", T2I + "ONNX Runtime int8, dynamic scales, MatMuls (convs float, the default)",
             () => new TextToImageOrtStep(Export.OnnxInt8Mode.Dynamic)),
+        ("t2i-unet-ort-int8-dynamic-conv", T2I + "ONNX Runtime int8, dynamic scales, MatMuls and ConvInteger",
+            () => new TextToImageOrtStep(Export.OnnxInt8Mode.Dynamic, convolutions: true)),
         ("t2i-unet-ort-int8-static", T2I + "ONNX Runtime int8, static scales from 8 captions × 8 DDIM steps (QDQ)",
             () => new TextToImageOrtStep(Export.OnnxInt8Mode.Static)),
     ];

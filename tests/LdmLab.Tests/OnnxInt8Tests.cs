@@ -68,14 +68,17 @@ public class OnnxInt8Tests(ITestOutputHelper output)
         return bound;
     }
 
-    static IReadOnlyList<OnnxInt8Target> Plan(string floatModel) => OnnxInt8.Plan(floatModel);
+    static readonly OnnxInt8Options WithConvolutions = new() { Convolutions = true };
+
+    static IReadOnlyList<OnnxInt8Target> Plan(string floatModel, OnnxInt8Mode mode = OnnxInt8Mode.Dynamic) =>
+        OnnxInt8.Plan(floatModel, mode, WithConvolutions);
 
     [Fact]
     public void Dynamic_int8_unet_runs_ort_integer_kernels_within_the_derived_bound()
     {
         var floatModel = ExportFloat("int8-dynamic");
         var int8Model = Path.Combine(Path.GetDirectoryName(floatModel)!, "model.int8.onnx");
-        var report = OnnxInt8.QuantizeDynamic(floatModel, int8Model);
+        var report = OnnxInt8.QuantizeDynamic(floatModel, int8Model, WithConvolutions);
         output.WriteLine(report.ToString());
         foreach (var (layer, why) in report.Kept) output.WriteLine($"  kept {layer}: {why}");
 
@@ -86,6 +89,9 @@ public class OnnxInt8Tests(ITestOutputHelper output)
         Assert.Contains("down_blocks.0.resnets.0.conv1", report.Quantized);
         Assert.Contains("mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj", report.Quantized);
         Assert.True(report.BytesAfter < report.BytesBefore * 0.5, report.ToString());
+        // by default dynamic leaves convolutions float (ORT's ConvInteger is slower than its float Conv), static not
+        Assert.DoesNotContain(OnnxInt8.Plan(floatModel, OnnxInt8Mode.Dynamic), t => t.IsConv);
+        Assert.Contains(OnnxInt8.Plan(floatModel, OnnxInt8Mode.Static), t => t.IsConv);
 
         var ops = Ops(int8Model);
         Assert.Superset(new HashSet<string> { "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "Cast" }, ops);
@@ -145,7 +151,7 @@ public class OnnxInt8Tests(ITestOutputHelper output)
         Assert.Contains("MatMulIntegerToFloat", ran);
 
         // every quantized node's input (and each Conv's output) has its calibrated range
-        var targets = Plan(floatModel);
+        var targets = Plan(floatModel, OnnxInt8Mode.Static);
         Assert.All(targets, t => Assert.Contains(t.Input, report.Ranges.Keys));
         Assert.All(targets.Where(t => t.IsConv), t => Assert.Contains(t.Output, report.Ranges.Keys));
 
@@ -168,7 +174,7 @@ public class OnnxInt8Tests(ITestOutputHelper output)
     {
         var floatModel = ExportFloat("int8-weights");
         var int8Model = Path.Combine(Path.GetDirectoryName(floatModel)!, "model.int8.onnx");
-        var report = OnnxInt8.QuantizeDynamic(floatModel, int8Model);
+        var report = OnnxInt8.QuantizeDynamic(floatModel, int8Model, WithConvolutions);
         var floats = OnnxModelReader.Read(floatModel).Initializers.ToDictionary(i => i.Name, i => i.Value);
         var ints = OnnxModelReader.Read(int8Model).Initializers.ToDictionary(i => i.Name, i => i.Value);
         int checkedLayers = 0;
@@ -234,7 +240,7 @@ public class OnnxInt8Tests(ITestOutputHelper output)
         var flat = Path.Combine(dir, "flat.onnx");
         File.WriteAllBytes(flat, Google.Protobuf.MessageExtensions.ToByteArray(model));
         var e = Assert.Throws<OnnxQuantizationException>(() =>
-            OnnxInt8.QuantizeDynamic(flat, Path.Combine(dir, "out.onnx")));
+            OnnxInt8.QuantizeDynamic(flat, Path.Combine(dir, "out.onnx"), WithConvolutions));
         Assert.Equal("down_blocks.0.resnets.0.conv1", e.LayerPath);
         Assert.StartsWith("down_blocks.0.resnets.0.conv1/Conv", e.NodeName);
         Assert.Contains("rank", e.Message);
@@ -320,7 +326,7 @@ public class OnnxInt8Tests(ITestOutputHelper output)
         var floatModel = Path.Combine(dir, "decoder.onnx");
         OnnxExport.ExportVaeDecoder(vae, floatModel);
         var int8Model = Path.Combine(dir, "decoder.int8.onnx");
-        var report = OnnxInt8.QuantizeDynamic(floatModel, int8Model);
+        var report = OnnxInt8.QuantizeDynamic(floatModel, int8Model, WithConvolutions);
         output.WriteLine(report.ToString());
         Assert.Contains(report.Kept, k => k.Layer == "decoder.conv_in");
         Assert.Contains(report.Kept, k => k.Layer == "decoder.conv_out");

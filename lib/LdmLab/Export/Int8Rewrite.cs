@@ -30,9 +30,12 @@ internal sealed class Int8Rewrite
     readonly List<Target> _targets = [];
     readonly List<(string, string)> _kept = [];
     readonly long _bytesBefore;
+    readonly bool _convolutions;
 
-    Int8Rewrite(ModelProto model, List<(string Name, Tensor Value)> initializers, OnnxInt8Options options)
+    Int8Rewrite(ModelProto model, List<(string Name, Tensor Value)> initializers, OnnxInt8Options options,
+        OnnxInt8Mode mode)
     {
+        _convolutions = options.Convolutions ?? mode == OnnxInt8Mode.Static;
         _model = model;
         _init = initializers.ToDictionary(i => i.Name, i => i.Value, StringComparer.Ordinal);
         _order = initializers.Select(i => i.Name).ToList();
@@ -40,10 +43,10 @@ internal sealed class Int8Rewrite
         Plan(options);
     }
 
-    public static Int8Rewrite Load(string path, OnnxInt8Options options)
+    public static Int8Rewrite Load(string path, OnnxInt8Options options, OnnxInt8Mode mode)
     {
         var (skeleton, initializers) = OnnxModelReader.Read(path);
-        return new Int8Rewrite(skeleton, initializers, options);
+        return new Int8Rewrite(skeleton, initializers, options, mode);
     }
 
     public IReadOnlyList<Target> Targets => _targets;
@@ -96,7 +99,7 @@ internal sealed class Int8Rewrite
             if (options.KeepFloat(layer)) _kept.Add((layer, "key layer (first/last conv, time embedding)"));
             else if (w.numel() < options.MinWeightElements)
                 _kept.Add((layer, $"{w.numel()} weights < {options.MinWeightElements}: too small to gain"));
-            else if (conv && !options.Convolutions) _kept.Add((layer, "convolutions not requested"));
+            else if (conv && !_convolutions) _kept.Add((layer, "convolutions not requested"));
             else _targets.Add(new Target(node, layer, conv, w, bias));
         }
     }

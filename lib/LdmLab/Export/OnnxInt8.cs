@@ -29,8 +29,10 @@ public sealed record OnnxInt8Options
     /// for an integer kernel to repay the quantize pass and the three extra nodes around it.</summary>
     public long MinWeightElements { get; init; } = 1024;
 
-    /// <summary>Whether convolutions are quantized too (ConvInteger / QLinearConv), not only MatMuls.</summary>
-    public bool Convolutions { get; init; } = true;
+    /// <summary>Whether convolutions are quantized too, not only MatMuls. Null (default): yes for static
+    /// (QLinearConv), no for dynamic: ORT 1.31's ConvInteger is an im2col + u8u8 GEMM per call, and measured on the
+    /// lab's text-to-image U-Net step it made the step 3× slower than float ORT (docs/benchmarks.md).</summary>
+    public bool? Convolutions { get; init; }
 }
 
 /// <summary>A MatMul or Conv node the rewrite turns int8: its name, its layer (the weight's state-dict path), its
@@ -59,7 +61,8 @@ public sealed record OnnxInt8Report(OnnxInt8Mode Mode, IReadOnlyList<string> Qua
 /// Conv become int8 initializers, symmetric per output channel (<see cref="Compression.Int8Quantizer"/>:
 /// s_c = max|W_c|/127, |Ŵ − W| ≤ s_c/2); activations become uint8, asymmetric per tensor, s = (max − min)/255 with
 /// 0 exactly representable.
-/// <para><b>Dynamic</b>: x → DynamicQuantizeLinear (scale from this call's min/max) → MatMulInteger (A uint8, B
+/// <para><b>Dynamic</b> (MatMuls only by default, see <see cref="OnnxInt8Options.Convolutions"/>): x →
+/// DynamicQuantizeLinear (scale from this call's min/max) → MatMulInteger (A uint8, B
 /// int8: ORT CPU's u8s8 GEMM) → Cast → × (s_x·s_w) [→ + bias], the pattern ORT fuses into
 /// DynamicQuantizeMatMul; convolutions → ConvInteger, whose CPU kernel takes uint8 weights only with one zero point
 /// per tensor (ORT 1.31: "Non per-tensor quantization is not supported"), so the int8 codes are stored shifted
@@ -100,10 +103,11 @@ public static class OnnxInt8
 
     /// <summary>The nodes a rewrite with <paramref name="options"/> would quantize (the graph is checked as for a
     /// rewrite).</summary>
-    public static IReadOnlyList<OnnxInt8Target> Plan(string floatModel, OnnxInt8Options? options = null)
+    public static IReadOnlyList<OnnxInt8Target> Plan(string floatModel, OnnxInt8Mode mode,
+        OnnxInt8Options? options = null)
     {
         using var scope = NewDisposeScope();
-        return Int8Rewrite.Load(floatModel, options ?? new OnnxInt8Options()).Targets
+        return Int8Rewrite.Load(floatModel, options ?? new OnnxInt8Options(), mode).Targets
             .Select(t => new OnnxInt8Target(t.Node.Name, t.Layer, t.Node.OpType, t.Node.Input[1], t.Node.Input[0],
                 t.Node.Output[0]))
             .ToList();
@@ -115,7 +119,7 @@ public static class OnnxInt8
         OnnxSaveOptions? save = null)
     {
         using var scope = NewDisposeScope();
-        var rewrite = Int8Rewrite.Load(floatModel, options ?? new OnnxInt8Options());
+        var rewrite = Int8Rewrite.Load(floatModel, options ?? new OnnxInt8Options(), OnnxInt8Mode.Dynamic);
         rewrite.Dynamic();
         return rewrite.Save(int8Model, OnnxInt8Mode.Dynamic, new Dictionary<string, ActivationRange>(), save);
     }
@@ -130,7 +134,7 @@ public static class OnnxInt8
         int? threads = null, OnnxSaveOptions? save = null)
     {
         using var scope = NewDisposeScope();
-        var rewrite = Int8Rewrite.Load(floatModel, options ?? new OnnxInt8Options());
+        var rewrite = Int8Rewrite.Load(floatModel, options ?? new OnnxInt8Options(), OnnxInt8Mode.Static);
         var ranges = OnnxCalibration.Collect(floatModel, rewrite.ObservedForStatic(), calibration, threads);
         rewrite.Static(ranges);
         return rewrite.Save(int8Model, OnnxInt8Mode.Static, ranges, save);
@@ -145,7 +149,7 @@ public static class OnnxInt8
     /// </summary>
     public static OnnxInt8Report QuantizeFolderUNet(string dir, OnnxInt8Mode mode,
         IEnumerable<IReadOnlyDictionary<string, Tensor>>? calibration = null, OnnxSaveOptions? save = null,
-        int? threads = null)
+        int? threads = null, OnnxInt8Options? options = null)
     {
         var unetDir = Path.Combine(dir, "unet");
         var floatModel = Path.Combine(unetDir, "model.onnx");
@@ -158,8 +162,8 @@ public static class OnnxInt8
         var staged = Path.Combine(staging, "model.onnx");
         save = (save ?? new OnnxSaveOptions()) with { ExternalDataFile = "weights.pb" };
         var report = mode == OnnxInt8Mode.Dynamic
-            ? QuantizeDynamic(floatModel, staged, save: save)
-            : QuantizeStatic(floatModel, staged, calibration!, threads: threads, save: save);
+            ? QuantizeDynamic(floatModel, staged, options, save)
+            : QuantizeStatic(floatModel, staged, calibration!, options, threads, save);
         var side = Path.Combine(unetDir, "weights.pb");
         if (File.Exists(side)) File.Delete(side);
         foreach (var file in Directory.GetFiles(staging))
