@@ -27,7 +27,19 @@ public abstract class StepCase : IDisposable
             () => new LatentUNetTrain()),
         ("ddim-50", "50 DDIM steps of the latent U-Net, batch 64, CFG 3 (128 rows per call)", () => new Ddim50()),
         ("vae-decode-64", "notebooks' Fashion-MNIST VAE, decode of 64 latents 4×7×7 → 1×28×28", () => new VaeDecode64()),
+        ("t2i-unet-torch", T2I + "TorchSharp float32", () => new TextToImageTorchStep(int8Weights: false)),
+        ("t2i-unet-torch-int8w", T2I + "TorchSharp, int8 weight-only Linear/Conv2d (dequantized per forward)",
+            () => new TextToImageTorchStep(int8Weights: true)),
+        ("t2i-unet-ort", T2I + "ONNX Runtime float32 on the project's export", () => new TextToImageOrtStep(null)),
+        ("t2i-unet-ort-int8-dynamic", T2I + "ONNX Runtime int8, dynamic scales, MatMuls (convs float, the default)",
+            () => new TextToImageOrtStep(Export.OnnxInt8Mode.Dynamic)),
+        ("t2i-unet-ort-int8-dynamic-conv", T2I + "ONNX Runtime int8, dynamic scales, MatMuls and ConvInteger",
+            () => new TextToImageOrtStep(Export.OnnxInt8Mode.Dynamic, convolutions: true)),
+        ("t2i-unet-ort-int8-static", T2I + "ONNX Runtime int8, static scales from 8 captions × 8 DDIM steps (QDQ)",
+            () => new TextToImageOrtStep(Export.OnnxInt8Mode.Static)),
     ];
+
+    const string T2I = "shipped fashion-text2img U-Net, one CFG step (128 rows × 4×7×14 + caption states): ";
 
     /// <summary>Stable Diffusion 1.5 shapes, on <see cref="Runtime.Lab.Device"/>: run only when named (GPU checks).</summary>
     static readonly (string name, string description, Func<StepCase> create)[] GpuSized =
@@ -39,6 +51,8 @@ public abstract class StepCase : IDisposable
         ("sd15-unet-step", "SD 1.5 U-Net (860M, default-init weights), one guided step: batch 2 × 4×64×64 + 77×768 " +
                            "context, no gradients (scripts/pytorch_sd15_step.py times the same in PyTorch)",
             () => new Sd15UNetStep()),
+        ("sd15-unet-step-ort", "the same SD 1.5-shaped step in ONNX Runtime (CPU) on the project's own export " +
+                               "of that U-Net (3.4 GB external data in a temp folder)", () => new Sd15UNetStepOrt()),
     ];
 
     /// <summary>The cases a plain `ldmlab bench --json` runs (the CPU-sized ones).</summary>

@@ -68,7 +68,7 @@ public sealed class OnnxGraphBuilder(string graphName)
     public IReadOnlyList<ValueInfoProto> Outputs => _outputs;
 
     /// <summary>Element types (onnx.proto TensorProto.DataType) the exporter uses.</summary>
-    public const int Float = 1, Int32 = 6, Int64 = 7, Bool = 9;
+    public const int Float = 1, UInt8 = 2, Int8 = 3, Int32 = 6, Int64 = 7, Bool = 9;
 
     /// <summary>Names the nodes made until the handle is disposed after <paramref name="layerPath"/> (a module's
     /// state-dict prefix), so that a node or value in the graph can be traced back to the layer.</summary>

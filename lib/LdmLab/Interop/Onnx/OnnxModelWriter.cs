@@ -30,7 +30,7 @@ public sealed record OnnxSaveOptions
 
 /// <summary>
 /// Writes an <see cref="OnnxGraphBuilder"/>'s graph as an ONNX ModelProto file. Initializers are raw little-endian
-/// float32 / int64 (TensorProto.raw_data). When their total passes
+/// float32 / int64 / int32 / int8 / uint8 (TensorProto.raw_data). When their total passes
 /// <see cref="OnnxSaveOptions.ExternalDataThreshold"/>, the tensors of at least
 /// <see cref="OnnxSaveOptions.ExternalMinTensorBytes"/> go to one side file as onnx.proto describes external data:
 /// data_location = EXTERNAL and external_data entries <c>location</c> (relative path), <c>offset</c> and
@@ -44,19 +44,40 @@ public static class OnnxModelWriter
     static readonly System.Globalization.CultureInfo Invariant = System.Globalization.CultureInfo.InvariantCulture;
 
     /// <summary>Writes the model; returns whether the weights went to the side file.</summary>
-    public static bool Save(OnnxGraphBuilder graph, string path, OnnxSaveOptions? options = null)
+    public static bool Save(OnnxGraphBuilder graph, string path, OnnxSaveOptions? options = null) =>
+        Save(graph.Skeleton(options?.Metadata), graph.Initializers, path,
+            (options ?? new OnnxSaveOptions()) with { Metadata = null });
+
+    /// <summary>
+    /// Writes <paramref name="skeleton"/> (a ModelProto whose graph holds no initializers) with
+    /// <paramref name="initializers"/> (float32, int64, int32, int8 or uint8 tensors on the CPU) as its weights, inline
+    /// or in the side file as above; <see cref="OnnxSaveOptions.Metadata"/> is added to its metadata_props. A graph
+    /// rewrite (<see cref="OnnxModelReader.Read"/> → edit → here) keeps the exporter's storage rules.
+    /// </summary>
+    public static bool Save(ModelProto skeleton, IReadOnlyList<(string Name, Tensor Value)> initializers, string path,
+        OnnxSaveOptions? options = null)
     {
         options ??= new OnnxSaveOptions();
         if (string.IsNullOrWhiteSpace(options.ExternalDataFile) || Path.GetFileName(options.ExternalDataFile)
             != options.ExternalDataFile)
             throw new ArgumentException($"ExternalDataFile must be a plain file name, got '{options.ExternalDataFile}'",
                 nameof(options));
-        var model = graph.Skeleton(options.Metadata);
-        long total = graph.Initializers.Sum(i => i.Value.NumberOfElements * i.Value.ElementSize);
+        if (skeleton.Graph.Initializer.Count > 0)
+            throw new ArgumentException("the skeleton's graph must hold no initializers (pass them separately)",
+                nameof(skeleton));
+        var model = skeleton.Clone();
+        foreach (var (k, v) in options.Metadata ?? new Dictionary<string, string>())
+        {
+            var existing = model.MetadataProps.FirstOrDefault(e => e.Key == k);
+            if (existing is not null) existing.Value = v;
+            else model.MetadataProps.Add(Entry(k, v));
+        }
+        var tensors = initializers.Select(i => (i.Name, Value: i.Value.contiguous())).ToList();
+        long total = tensors.Sum(i => i.Value.NumberOfElements * i.Value.ElementSize);
         bool external = total > options.ExternalDataThreshold;
         var dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
         var dataPath = Path.Combine(dir, options.ExternalDataFile);
-        var protos = graph.Initializers.Select(i => Header(i.Name, i.Value)).ToList();
+        var protos = tensors.Select(i => Header(i.Name, i.Value)).ToList();
         if (external)
         {
             Data.AtomicFile.Write(dataPath, s =>
@@ -64,7 +85,7 @@ public static class OnnxModelWriter
                 long offset = 0;
                 for (int k = 0; k < protos.Count; k++)
                 {
-                    var t = graph.Initializers[k].Value;
+                    var t = tensors[k].Value;
                     long length = t.NumberOfElements * t.ElementSize;
                     if (length < options.ExternalMinTensorBytes) continue;
                     long start = length >= AlignThreshold ? (offset + Alignment - 1) / Alignment * Alignment : offset;
@@ -80,7 +101,7 @@ public static class OnnxModelWriter
         }
         for (int k = 0; k < protos.Count; k++)
             if (protos[k].DataLocation != TensorProto.Types.DataLocation.External)
-                protos[k].RawData = ByteString.CopyFrom(graph.Initializers[k].Value.bytes);
+                protos[k].RawData = ByteString.CopyFrom(tensors[k].Value.bytes);
         model.Graph.Initializer.AddRange(protos);
         Data.AtomicFile.Write(path, s => model.WriteTo(s));
         // an inline model leaves no stale side file of an earlier, larger export behind
@@ -97,7 +118,11 @@ public static class OnnxModelWriter
             {
                 ScalarType.Float32 => OnnxGraphBuilder.Float,
                 ScalarType.Int64 => OnnxGraphBuilder.Int64,
-                _ => throw new NotSupportedException($"initializer '{name}': {t.dtype} (float32 and int64 only)"),
+                ScalarType.Int32 => OnnxGraphBuilder.Int32,
+                ScalarType.Int8 => OnnxGraphBuilder.Int8,
+                ScalarType.Byte => OnnxGraphBuilder.UInt8,
+                _ => throw new NotSupportedException(
+                    $"initializer '{name}': {t.dtype} (float32, int64, int32, int8 and uint8 only)"),
             },
         };
         proto.Dims.AddRange(t.shape);

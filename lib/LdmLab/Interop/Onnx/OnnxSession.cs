@@ -19,12 +19,16 @@ public sealed class OnnxSession : IDisposable
     public string ModelPath { get; }
 
     /// <param name="threads">ONNX Runtime's intra-op threads; null: its default (one per core).</param>
-    public OnnxSession(string modelPath, int? threads = null)
+    /// <param name="optimizedModelPath">Where ONNX Runtime writes the graph it runs after its graph optimizations
+    /// (fusions such as DynamicQuantizeLinear + MatMulInteger → DynamicQuantizeMatMul): what it really executes.
+    /// </param>
+    public OnnxSession(string modelPath, int? threads = null, string? optimizedModelPath = null)
     {
         if (!File.Exists(modelPath)) throw new DatasetException(modelPath, "ONNX model not found");
         ModelPath = modelPath;
         using var options = NewOptions();
         if (threads is int n) options.IntraOpNumThreads = n;
+        if (optimizedModelPath is not null) options.OptimizedModelFilePath = optimizedModelPath;
         try { _session = new InferenceSession(modelPath, options); }
         catch (OnnxRuntimeException e)
         {
