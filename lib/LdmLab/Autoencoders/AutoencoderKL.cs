@@ -222,9 +222,10 @@ public sealed class AutoencoderKL : nn.Module
         encoder.Record = record;
         try
         {
-            var moments = quant_conv.call(encoder.call(x));
+            // half-precision weights (HalfPrecision.ToPrecision): compute in their type, hand out the caller's
+            var moments = quant_conv.call(encoder.call(HalfPrecision.CastFloating(x, this.ComputeDtype())));
             record?.Add("quant_conv", moments);
-            return new DiagonalGaussian(moments);
+            return new DiagonalGaussian(HalfPrecision.CastFloating(moments, x.dtype));
         }
         finally { encoder.Record = null; }
     }
@@ -234,9 +235,9 @@ public sealed class AutoencoderKL : nn.Module
         decoder.Record = record;
         try
         {
-            var h = post_quant_conv.call(z);
+            var h = post_quant_conv.call(HalfPrecision.CastFloating(z, this.ComputeDtype()));
             record?.Add("post_quant_conv", h);
-            return decoder.call(h);
+            return HalfPrecision.CastFloating(decoder.call(h), z.dtype);
         }
         finally { decoder.Record = null; }
     }
