@@ -18,8 +18,9 @@ public delegate void AttentionObserver(string layer, Tensor probabilities);
 /// Multi-head (cross-)attention, diffusers' Attention with the plain AttnProcessor:
 /// softmax(Q Kᵀ / √d) V with Q = x W_q, K = c W_k, V = c W_v (c = x for self-attention), then to_out.
 /// Runs LibTorch's fused scaled_dot_product_attention unless this layer's <see cref="Observer"/> wants the
-/// probabilities (or upcasting is asked for, or <see cref="Layers.FusedAttention"/> is off); both paths compute the
-/// same function (tested); <see cref="SliceSize"/> computes the explicit path in slices (diffusers' sliced processor).
+/// probabilities (or upcasting half inputs is asked for, or <see cref="Layers.FusedAttention"/> is off); both paths
+/// compute the same function (tested); <see cref="SliceSize"/> computes the explicit path in slices (diffusers'
+/// sliced processor).
 /// Observers and slicing are set per layer, as diffusers' <c>set_attn_processor</c> sets processors:
 /// see <see cref="AttentionProcessors"/>.
 /// </summary>
@@ -81,13 +82,15 @@ public sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
         var k = Heads(to_k.call(context), m);
         var v = Heads(to_v.call(context), m);
         Tensor o;                                                                                   // [b, h, n, d]
-        if (Observer is null && !_upcast && _sliceSize is null && Layers.FusedAttention)
+        // upcast_attention matters only for half inputs: in float32 the fused kernel is already the upcast maths
+        bool upcast = _upcast && q.dtype != ScalarType.Float32;
+        if (Observer is null && !upcast && _sliceSize is null && Layers.FusedAttention)
             o = nn.functional.scaled_dot_product_attention(q, k, v);   // fused kernel, same maths (scale 1/√d)
         else if (Observer is null && _sliceSize is int slice)
             o = Sliced(q, k, v, slice);
         else
         {
-            if (_upcast) { q = q.to_type(ScalarType.Float32); k = k.to_type(ScalarType.Float32); }
+            if (upcast) { q = q.to_type(ScalarType.Float32); k = k.to_type(ScalarType.Float32); }
             var probs = softmax(q.matmul(k.transpose(-1, -2)) * _scale, -1).to_type(v.dtype);   // [b, h, n, m]
             Observer?.Invoke(LayerName, probs);
             o = probs.matmul(v);
