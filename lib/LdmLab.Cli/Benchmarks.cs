@@ -27,6 +27,8 @@ static class BenchCommand
     {
         if (args.Contains("--json")) return Json(args.Where(a => a != "--json").ToArray());
         if (args.Contains("--profile")) return StepProfiler.Run();
+        if (args.Contains("--half-accuracy"))
+            return HalfAccuracyCommand.Run(args.Where(a => a != "--half-accuracy").ToArray());
         var config = ManualConfig.Create(DefaultConfig.Instance)
             .AddJob(Job.ShortRun.WithToolchain(InProcessEmitToolchain.Instance))
             .WithOptions(ConfigOptions.DisableOptimizationsValidator)
@@ -81,6 +83,9 @@ static class BenchCommand
                 ["min_ms"] = stats is null ? null : Math.Round(stats.Min / 1e6, 2),
                 ["max_ms"] = stats is null ? null : Math.Round(stats.Max / 1e6, 2),
                 ["runs"] = stats?.N,
+                ["peak_rss_mb"] = StepBench.PeakBytes.TryGetValue(
+                    StepBench.Key(name, (bool)p["OneDnn"], (int)p["Threads"]), out var peak) && peak is long bytes
+                    ? Math.Round(bytes / 1048576.0, 1) : null,
             });
         }
         var doc = new JsonObject
@@ -91,7 +96,8 @@ static class BenchCommand
             ["cpu_isa"] = runtime.OneDnn?.CpuIsa,
             ["onednn_isa"] = runtime.OneDnn?.EffectiveIsa,
             ["setup_decision"] = runtime.OneDnn?.ToString(),
-            ["method"] = "BenchmarkDotNet in process, 3 warm-ups, median of 10 single runs per case",
+            ["method"] = "BenchmarkDotNet in process, 3 warm-ups, median of 10 single runs per case; " +
+                         "peak_rss_mb: VmHWM added by one more run after them (Linux)",
             ["results"] = results,
         };
         Console.WriteLine(doc.ToJsonString(new JsonSerializerOptions
@@ -152,9 +158,16 @@ public class StepBench
 
     [Benchmark] public void Step() => _case.Run();
 
+    /// <summary>Peak resident memory added by one more run after the timed ones (Linux VmHWM, null elsewhere), by
+    /// the parameters' display string.</summary>
+    public static Dictionary<string, long?> PeakBytes { get; } = [];
+
+    public static string Key(string name, bool oneDnn, int threads) => $"{name}|{oneDnn}|{threads}";
+
     [GlobalCleanup]
     public void Cleanup()
     {
+        PeakBytes[Key(Case, OneDnn, Threads)] = ProcessMemory.PeakIncrease(_case.Run);
         _case.Dispose();
         TorchRuntime.SetMkldnn(_before);
         set_num_threads(_threadsBefore);

@@ -14,6 +14,9 @@ public static class Commands
           ldmlab bench --json [--case A,B] [--threads 1,2] [--onednn on,off]
                                            training/sampling steps (3 warm-ups, median of 10) as JSON
           ldmlab bench --profile           one latent U-Net training step by phase and layer family
+          ldmlab bench --half-accuracy [--samples N] [--steps S]
+                                           the shipped text-to-image model in float32, bfloat16 and float16:
+                                           judged accuracy, time and image differences as JSON
           ldmlab sample --model DIR|REPO_ID|FILE --prompt TEXT [options]
                                            one image from a prompt (img2img, inpainting, LoRA; ldmlab sample --help)
           ldmlab export-onnx --model DIR|REPO_ID|FILE --out DIR

@@ -59,14 +59,18 @@ public abstract class StepCase : IDisposable
     public static string[] Names { get; } = All.Select(c => c.name).ToArray();
 
     /// <summary>Every case that can be named with --case.</summary>
-    public static string[] AllNames { get; } = All.Concat(GpuSized).Select(c => c.name).ToArray();
+    public static string[] AllNames { get; } = Named.Select(c => c.name).ToArray();
+
+    /// <summary>Every case: these, then those of other files (named only).</summary>
+    static IEnumerable<(string name, string description, Func<StepCase> create)> Named =>
+        All.Concat(GpuSized).Concat(PrecisionCases.Cases).Concat(PrecisionCases.Large);
 
     public static string Describe(string name) => Find(name).description;
 
     public static StepCase Create(string name) => Find(name).create();
 
     static (string name, string description, Func<StepCase> create) Find(string name) =>
-        All.Concat(GpuSized).FirstOrDefault(c => c.name == name) is { name: not null } c ? c
+        Named.FirstOrDefault(c => c.name == name) is { name: not null } c ? c
         : throw new CliArgumentException($"unknown bench case '{name}'; cases: {string.Join(", ", AllNames)}");
 
     /// <summary>SD 1.5's U-Net with seeded default-init weights, on <paramref name="device"/>, in eval mode.</summary>

@@ -35,9 +35,11 @@ public sealed class SpatialSelfAttention : nn.Module<Tensor, Tensor>
         long b = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3];
         var tokens = group_norm.call(x).reshape(b, c, h * w).transpose(1, 2);       // [B, HW, C]
         var q = to_q.call(tokens); var k = to_k.call(tokens); var v = to_v.call(tokens);
-        // float32 inputs: the fused kernel is softmax(q kᵀ/√c) v in float32, as diffusers' upcast_softmax computes it
+        // float32 inputs: the fused kernel is softmax(q kᵀ/√c) v in float32, as diffusers' upcast_softmax computes it;
+        // given [B, 1, HW, C] (one head) it never forms the HW × HW matrix — given [B, HW, C] LibTorch's CPU falls
+        // back to the explicit maths (measured: 146 MB against 3 MB for one 64² latent's attention)
         var attended = q.dtype == ScalarType.Float32 && Layers.FusedAttention
-            ? nn.functional.scaled_dot_product_attention(q, k, v)
+            ? nn.functional.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
             : softmax((q.bmm(k.transpose(1, 2)) * _scale).to_type(ScalarType.Float32), -1).to_type(v.dtype).bmm(v);
         var o = to_out[1].call(to_out[0].call(attended));
         return o.transpose(1, 2).reshape(b, c, h, w) + x;
@@ -222,9 +224,10 @@ public sealed class AutoencoderKL : nn.Module
         encoder.Record = record;
         try
         {
-            var moments = quant_conv.call(encoder.call(x));
+            // half-precision weights (HalfPrecision.ToPrecision): compute in their type, hand out the caller's
+            var moments = quant_conv.call(encoder.call(HalfPrecision.CastFloating(x, this.ComputeDtype())));
             record?.Add("quant_conv", moments);
-            return new DiagonalGaussian(moments);
+            return new DiagonalGaussian(HalfPrecision.CastFloating(moments, x.dtype));
         }
         finally { encoder.Record = null; }
     }
@@ -234,9 +237,9 @@ public sealed class AutoencoderKL : nn.Module
         decoder.Record = record;
         try
         {
-            var h = post_quant_conv.call(z);
+            var h = post_quant_conv.call(HalfPrecision.CastFloating(z, this.ComputeDtype()));
             record?.Add("post_quant_conv", h);
-            return decoder.call(h);
+            return HalfPrecision.CastFloating(decoder.call(h), z.dtype);
         }
         finally { decoder.Record = null; }
     }

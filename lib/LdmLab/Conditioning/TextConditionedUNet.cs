@@ -68,8 +68,43 @@ public sealed class TextConditionedUNet : ConditionalDenoiser
     /// <summary>Prompt ids [N, L] int64, padded and truncated to the text encoder's L positions.</summary>
     public Tensor Tokenize(IEnumerable<string> prompts) => Tokenizer.EncodeBatch(prompts);
 
-    /// <summary>The U-Net's context: the text encoder's last hidden states [B, L, d].</summary>
-    public Tensor TextContext(Tensor ids) => text_encoder.Forward(ids).LastHiddenState;
+    /// <summary>
+    /// Prompt ids → context, least recently used evicted (section 10.5.4). A sampling loop over this model calls
+    /// <see cref="Forward"/> with the same ids at every step (and the empty prompt's in every guided batch): with
+    /// the cache on, only the first step runs the text encoder. Used only in eval mode; null (the default): off.
+    /// Clear it after changing the text encoder's weights.
+    /// </summary>
+    public TextEncodingCache? TextEncodingCache { get; set; }
+
+    /// <summary>The U-Net's context: the text encoder's last hidden states [B, L, d] (rows from the
+    /// <see cref="TextEncodingCache"/> when it is on, in eval mode; the misses encoded in one batch).</summary>
+    public Tensor TextContext(Tensor ids)
+    {
+        if (TextEncodingCache is not { } cache || training) return text_encoder.Forward(ids).LastHiddenState;
+        long rows = ids.shape[0], length = ids.shape[1];
+        var values = ids.cpu().contiguous().data<long>().ToArray();
+        var keys = Enumerable.Range(0, (int)rows)
+            .Select(i => string.Join(',', values.Skip(i * (int)length).Take((int)length))).ToArray();
+        var unique = keys.Distinct().ToList();
+        var encoded = new Tensor[unique.Count];                                                     // each [L, d]
+        var missing = new List<int>();
+        for (int u = 0; u < unique.Count; u++)
+            if (cache.TryGet(unique[u], out var hit)) encoded[u] = hit;
+            else missing.Add(u);
+        if (missing.Count > 0)
+        {
+            var first = missing.Select(u => (long)Array.IndexOf(keys, unique[u])).ToArray();
+            var states = text_encoder.Forward(ids.index_select(0, tensor(first, device: ids.device)))
+                .LastHiddenState;                                                                   // [misses, L, d]
+            for (int j = 0; j < missing.Count; j++)
+            {
+                encoded[missing[j]] = states[j];
+                cache.Add(unique[missing[j]], states[j]);
+            }
+        }
+        var which = keys.Select(k => (long)unique.IndexOf(k)).ToArray();
+        return stack(encoded).index_select(0, tensor(which, device: encoded[0].device));          // [B, L, d]
+    }
 
     public override Tensor Forward(Tensor zt, Tensor t, Tensor ids) => unet.Forward(zt, t, TextContext(ids));
 

@@ -210,8 +210,12 @@ public sealed class LatentDiffusionPipeline
         int n = (int)latents.shape[0], batch = Math.Max(1, batchSize ?? n);
         var parts = new List<Tensor>();
         for (int start = 0; start < n; start += batch)
+        {
+            // each slice's activations are freed before the next one starts (what slicing is for)
+            using var scope = NewDisposeScope();
             parts.Add(vae.Decode(latents.narrow(0, start, Math.Min(batch, n - start)) / vae.Config.ScalingFactor)
-                .clamp(-1, 1));                                                               // [b, C, H, W]
+                .clamp(-1, 1).MoveToOuterDisposeScope());                                     // [b, C, H, W]
+        }
         return parts.Count == 1 ? parts[0] : cat(parts.ToArray());
     }
 

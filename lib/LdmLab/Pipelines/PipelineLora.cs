@@ -18,6 +18,7 @@ public sealed class LoadedLora : IDisposable
         Scale = scale;
         _unet = load.Adapter.Attach(pipeline.Unet, "unet", scale);
         _textEncoder = load.Adapter.Attach(pipeline.TextEncoder, "text_encoder", scale);
+        pipeline.TextEncodingCache?.Clear();                     // cached prompts came from the text encoder before
     }
 
     /// <summary>The adapter, the file's dialect and the keys that matched no module.</summary>
@@ -33,6 +34,7 @@ public sealed class LoadedLora : IDisposable
         Load.Adapter.Fuse(_pipeline.Unet, "unet", Scale);
         Load.Adapter.Fuse(_pipeline.TextEncoder, "text_encoder", Scale);
         _fused = true;
+        _pipeline.TextEncodingCache?.Clear();
     }
 
     void Detach()
@@ -45,6 +47,7 @@ public sealed class LoadedLora : IDisposable
     public void Dispose()
     {
         Detach();
+        _pipeline.TextEncodingCache?.Clear();
         if (!_fused) return;
         Load.Adapter.Unfuse(_pipeline.Unet, "unet");
         Load.Adapter.Unfuse(_pipeline.TextEncoder, "text_encoder");

@@ -16,6 +16,7 @@ public sealed partial class StableDiffusionPipeline
     {
         var inversion = TextualInversion.Read(path, token);
         Tokenizer = inversion.AddTo(Tokenizer, TextEncoder, path);
+        TextEncodingCache?.Clear();
         return inversion;
     }
 
@@ -27,5 +28,6 @@ public sealed partial class StableDiffusionPipeline
             throw new ArgumentException($"the tokenizer has {tokenizer.VocabSize} entries, the text encoder " +
                                         $"{TextEncoder.TokenEmbedding.shape[0]} token rows", nameof(tokenizer));
         Tokenizer = tokenizer;
+        TextEncodingCache?.Clear();
     }
 }

@@ -5,6 +5,7 @@ using LdmLab.Conditioning;
 using LdmLab.Diffusion;
 using LdmLab.Diffusion.Schedulers;
 using LdmLab.Interop;
+using LdmLab.Nn;
 using LdmLab.UNet;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -96,6 +97,20 @@ public sealed partial class StableDiffusionPipeline
         return this;
     }
 
+    /// <summary>
+    /// Half precision for sampling (diffusers' <c>pipe.to(torch_dtype=torch.bfloat16)</c>): the text encoder, the
+    /// U-Net and — unless <paramref name="vaeInFloat32"/> — the VAE get <paramref name="dtype"/> weights and compute
+    /// (<see cref="Nn.HalfPrecision.ToPrecision{T}"/>: normalisation layers stay float32); latents, the scheduler and
+    /// the images stay float32. <see cref="ScalarType.Float32"/> undoes it. Returns this pipeline.
+    /// </summary>
+    public StableDiffusionPipeline To(ScalarType dtype, bool vaeInFloat32 = false)
+    {
+        TextEncoder.ToPrecision(dtype); Unet.ToPrecision(dtype);
+        Vae.ToPrecision(vaeInFloat32 ? ScalarType.Float32 : dtype);
+        TextEncodingCache?.Clear();                                     // the cached embeddings came from the old weights
+        return this;
+    }
+
     /// <summary>Another scheduler from <see cref="Scheduler.ClassNames"/>, keeping the training-schedule settings.</summary>
     public void SetScheduler(string className, JsonObject? overrides = null)
     {
@@ -107,31 +122,54 @@ public sealed partial class StableDiffusionPipeline
 
     public Scheduler NewScheduler() => Scheduler.Create(SchedulerClass, SchedulerConfig);
 
+    /// <summary>
+    /// Prompt → embeddings, least recently used evicted (section 10.5.4): repeated prompts — the empty negative
+    /// prompt of every call, a sweep over guidance scales or seeds — skip the text encoder. Null (the default): every
+    /// prompt is encoded. The pipeline clears it when it changes its own tokenizer or text encoder (textual
+    /// inversion, LoRA, <see cref="To(ScalarType, bool)"/>); clear it after changing their weights any other way.
+    /// </summary>
+    public TextEncodingCache? TextEncodingCache { get; set; }
+
+    /// <summary>Turns the <see cref="TextEncodingCache"/> on with room for <paramref name="capacity"/> prompts.
+    /// </summary>
+    public TextEncodingCache EnableTextEncodingCache(int capacity = 256)
+    {
+        TextEncodingCache?.Dispose();
+        return TextEncodingCache = new TextEncodingCache(capacity);
+    }
+
     /// <summary>Prompt embeddings [B, 77·chunks, d]: last_hidden_state of the text encoder (as diffusers, clip_skip none).
-    /// With weights, each token's state is scaled and the prompt's mean restored (A1111 "emphasis: original").</summary>
+    /// With weights, each token's state is scaled and the prompt's mean restored (A1111 "emphasis: original").
+    /// Each prompt comes from the <see cref="TextEncodingCache"/> when it is on and holds it.</summary>
     public Tensor EncodePrompts(IReadOnlyList<string> prompts, bool weighted = false)
     {
         using var _ = no_grad();
         var rows = new List<Tensor>();
         foreach (var prompt in prompts)
-        {
-            var chunks = weighted ? Tokenizer.EncodeChunks(prompt, weighted: true) : [Tokenizer.Encode(prompt)];
-            var states = chunks.Select(c =>
-            {
-                var ids = tensor(c.Ids, device: Device).unsqueeze(0);                          // [1, 77]
-                var h = TextEncoder.Forward(ids).LastHiddenState;                              // [1, 77, d]
-                if (!weighted) return h;
-                var w = tensor(c.Weights, device: Device).reshape(1, -1, 1);
-                var meanBefore = h.mean();
-                var scaled = h * w;
-                return scaled * (meanBefore / scaled.mean());
-            });
-            rows.Add(cat(states.ToArray(), 1));
-        }
+            rows.Add(TextEncodingCache is { } cache
+                ? cache.GetOrAdd((weighted ? "weighted\u0000" : "plain\u0000") + prompt, () => EncodePrompt(prompt, weighted))
+                : EncodePrompt(prompt, weighted));
         int width = (int)rows.Max(r => r.shape[1]);
         if (rows.Any(r => r.shape[1] != width))
             throw new ArgumentException("weighted prompts of different chunk counts cannot be batched: pass them one by one");
         return cat(rows.ToArray(), 0);
+    }
+
+    /// <summary>One prompt's embeddings [1, 77·chunks, d].</summary>
+    Tensor EncodePrompt(string prompt, bool weighted)
+    {
+        var chunks = weighted ? Tokenizer.EncodeChunks(prompt, weighted: true) : [Tokenizer.Encode(prompt)];
+        var states = chunks.Select(c =>
+        {
+            var ids = tensor(c.Ids, device: Device).unsqueeze(0);                              // [1, 77]
+            var h = TextEncoder.Forward(ids).LastHiddenState;                                  // [1, 77, d]
+            if (!weighted) return h;
+            var w = tensor(c.Weights, device: Device).reshape(1, -1, 1);
+            var meanBefore = h.mean();
+            var scaled = h * w;
+            return scaled * (meanBefore / scaled.mean());
+        });
+        return cat(states.ToArray(), 1);
     }
 
     /// <summary>Text to image: prompt embeddings → <see cref="LatentDiffusionPipeline.Generate"/> → images in [0, 1].</summary>
@@ -203,10 +241,10 @@ public sealed partial class StableDiffusionPipeline
 
     LatentDiffusionPipeline? _core;
 
-    static LatentGenerationOptions CoreOptions(GenerationOptions o, Tensor? uncond) => new()
+    LatentGenerationOptions CoreOptions(GenerationOptions o, Tensor? uncond) => new()
     {
         Steps = o.Steps, GuidanceScale = o.GuidanceScale, Negative = uncond, Seed = o.Seed, Generator = o.Generator,
-        Eta = o.Eta, Callback = o.Callback is null ? null
+        Eta = o.Eta, DecodeBatchSize = VaeDecodeBatchSize, Callback = o.Callback is null ? null
             : s => o.Callback(new PipelineStep(s.Index, s.Timestep, s.PrevSample, s.PredOriginalSample)),
     };
 
@@ -214,7 +252,27 @@ public sealed partial class StableDiffusionPipeline
     static Tensor ToUnitRange(Tensor images) => (images / 2 + 0.5).clamp(0, 1);
 
     /// <summary>Latents → images in [0, 1]: decode(z / scaling_factor), then (x/2 + 0.5) clamped.</summary>
-    public Tensor Decode(Tensor latents) => ToUnitRange(Core().Decode(latents));
+    public Tensor Decode(Tensor latents) => ToUnitRange(Core().Decode(latents, VaeDecodeBatchSize));
+
+    /// <summary>
+    /// Decode at most this many latents per VAE call (diffusers' VAE slicing); null (the default): all at once. The
+    /// images are the same either way (each is decoded on its own; GroupNorm normalises per image).
+    /// </summary>
+    public int? VaeDecodeBatchSize
+    {
+        get => _vaeDecodeBatchSize;
+        set => _vaeDecodeBatchSize = value is < 1
+            ? throw new ArgumentOutOfRangeException(nameof(value), value, "a decode batch size must be ≥ 1")
+            : value;
+    }
+
+    int? _vaeDecodeBatchSize;
+
+    /// <summary>diffusers' <c>enable_vae_slicing</c>: decode one image at a time.</summary>
+    public void EnableVaeSlicing() => VaeDecodeBatchSize = 1;
+
+    /// <summary>diffusers' <c>disable_vae_slicing</c>: decode the whole batch in one call.</summary>
+    public void DisableVaeSlicing() => VaeDecodeBatchSize = null;
 
     static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 

@@ -38,6 +38,24 @@ public static class AttentionProcessors
     public static IDisposable ObserveCrossAttention(this nn.Module model, AttentionObserver observer) =>
         model.ObserveAttention(observer, layer => layer.IsCrossAttention);
 
+    /// <summary>
+    /// diffusers' <c>enable_attention_slicing</c>: every attention layer of <paramref name="model"/> computes
+    /// softmax(QKᵀ/√d)V for <paramref name="sliceSize"/> of its batch·heads rows at a time
+    /// (<see cref="Attention.SliceSize"/>); null ("auto", diffusers' default) takes half of each layer's heads, 1
+    /// ("max") the least memory. Memory and time are measured in docs/benchmarks.md: LibTorch's fused kernel, the
+    /// default, never forms the whole matrix either.
+    /// </summary>
+    public static void EnableAttentionSlicing(this nn.Module model, int? sliceSize = null)
+    {
+        foreach (var layer in model.AttentionLayers()) layer.SliceSize = sliceSize ?? Math.Max(1, layer.Heads / 2);
+    }
+
+    /// <summary>diffusers' <c>disable_attention_slicing</c>: back to the unsliced processors.</summary>
+    public static void DisableAttentionSlicing(this nn.Module model)
+    {
+        foreach (var layer in model.AttentionLayers()) layer.SliceSize = null;
+    }
+
     sealed class Restore(List<(Attention layer, AttentionObserver? observer)> previous) : IDisposable
     {
         bool _done;

@@ -18,8 +18,10 @@ public delegate void AttentionObserver(string layer, Tensor probabilities);
 /// Multi-head (cross-)attention, diffusers' Attention with the plain AttnProcessor:
 /// softmax(Q Kᵀ / √d) V with Q = x W_q, K = c W_k, V = c W_v (c = x for self-attention), then to_out.
 /// Runs LibTorch's fused scaled_dot_product_attention unless this layer's <see cref="Observer"/> wants the
-/// probabilities (or upcasting is asked for, or <see cref="Layers.FusedAttention"/> is off); both paths compute the
-/// same function (tested). Observers are set per layer, as diffusers' <c>set_attn_processor</c> sets processors:
+/// probabilities (or upcasting half inputs is asked for, or <see cref="Layers.FusedAttention"/> is off); both paths
+/// compute the same function (tested); <see cref="SliceSize"/> computes the explicit path in slices (diffusers'
+/// sliced processor).
+/// Observers and slicing are set per layer, as diffusers' <c>set_attn_processor</c> sets processors:
 /// see <see cref="AttentionProcessors"/>.
 /// </summary>
 public sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
@@ -38,6 +40,23 @@ public sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
 
     /// <summary>Set to observe this layer's attention maps (e.g. for the cross-attention visualisations); null costs nothing.</summary>
     public AttentionObserver? Observer { get; set; }
+
+    /// <summary>
+    /// Sliced attention (diffusers' SlicedAttnProcessor; set by
+    /// <see cref="AttentionProcessors.EnableAttentionSlicing"/>): the explicit softmax(QKᵀ/√d)V for at most this
+    /// many of the batch·heads rows at a time, so that only
+    /// [slice, n, m] of the attention matrix exists at once instead of [batch·heads, n, m]. Null: not sliced. An
+    /// observer, which wants the whole map, turns slicing off for its layer.
+    /// </summary>
+    public int? SliceSize
+    {
+        get => _sliceSize;
+        set => _sliceSize = value is < 1
+            ? throw new ArgumentOutOfRangeException(nameof(value), value, "an attention slice size must be ≥ 1")
+            : value;
+    }
+
+    int? _sliceSize;
 
     public Attention(int queryDim, int? crossAttentionDim, int heads, int dimHead, bool upcast = false, bool bias = false) : base(nameof(Attention))
     {
@@ -63,16 +82,41 @@ public sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
         var k = Heads(to_k.call(context), m);
         var v = Heads(to_v.call(context), m);
         Tensor o;                                                                                   // [b, h, n, d]
-        if (Observer is null && !_upcast && Layers.FusedAttention)
+        // upcast_attention matters only for half inputs: in float32 the fused kernel is already the upcast maths
+        bool upcast = _upcast && q.dtype != ScalarType.Float32;
+        if (Observer is null && !upcast && _sliceSize is null && Layers.FusedAttention)
             o = nn.functional.scaled_dot_product_attention(q, k, v);   // fused kernel, same maths (scale 1/√d)
+        else if (Observer is null && _sliceSize is int slice)
+            o = Sliced(q, k, v, slice);
         else
         {
-            if (_upcast) { q = q.to_type(ScalarType.Float32); k = k.to_type(ScalarType.Float32); }
+            if (upcast) { q = q.to_type(ScalarType.Float32); k = k.to_type(ScalarType.Float32); }
             var probs = softmax(q.matmul(k.transpose(-1, -2)) * _scale, -1).to_type(v.dtype);   // [b, h, n, m]
             Observer?.Invoke(LayerName, probs);
             o = probs.matmul(v);
         }
         return to_out[1].call(to_out[0].call(o.permute(0, 2, 1, 3).reshape(b, n, -1)));
+    }
+
+    /// <summary>softmax(QKᵀ/√d)V over [b, h, n, d] queries, <paramref name="slice"/> batch·head rows at a time.
+    /// </summary>
+    Tensor Sliced(Tensor q, Tensor k, Tensor v, int slice)
+    {
+        long b = q.shape[0], n = q.shape[2], m = k.shape[2], rows = b * _heads;
+        var qs = q.reshape(rows, n, -1);                                                            // [b·h, n, d]
+        var ks = k.reshape(rows, m, -1);                                                            // [b·h, m, d]
+        var vs = v.reshape(rows, m, -1);                                                            // [b·h, m, d]
+        var o = empty([rows, n, vs.shape[2]], dtype: v.dtype, device: v.device);                    // [b·h, n, d]
+        for (long start = 0; start < rows; start += slice)
+        {
+            using var scope = NewDisposeScope();                   // each slice's [s, n, m] scores die with it
+            long len = Math.Min(slice, rows - start);
+            Tensor qi = qs.narrow(0, start, len), ki = ks.narrow(0, start, len);
+            if (_upcast) { qi = qi.to_type(ScalarType.Float32); ki = ki.to_type(ScalarType.Float32); }
+            var probs = softmax(qi.bmm(ki.transpose(1, 2)) * _scale, -1).to_type(v.dtype);         // [s, n, m]
+            o.narrow(0, start, len).copy_(probs.bmm(vs.narrow(0, start, len)));
+        }
+        return o.reshape(b, _heads, n, -1);
     }
 }
 

@@ -99,6 +99,14 @@ public sealed class UNet2DConditionModel : nn.Module
         Func<int, Tensor, Tensor>? adaptDownBlocks = null)
     {
         long b = sample.shape[0];
+        // half-precision weights (HalfPrecision.ToPrecision): compute in their type, hand out the caller's
+        var outputDtype = sample.dtype;
+        var dtype = this.ComputeDtype();
+        sample = HalfPrecision.CastFloating(sample, dtype);
+        if (encoderHiddenStates is not null)
+            encoderHiddenStates = HalfPrecision.CastFloating(encoderHiddenStates, dtype);
+        if (classLabels is not null) classLabels = HalfPrecision.CastFloating(classLabels, dtype);
+        if (textEmbeds is not null) textEmbeds = HalfPrecision.CastFloating(textEmbeds, dtype);
         if (timesteps.dim() == 0) timesteps = timesteps.expand(b);
         if (Config.CenterInputSample) sample = 2 * sample - 1.0;
         var tFeat = TimestepFeatures.Embed(timesteps.to(sample.device), Config.BlockOutChannels[0], Config.FlipSinToCos, Config.FreqShift).to_type(sample.dtype);
@@ -162,7 +170,7 @@ public sealed class UNet2DConditionModel : nn.Module
         record?.Add("conv_norm_out", h);
         h = conv_out.call(nn.functional.silu(h));
         record?.Add("conv_out", h);
-        return h;
+        return HalfPrecision.CastFloating(h, outputDtype);
     }
 
     /// <summary>One block as a checkpoint segment: (its last output, all its outputs — a down block's skips).</summary>
