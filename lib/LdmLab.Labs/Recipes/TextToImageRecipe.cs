@@ -172,6 +172,25 @@ public static class TextToImageRecipe
         LoadAs(ShippedName(method), method, latents, captions, progress, seed);
 
     /// <summary>
+    /// The cross-attention model from the training split alone: quick profile the shipped model (no scenes are made
+    /// or encoded); otherwise the scenes of <paramref name="train"/> encoded by <paramref name="vae"/>, then the cache
+    /// or a training run, as <see cref="Load(Tensor, IReadOnlyList{string}, Viz.Progress?, long)"/>.
+    /// </summary>
+    public static Trained Load(FashionMnist train, AutoencoderKL vae, Viz.Progress? progress = null, long seed = 0)
+    {
+        var trained = ArtifactStore.Current.Resolve(Shipped, seed,
+            shipped => new TrainedMethod(ConditioningMethod.CrossAttention, shipped.LoadInto(New()),
+                DiffusionTrainingLog.Load(Path.Combine(shipped.Dir, LogFile)), shipped.Describe()),
+            () =>
+            {
+                var scenes = Scenes(train);
+                var (latents, _) = FashionLatentRecipe.ScaledLatents(vae, scenes.Images);
+                return LoadAs(null, ConditioningMethod.CrossAttention, latents, scenes.Captions, progress, seed);
+            });
+        return new Trained((TextConditionedUNet)trained.Model, trained.Log, trained.Source);
+    }
+
+    /// <summary>
     /// The cross-attention model trained without class <paramref name="heldOut"/> (notebook 08's base): quick profile
     /// the shipped <see cref="ShippedWithout"/>; otherwise the cache or a run of the same recipe on
     /// <see cref="ScenesWithout"/> of <paramref name="train"/> encoded by <paramref name="vae"/>.

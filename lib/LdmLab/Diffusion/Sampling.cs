@@ -67,11 +67,23 @@ public static class Sampling
 
     /// <summary>x_0 noised to step <paramref name="index"/>'s level: x_0 + σ_i ε for σ-space schedulers,
     /// √ᾱ_t x_0 + √(1−ᾱ_t) ε otherwise (diffusers' add_noise).</summary>
-    static Tensor NoisedTo(Scheduler scheduler, Tensor x0, Tensor noise, int index)
+    public static Tensor NoisedTo(Scheduler scheduler, Tensor x0, Tensor noise, int index)
     {
         if (scheduler is SigmaScheduler sigma) return x0 + noise * sigma.Sigmas[index];
         var t = full(x0.shape[0], (long)scheduler.Timesteps[index], dtype: ScalarType.Int64);
         return scheduler.Schedule.AddNoise(x0, noise, t);
+    }
+
+    /// <summary>
+    /// One reverse step, the rule every sampler here shares (plain, img2img, inpainting, MultiDiffusion's windows):
+    /// <code>ε̂ = model(scale_model_input(x_t, t), t);   x_{t−1} = scheduler.step(ε̂, t, x_t)</code>
+    /// at t = Timesteps[<paramref name="index"/>]; the scheduler keeps any multistep history.
+    /// </summary>
+    public static StepOutput Step(Scheduler scheduler, Denoiser model, Tensor x, int index, Tensor? noise = null)
+    {
+        double t = scheduler.Timesteps[index];
+        var output = model(scheduler.ScaleModelInput(x, t), t);
+        return scheduler.Step(output, t, x, noise);
     }
 
     static Tensor Run(Scheduler scheduler, Denoiser model, Tensor x, int start, Action<SamplingStep>? callback,
@@ -82,8 +94,7 @@ public static class Sampling
         {
             using var scope = NewDisposeScope();
             double t = scheduler.Timesteps[i];
-            var output = model(scheduler.ScaleModelInput(x, t), t);
-            var step = scheduler.Step(output, t, x, stepNoise?.Invoke(i));
+            var step = Step(scheduler, model, x, i, stepNoise?.Invoke(i));
             var prev = afterStep is null ? step.PrevSample : afterStep(i, step.PrevSample);
             callback?.Invoke(new SamplingStep(i, t, x, prev, step.PredOriginalSample));
             var next = prev.MoveToOuterDisposeScope();

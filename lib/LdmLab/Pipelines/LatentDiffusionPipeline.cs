@@ -31,6 +31,8 @@ public sealed record LatentGenerationOptions
     public Action<SamplingStep>? Callback { get; init; }
     /// <summary>Decode at most this many latents per VAE call (null: all at once).</summary>
     public int? DecodeBatchSize { get; init; }
+    /// <summary>Decode tile by tile (<see cref="TiledAutoencoder"/>; null: in one piece).</summary>
+    public VaeTiling? Tiling { get; init; }
     /// <summary>Record every cross-attention layer's maps while sampling
     /// (<see cref="LatentGenerationOutput.Attention"/>).</summary>
     public bool RecordAttention { get; init; }
@@ -55,7 +57,7 @@ public sealed record LatentGenerationOutput(Tensor? Images, Tensor Latents, Cros
 /// Every call builds a fresh scheduler, so multistep history never leaks between calls.
 /// <see cref="StableDiffusionPipeline"/> is its text-conditioned form.
 /// </summary>
-public sealed class LatentDiffusionPipeline
+public sealed partial class LatentDiffusionPipeline
 {
     readonly Func<Scheduler> _newScheduler;
 
@@ -93,7 +95,7 @@ public sealed class LatentDiffusionPipeline
             : null;
         var scheduler = NewScheduler(o);
         return Timed(() => Sampling.Sample(scheduler, GuidedDenoiser(rows, o), noise, o.Steps, o.Callback),
-            recorder, o.DecodeBatchSize);
+            recorder, o.DecodeBatchSize, o.Tiling);
     }
 
     /// <summary>
@@ -184,7 +186,8 @@ public sealed class LatentDiffusionPipeline
 
     /// <summary>Runs the sampling, stops the recorder, decodes (when there is an autoencoder), timing each part.
     /// </summary>
-    LatentGenerationOutput Timed(Func<Tensor> sample, CrossAttentionRecorder? recorder, int? decodeBatchSize)
+    LatentGenerationOutput Timed(Func<Tensor> sample, CrossAttentionRecorder? recorder, int? decodeBatchSize,
+        VaeTiling? tiling = null)
     {
         var clock = Stopwatch.StartNew();
         var latents = sample();
@@ -192,7 +195,7 @@ public sealed class LatentDiffusionPipeline
         var sampling = clock.Elapsed;
         recorder?.Stop();
         clock.Restart();
-        var images = Vae is null ? null : Decode(latents, decodeBatchSize);
+        var images = Vae is null ? null : Decode(latents, decodeBatchSize, tiling);
         Runtime.Lab.Synchronize();
         return new LatentGenerationOutput(images, latents, recorder, sampling, clock.Elapsed);
     }
@@ -202,8 +205,9 @@ public sealed class LatentDiffusionPipeline
     static Generator? SeededGenerator(LatentGenerationOptions o) =>
         o.Generator is null && o.Seed is long seed ? new Generator((ulong)seed) : null;
 
-    /// <summary>Latents [B, c, h, w] → images in [−1, 1]: decode(z / scaling_factor), clamped.</summary>
-    public Tensor Decode(Tensor latents, int? batchSize = null)
+    /// <summary>Latents [B, c, h, w] → images in [−1, 1]: decode(z / scaling_factor), clamped; tile by tile with
+    /// <paramref name="tiling"/>.</summary>
+    public Tensor Decode(Tensor latents, int? batchSize = null, VaeTiling? tiling = null)
     {
         var vae = Vae ?? throw new InvalidOperationException("this pipeline has no autoencoder to decode with");
         using var _ = no_grad();
@@ -213,8 +217,9 @@ public sealed class LatentDiffusionPipeline
         {
             // each slice's activations are freed before the next one starts (what slicing is for)
             using var scope = NewDisposeScope();
-            parts.Add(vae.Decode(latents.narrow(0, start, Math.Min(batch, n - start)) / vae.Config.ScalingFactor)
-                .clamp(-1, 1).MoveToOuterDisposeScope());                                     // [b, C, H, W]
+            var z = latents.narrow(0, start, Math.Min(batch, n - start)) / vae.Config.ScalingFactor;  // [b, c, h, w]
+            parts.Add((tiling is null ? vae.Decode(z) : vae.TiledDecode(z, tiling)).clamp(-1, 1)
+                .MoveToOuterDisposeScope());                                                          // [b, C, H, W]
         }
         return parts.Count == 1 ? parts[0] : cat(parts.ToArray());
     }
