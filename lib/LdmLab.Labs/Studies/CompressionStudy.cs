@@ -18,7 +18,8 @@ namespace LdmLab.Labs;
 public sealed record CompressionVariant(string Name, string Runtime, long WeightBytes,
     Func<IReadOnlyList<ScenePrompt>, int, double, long, Tensor> Generate, Action<int> Step, string Note);
 
-/// <summary>A variant measured: weights, time and peak-memory increase of one guided U-Net call, judged quality.</summary>
+/// <summary>A variant measured: weights, time and peak-memory increase of one guided U-Net call, judged
+/// quality.</summary>
 public sealed record CompressionRow(string Variant, string Runtime, double WeightMB, double MsPerStep,
     double? StepPeakMB, double Accuracy, double Frechet, string Note);
 
@@ -186,7 +187,8 @@ public static class CompressionStudy
         return variants.Select((v, i) =>
         {
             var canvases = v.Generate(prompts, Steps, Guidance, seed);
-            return new CompressionRow(v.Name, v.Runtime, v.WeightBytes / 1e6, times[i].Order().ElementAt(rounds / 2),
+            double median = times[i].Order().ElementAt(rounds / 2);
+            return new CompressionRow(v.Name, v.Runtime, v.WeightBytes / 1e6, median,
                 peaks[i] is long b ? b / 1e6 : null, TextToImageStudies.Accuracy(judge, canvases, prompts),
                 reference.Of(TextToImageStudies.InkedSlot(canvases)), v.Note);
         }).ToList();

@@ -28,6 +28,10 @@ public sealed class OnnxSession : IDisposable
         ModelPath = modelPath;
         using var options = NewOptions();
         if (threads is int n) options.IntraOpNumThreads = n;
+        // no busy-waiting between runs: the ONNX pipelines interleave ORT calls with TorchSharp's scheduler steps,
+        // and spinning ORT threads would take the cores those need (measured: the next TorchSharp U-Net call ran
+        // ~2× slower right after an ORT one)
+        options.AddSessionConfigEntry("session.intra_op.allow_spinning", "0");
         if (optimizedModelPath is not null) options.OptimizedModelFilePath = optimizedModelPath;
         try { _session = new InferenceSession(modelPath, options); }
         catch (OnnxRuntimeException e)
