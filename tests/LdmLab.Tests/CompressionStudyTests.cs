@@ -26,7 +26,13 @@ public class CompressionStudyTests
         // the ONNX Runtime export draws what TorchSharp draws from the same seed; int8 weights stay close
         Assert.True(Parity.MaxAbsDiff(onnx.Generate(Prompts, 4, 5, 3), reference) <= 2e-3);
         Assert.True(Parity.MaxAbsDiff(int8.Generate(Prompts, 4, 5, 3), reference) <= 0.2);
-        foreach (var v in new[] { f32, int8, pruned, onnx }) v.Step(2);             // one guided call at 2 prompts
+        var dynamic = CompressionStudy.OnnxInt8Variant(PipelineTests.Tiny(), TestPaths.TempDir("compression-int8"),
+            LdmLab.Export.OnnxInt8Mode.Dynamic);
+        Assert.Equal("ONNX Runtime", dynamic.Runtime);
+        Assert.Equal(reference.shape, dynamic.Generate(Prompts, 4, 5, 3).shape);
+        Assert.Throws<ArgumentException>(() => CompressionStudy.OnnxInt8Variant(PipelineTests.Tiny(),
+            TestPaths.TempDir("compression-int8s"), LdmLab.Export.OnnxInt8Mode.Static));   // no calibration prompts
+        foreach (var v in new[] { f32, int8, pruned, onnx, dynamic }) v.Step(2);    // one guided call at 2 prompts
     }
 
     [Fact]

@@ -104,6 +104,41 @@ public static class CompressionStudy
     public static CompressionVariant Onnx(StableDiffusionPipeline p, string dir, int? threads = null)
     {
         OnnxExport.SavePipeline(p, dir);
+        return OnnxFolder("ONNX float32", p, dir, threads, "the project's own export (opset 17)");
+    }
+
+    /// <summary>
+    /// The export with its U-Net rewritten to int8 compute in ONNX Runtime (<see cref="OnnxInt8"/>): dynamic
+    /// activation scales (DynamicQuantizeLinear → MatMulInteger, as onnxruntime's <c>quantize_dynamic</c>), or
+    /// static scales calibrated on the float U-Net's inputs while it samples <paramref name="calibrationPrompts"/>
+    /// (QDQ pairs ORT fuses into integer kernels). Key layers stay float (<see cref="OnnxInt8.KeyLayer"/>).
+    /// </summary>
+    public static CompressionVariant OnnxInt8Variant(StableDiffusionPipeline p, string dir, OnnxInt8Mode mode,
+        IReadOnlyList<string>? calibrationPrompts = null, int? threads = null)
+    {
+        OnnxExport.SavePipeline(p, dir);
+        OnnxInt8Report report;
+        if (mode == OnnxInt8Mode.Static)
+        {
+            if (calibrationPrompts is not { Count: > 0 })
+                throw new ArgumentException("static int8 needs calibration prompts", nameof(calibrationPrompts));
+            using var scope = NewDisposeScope();
+            int f = p.VaeScaleFactor;
+            var feeds = UNetCalibration.Sample(p.Unet, p.NewScheduler(), p.EncodePrompts(calibrationPrompts),
+                p.EncodePrompts(calibrationPrompts.Select(_ => "").ToArray()),
+                [CaptionedScenes.Height / f, CaptionedScenes.Width / f], steps: 8, Guidance, seed: 1);
+            report = OnnxInt8.QuantizeFolderUNet(dir, mode, feeds);
+        }
+        else report = OnnxInt8.QuantizeFolderUNet(dir, mode);
+        string how = mode == OnnxInt8Mode.Static
+            ? $"static scales from {calibrationPrompts!.Count} prompts × 8 steps" : "dynamic activation scales";
+        return OnnxFolder($"ONNX int8 {mode.ToString().ToLowerInvariant()}", p, dir, threads,
+            $"{report.Quantized.Count} nodes int8, {how}");
+    }
+
+    static CompressionVariant OnnxFolder(string name, StableDiffusionPipeline p, string dir, int? threads,
+        string note)
+    {
         var ort = OnnxStableDiffusionPipeline.FromFolder(dir, threads);
         long bytes = Directory.GetFiles(Path.Combine(dir, "unet")).Sum(f => new FileInfo(f).Length);
         var (z, t, context) = StepInputs(p, 1);
@@ -132,8 +167,7 @@ public static class CompressionStudy
             }
             return cat(batches.ToArray());
         }
-        return new CompressionVariant("ONNX float32", "ONNX Runtime", bytes, Generate, Step,
-            "the project's own export (opset 17)");
+        return new CompressionVariant(name, "ONNX Runtime", bytes, Generate, Step, note);
     }
 
     static CompressionVariant Torch(string name, StableDiffusionPipeline p, string note)
