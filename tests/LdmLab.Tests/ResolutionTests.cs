@@ -367,6 +367,13 @@ public class ResolutionTests
         var seamy = ResolutionStudy.Takeaways([], tiled with { Blended = new SeamReport(0.2, 0.1) });
         Assert.Contains("beyond the 10 %", seamy[0]);
         Assert.Contains("the blend leaves a seam", seamy[0]);
+        var cost = ResolutionStudy.Takeaways([], decodeCost:
+        [
+            new DecodeCostRow(112, 112, 10 << 20, 8 << 20, 50, 60),
+            new DecodeCostRow(448, 448, 900 << 20, 30 << 20, 900, 1800),
+        ]);
+        Assert.Equal("Decoding from 112×112 to 448×448 pixels, the peak memory grows from 10 MB to 900 MB untiled " +
+                     "and from 8 MB to 30 MB tiled (2.0× the untiled time at the largest size).", Assert.Single(cost));
         var worse = ResolutionStudy.Takeaways([rows[0], rows[2] with { Accuracy = 0.5 }]);
         Assert.Contains("falls short of the 80 %", worse[0]);
         Assert.Contains("a seam", worse[1]);

@@ -22,6 +22,11 @@ public sealed record ResolutionRow(string Method, int Height, int Width, int Ima
 public sealed record TiledDecodeReport(int Height, int Width, double MaxDiff, double MeanDiff,
     SeamReport Blended, SeamReport Cut, SeamReport Untiled);
 
+/// <summary>Decoding one latent of a size whole and tile by tile: the process's peak memory above what it held
+/// before (null where the kernel does not say) and the time of each.</summary>
+public sealed record DecodeCostRow(int Height, int Width, long? UntiledPeakBytes, long? TiledPeakBytes,
+    double UntiledMs, double TiledMs);
+
 /// <summary>
 /// The measurements of notebook 11 (section 10.5.1) on the text-to-image lab's model (trained on 28×56 two-slot
 /// scenes): region-prompt MultiDiffusion against the plain model on the two-item prompts, panoramas wider than the
@@ -228,13 +233,44 @@ public static class ResolutionStudy
     }
 
     /// <summary>
+    /// Peak memory and time of decoding one random latent [1, 4, s, s] whole and tile by tile, for each side s in
+    /// <paramref name="latentSides"/>: the VAE's mid-block attention holds an (s²)² matrix when untiled, one
+    /// tile's when tiled (<see cref="ProcessMemory.PeakIncrease"/>).
+    /// </summary>
+    public static IReadOnlyList<DecodeCostRow> DecodeCost(AutoencoderKL vae, IReadOnlyList<int> latentSides,
+        VaeTiling? tiling = null)
+    {
+        var t = tiling ?? VaeTiling.For(vae.Config);
+        var device = vae.parameters().First().device;
+        var rows = new List<DecodeCostRow>();
+        foreach (int side in latentSides)
+        {
+            using var scope = NewDisposeScope();
+            using var _ = no_grad();
+            var z = randn(new long[] { 1, vae.Config.LatentChannels, side, side }, generator: new Generator(0))
+                .to(device);                                                                  // [1, 4, s, s]
+            (long? bytes, double ms) Cost(Func<Tensor> decode)
+            {
+                var clock = Stopwatch.StartNew();
+                long? peak = ProcessMemory.PeakIncrease(() => decode().Dispose());
+                return (peak, clock.Elapsed.TotalMilliseconds);
+            }
+            var whole = Cost(() => vae.Decode(z));
+            var tiled = Cost(() => vae.TiledDecode(z, t));
+            rows.Add(new DecodeCostRow(F * side, F * side, whole.bytes, tiled.bytes, whole.ms, tiled.ms));
+        }
+        return rows;
+    }
+
+    /// <summary>
     /// The closing bullets from the rows: region prompts against the plain model on both items right (the issue's
     /// goal 80 %) and the seam at the regions' border; blended against abutting panorama windows; tiled decoding's
     /// seam against the untiled image's gradient (goal: within 10 %).
     /// </summary>
     public static IReadOnlyList<string> Takeaways(IReadOnlyList<ResolutionRow> rows, TiledDecodeReport? tiled = null,
         string plainMethod = "plain caption", string regionMethod = "region prompts",
-        string blendedMethod = "panorama, blended windows", string abuttingMethod = "panorama, abutting windows")
+        string blendedMethod = "panorama, blended windows", string abuttingMethod = "panorama, abutting windows",
+        IReadOnlyList<DecodeCostRow>? decodeCost = null)
     {
         static string P(double x) => $"{100 * x:F0} %";
         var bullets = new List<string>();
@@ -272,6 +308,16 @@ public static class ResolutionStudy
                         $"the 10 % goal; {tiled.Cut.Ratio:F2}× with the overlaps cut) and {added:F2}× what the " +
                         $"untiled image has at the same borders: {verdict}. Tiled and untiled differ by " +
                         $"{tiled.MeanDiff:F3} on average (at most {tiled.MaxDiff:F2}, images in [−1, 1]).");
+        }
+        if (decodeCost is { Count: > 1 } cost && cost.All(c => c.UntiledPeakBytes is not null && c.TiledPeakBytes
+                is not null))
+        {
+            static string Mb(long? bytes) => $"{bytes!.Value / 1048576.0:F0} MB";
+            var (small, large) = (cost[0], cost[^1]);
+            bullets.Add($"Decoding from {small.Height}×{small.Width} to {large.Height}×{large.Width} pixels, the " +
+                        $"peak memory grows from {Mb(small.UntiledPeakBytes)} to {Mb(large.UntiledPeakBytes)} " +
+                        $"untiled and from {Mb(small.TiledPeakBytes)} to {Mb(large.TiledPeakBytes)} tiled " +
+                        $"({large.TiledMs / large.UntiledMs:F1}× the untiled time at the largest size).");
         }
         return bullets;
     }

@@ -126,8 +126,12 @@ public static class TiledAutoencoder
         {
             var row = new List<Tensor>();
             for (long j = 0; j < width; j += strideIn)
+            {
+                // each tile's intermediates are freed before the next tile: the memory of one tile, not of all
+                using var scope = NewDisposeScope();
                 row.Add(map(input.narrow(2, i, Math.Min(tileIn, height - i))
-                    .narrow(3, j, Math.Min(tileIn, width - j))));                        // [B, C', ≤ t, ≤ t]
+                    .narrow(3, j, Math.Min(tileIn, width - j))).MoveToOuterDisposeScope());  // [B, C', ≤ t, ≤ t]
+            }
             grid.Add(row.ToArray());
         }
         var rows = new List<Tensor>();
