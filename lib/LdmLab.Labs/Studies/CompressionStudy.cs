@@ -141,41 +141,27 @@ public static class CompressionStudy
     {
         var ort = OnnxStableDiffusionPipeline.FromFolder(dir, threads);
         long bytes = Directory.GetFiles(Path.Combine(dir, "unet")).Sum(f => new FileInfo(f).Length);
-        var (z, t, context) = StepInputs(p, 1);
+        var inputs = InputsFor(p);
         void Step(int batch)
         {
-            var (zb, tb, cb) = batch == 1 ? (z, t, context) : StepInputs(p, batch);
+            var (z, t, context) = inputs(batch);
             using var scope = NewDisposeScope();
             ort.Unet.Run(new Dictionary<string, Tensor>
             {
-                ["sample"] = zb, ["timestep"] = tb, ["encoder_hidden_states"] = cb,
+                ["sample"] = z, ["timestep"] = t, ["encoder_hidden_states"] = context,
             }, "out_sample");
         }
-        Tensor Generate(IReadOnlyList<ScenePrompt> prompts, int steps, double w, long seed)
-        {
-            var batches = new List<Tensor>();
-            for (int start = 0; start < prompts.Count; start += 100)
-            {
-                int n = Math.Min(100, prompts.Count - start);
-                var output = ort.Generate(new GenerationOptions
-                {
-                    Prompts = prompts.Skip(start).Take(n).Select(q => q.Text).ToArray(), Steps = steps,
-                    GuidanceScale = w, Height = CaptionedScenes.Height, Width = CaptionedScenes.Width,
-                    Seed = seed + start,
-                });
-                batches.Add(output.Images * 2 - 1);                                          // [0, 1] → [−1, 1]
-            }
-            return cat(batches.ToArray());
-        }
-        return new CompressionVariant(name, "ONNX Runtime", bytes, Generate, Step, note);
+        return new CompressionVariant(name, "ONNX Runtime", bytes,
+            (prompts, steps, w, seed) => OnnxInt8Study.Generate(ort, prompts, steps, w, seed), Step, note);
     }
 
     static CompressionVariant Torch(string name, StableDiffusionPipeline p, string note)
     {
         long bytes = Int8Weights.Bytes(p.Unet);
+        var inputs = InputsFor(p);
         void Step(int batch)
         {
-            var (z, t, context) = StepInputs(p, batch);
+            var (z, t, context) = inputs(batch);
             using var scope = NewDisposeScope();
             using var _ = no_grad();
             p.Unet.Forward(z, t, context);
@@ -184,16 +170,24 @@ public static class CompressionStudy
             (prompts, steps, w, seed) => TextToImageStudies.Generate(p, prompts, steps, w, seed), Step, note);
     }
 
+    /// <summary>One guided call's inputs per batch size, made once (outside the timed calls) and kept.</summary>
+    static Func<int, (Tensor z, Tensor t, Tensor context)> InputsFor(StableDiffusionPipeline p)
+    {
+        var made = new Dictionary<int, (Tensor z, Tensor t, Tensor context)>();
+        return batch => made.TryGetValue(batch, out var v) ? v : made[batch] = StepInputs(p, batch);
+    }
+
     /// <summary>One guided call's inputs at <paramref name="batch"/> prompts: latents [2·batch, c, 7, 14], a
-    /// timestep, the text context [2·batch, L, D] of an empty and a real prompt.</summary>
+    /// timestep, the text context [2·batch, L, D] of an empty and a real prompt (outside any dispose scope).</summary>
     static (Tensor z, Tensor t, Tensor context) StepInputs(StableDiffusionPipeline p, int batch)
     {
+        using var outer = NewDisposeScope();
         using var _ = no_grad();
         int f = p.VaeScaleFactor;
         var z = randn(2 * batch, p.Vae.Config.LatentChannels, CaptionedScenes.Height / f, CaptionedScenes.Width / f);
         var prompts = Enumerable.Repeat("", batch).Concat(Enumerable.Repeat("a photo of a bag", batch)).ToList();
         var context = p.EncodePrompts(prompts);                                         // [2·batch, L, D]
-        return (z, tensor(500f), context);
+        return (z.DetachFromDisposeScope(), tensor(500f).DetachFromDisposeScope(), context.DetachFromDisposeScope());
     }
 
     /// <summary>
