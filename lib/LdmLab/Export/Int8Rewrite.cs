@@ -157,10 +157,12 @@ internal sealed class Int8Rewrite
         var (q, scale) = Int8Quantizer.Quantize(t.Weight.t());                                 // [N, K], [N]
         var wq = Add($"{t.Node.Input[1]}_quantized", q.t().contiguous());                      // int8 [K, N]
         var ws = Add($"{t.Node.Input[1]}_scale", scale);                                       // [N]
+        // zero, but written: ORT's AVX2 rewrite of s8 weights to u8 (no int16 saturation) needs it present
+        var wz = Add($"{t.Node.Input[1]}_zero_point", zeros_like(scale, dtype: ScalarType.Int8));
         return
         [
             .. DynamicQuantize(t.Node, x, y),
-            Node("MatMulInteger", t.Node.Name + "/MatMulInteger", [$"{y}/x_q", wq, $"{y}/x_zero_point"],
+            Node("MatMulInteger", t.Node.Name + "/MatMulInteger", [$"{y}/x_q", wq, $"{y}/x_zero_point", wz],
                 [$"{y}/int32"]),
             Node("Cast", t.Node.Name + "/Cast", [$"{y}/int32"], [$"{y}/float"], Int("to", OnnxGraphBuilder.Float)),
             Node("Mul", t.Node.Name + "/Scale", [$"{y}/x_scale", ws], [$"{y}/scale"]),

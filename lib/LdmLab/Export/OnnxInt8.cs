@@ -84,8 +84,9 @@ public sealed record OnnxInt8Report(OnnxInt8Mode Mode, IReadOnlyList<string> Qua
 /// <see cref="OnnxInt8Options.MinWeightElements"/> weights (the VAE's 1×1 quant convs); (6) Gemm (the exporters
 /// write MatMul + Add). Together (1), (2), (5) hold well under 1 % of an SD-sized U-Net's weights.</para>
 /// <para>On x86 CPUs without VNNI, u8s8 products are summed in pairs into saturating int16 (vpmaddubsw); ORT
-/// itself rewrites int8 weights to uint8 on such CPUs (its Avx2WeightS8ToU8Transformer), so the graph stays the
-/// same everywhere.</para>
+/// itself rewrites the int8 weights of DynamicQuantizeMatMul and MatMulIntegerToFloat to uint8 on such CPUs (its
+/// Avx2WeightS8ToU8Transformer), which needs the weights' zero points as inputs: the rewrite always writes them
+/// (zeros). QLinearConv is not covered by that; measured here only on an AVX512-VNNI CPU.</para>
 /// </summary>
 public static class OnnxInt8
 {
