@@ -14,8 +14,8 @@ public static class Commands
           ldmlab bench --json [--case A,B] [--threads 1,2] [--onednn on,off]
                                            training/sampling steps (3 warm-ups, median of 10) as JSON
           ldmlab bench --profile           one latent U-Net training step by phase and layer family
-          ldmlab bench --half-accuracy [--samples N] [--steps S]
-                                           the shipped text-to-image model in float32, bfloat16 and float16:
+          ldmlab bench --half-accuracy [--samples N] [--steps S] [--dtypes bf16,bf16-vae32,f16,f16-vae32]
+                                           the shipped text-to-image model in float32 and half precision:
                                            judged accuracy, time and image differences as JSON
           ldmlab sample --model DIR|REPO_ID|FILE --prompt TEXT [options]
                                            one image from a prompt (img2img, inpainting, LoRA; ldmlab sample --help)

@@ -229,9 +229,10 @@ sealed class TextSampling : StepCase
 }
 
 /// <summary>
-/// `ldmlab bench --half-accuracy [--samples N] [--steps S]`: the shipped text-to-image model sampled in float32,
-/// bfloat16 and float16 (and bfloat16 with the VAE in float32) on the same prompts and seeds, judged by the shipped
-/// classifier (<see cref="Labs.HalfPrecisionStudy"/>); prints JSON and the takeaways.
+/// `ldmlab bench --half-accuracy [--samples N] [--steps S] [--dtypes bf16,bf16-vae32,f16,f16-vae32]`: the shipped
+/// text-to-image model sampled in float32 and in each half variant (default bf16 and bf16 with the VAE in float32)
+/// on the same prompts and seeds, judged by the shipped classifier (<see cref="Labs.HalfPrecisionStudy"/>); prints
+/// JSON and the takeaways.
 /// </summary>
 static class HalfAccuracyCommand
 {
@@ -246,7 +247,17 @@ static class HalfAccuracyCommand
             return v;
         }
         int samples = Arg("--samples", 500), steps = Arg("--steps", 25);
-        TorchRuntime.Setup();
+        int d = Array.IndexOf(args, "--dtypes");
+        var names = d >= 0 && d + 1 < args.Length ? args[d + 1].Split(',') : ["bf16", "bf16-vae32"];
+        var variants = names.Select(n => n switch
+        {
+            "bf16" => (ScalarType.BFloat16, false),
+            "bf16-vae32" => (ScalarType.BFloat16, true),
+            "f16" => (ScalarType.Float16, false),
+            "f16-vae32" => (ScalarType.Float16, true),
+            _ => throw new CliArgumentException($"--dtypes: unknown '{n}'; expected bf16, bf16-vae32, f16, f16-vae32"),
+        }).ToList();
+        var runtime = TorchRuntime.Setup();
         var root = Labs.ShippedCheckpoint.Root
                    ?? throw new CliArgumentException("no data/checkpoints folder: run inside the LdmLab checkout");
         var pipeline = Labs.TextToImageRecipe.ShippedPipeline(Path.Combine(root, Labs.TextToImageRecipe.Shipped))
@@ -258,14 +269,12 @@ static class HalfAccuracyCommand
         var judge = judgeCheckpoint.LoadInto(Labs.ClassifierRecipe.New());
         judge.eval();
         var prompts = Labs.TextToImageStudies.SinglePrompts(samples);
-        var rows = Labs.HalfPrecisionStudy.Compare(pipeline, judge, prompts, steps, guidance: 3,
-            [ScalarType.BFloat16, ScalarType.Float16]).ToList();
-        rows.AddRange(Labs.HalfPrecisionStudy.Compare(pipeline, judge, prompts, steps, guidance: 3,
-            [ScalarType.BFloat16], vaeInFloat32: true).Skip(1));
+        var rows = Labs.HalfPrecisionStudy.Compare(pipeline, judge, prompts, steps, guidance: 3, variants);
         var doc = new JsonObject
         {
             ["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd"),
             ["threads"] = get_num_threads(),
+            ["onednn"] = runtime.OneDnn?.ToString(),
             ["samples"] = samples, ["steps"] = steps, ["guidance"] = 3, ["sampler"] = "DDIMScheduler",
             ["runs"] = new JsonArray(rows.Select(r => (JsonNode)new JsonObject
             {

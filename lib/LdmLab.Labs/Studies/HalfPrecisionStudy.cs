@@ -19,14 +19,14 @@ public static class HalfPrecisionStudy
 {
     /// <summary>
     /// Samples <paramref name="prompts"/> with <paramref name="pipeline"/> in float32 and then in each of
-    /// <paramref name="dtypes"/> (<see cref="StableDiffusionPipeline.To(ScalarType, bool)"/>; the VAE in float32 when
-    /// <paramref name="vaeInFloat32"/>), seed 0 per batch as <see cref="TextToImageStudies.Generate(
-    /// StableDiffusionPipeline, IReadOnlyList{ScenePrompt}, int, double, long, int, IReadOnlyList{string}?,
-    /// Action{int}?)"/>; the pipeline is float32 again afterwards. The first row is float32's.
+    /// <paramref name="variants"/> (<see cref="StableDiffusionPipeline.To(ScalarType, bool)"/>: a type, and whether
+    /// the VAE stays float32), seed 0 per batch as <see cref="TextToImageStudies.Generate(StableDiffusionPipeline,
+    /// IReadOnlyList{ScenePrompt}, int, double, long, int, IReadOnlyList{string}?, Action{int}?)"/>; the pipeline is
+    /// float32 again afterwards. The first row is float32's.
     /// </summary>
     public static IReadOnlyList<PrecisionRun> Compare(StableDiffusionPipeline pipeline, FashionClassifier judge,
-        IReadOnlyList<ScenePrompt> prompts, int steps, double guidance, IReadOnlyList<ScalarType> dtypes,
-        bool vaeInFloat32 = false, int batchSize = 100)
+        IReadOnlyList<ScenePrompt> prompts, int steps, double guidance,
+        IReadOnlyList<(ScalarType Dtype, bool VaeInFloat32)> variants, int batchSize = 100)
     {
         if (prompts.Count == 0) throw new ArgumentException("no prompts to compare on", nameof(prompts));
         var runs = new List<PrecisionRun>();
@@ -34,7 +34,7 @@ public static class HalfPrecisionStudy
         long[]? referenceClasses = null;
         try
         {
-            foreach (var dtype in new[] { ScalarType.Float32 }.Concat(dtypes))
+            foreach (var (dtype, vaeInFloat32) in new[] { (ScalarType.Float32, false) }.Concat(variants))
             {
                 using var scope = NewDisposeScope();
                 pipeline.To(dtype, vaeInFloat32);

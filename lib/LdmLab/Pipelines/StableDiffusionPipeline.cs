@@ -147,7 +147,8 @@ public sealed partial class StableDiffusionPipeline
         var rows = new List<Tensor>();
         foreach (var prompt in prompts)
             rows.Add(TextEncodingCache is { } cache
-                ? cache.GetOrAdd((weighted ? "weighted\u0000" : "plain\u0000") + prompt, () => EncodePrompt(prompt, weighted))
+                ? cache.GetOrAdd((weighted ? "weighted\u0000" : "plain\u0000") + prompt,
+                    () => EncodePrompt(prompt, weighted))
                 : EncodePrompt(prompt, weighted));
         int width = (int)rows.Max(r => r.shape[1]);
         if (rows.Any(r => r.shape[1] != width))
