@@ -123,11 +123,8 @@ public static class CompressionStudy
             if (calibrationPrompts is not { Count: > 0 })
                 throw new ArgumentException("static int8 needs calibration prompts", nameof(calibrationPrompts));
             using var scope = NewDisposeScope();
-            int f = p.VaeScaleFactor;
-            var feeds = UNetCalibration.Sample(p.Unet, p.NewScheduler(), p.EncodePrompts(calibrationPrompts),
-                p.EncodePrompts(calibrationPrompts.Select(_ => "").ToArray()),
-                [CaptionedScenes.Height / f, CaptionedScenes.Width / f], steps: 8, Guidance, seed: 1);
-            report = OnnxInt8.QuantizeFolderUNet(dir, mode, feeds);
+            report = OnnxInt8.QuantizeFolderUNet(dir, mode,
+                OnnxInt8Study.CalibrationFeeds(p, calibrationPrompts, steps: 8, Guidance));
         }
         else report = OnnxInt8.QuantizeFolderUNet(dir, mode);
         string how = mode == OnnxInt8Mode.Static

@@ -33,12 +33,20 @@ public static class OnnxInt8Study
         foreach (var folder in folders.Values) OnnxExport.SavePipeline(pipe, folder);
         OnnxInt8.QuantizeFolderUNet(folders[Dynamic], OnnxInt8Mode.Dynamic);
         using var scope = NewDisposeScope();
-        int f = pipe.VaeScaleFactor;
-        var feeds = UNetCalibration.Sample(pipe.Unet, pipe.NewScheduler(), pipe.EncodePrompts(calibrationPrompts),
-            pipe.EncodePrompts(calibrationPrompts.Select(_ => "").ToArray()),
-            [CaptionedScenes.Height / f, CaptionedScenes.Width / f], calibrationSteps, guidance, seed: 1);
-        OnnxInt8.QuantizeFolderUNet(folders[Static], OnnxInt8Mode.Static, feeds);
+        OnnxInt8.QuantizeFolderUNet(folders[Static], OnnxInt8Mode.Static,
+            CalibrationFeeds(pipe, calibrationPrompts, calibrationSteps, guidance));
         return folders;
+    }
+
+    /// <summary>The U-Net's inputs while the float pipeline samples <paramref name="prompts"/> on 28×56 canvases
+    /// for <paramref name="steps"/> steps with guidance (seed 1): the calibration set of static int8.</summary>
+    public static List<IReadOnlyDictionary<string, Tensor>> CalibrationFeeds(StableDiffusionPipeline pipe,
+        IReadOnlyList<string> prompts, int steps, double guidance)
+    {
+        int f = pipe.VaeScaleFactor;
+        return UNetCalibration.Sample(pipe.Unet, pipe.NewScheduler(), pipe.EncodePrompts(prompts),
+            pipe.EncodePrompts(prompts.Select(_ => "").ToArray()),
+            [CaptionedScenes.Height / f, CaptionedScenes.Width / f], steps, guidance, seed: 1);
     }
 
     /// <summary>Canvases [N, 1, 28, 56] in [−1, 1] as <see cref="TextToImageStudies.Generate(StableDiffusionPipeline,
