@@ -2,6 +2,7 @@ using LdmLab.Autoencoders;
 using LdmLab.Conditioning;
 using LdmLab.Diffusion;
 using LdmLab.Diffusion.Schedulers;
+using LdmLab.Nn;
 using LdmLab.Training;
 using LdmLab.UNet;
 using TorchSharp;
@@ -50,7 +51,10 @@ public abstract class StepCase : IDisposable
             () => new Sd15Sample50()),
         ("sd15-unet-step", "SD 1.5 U-Net (860M, default-init weights), one guided step: batch 2 × 4×64×64 + 77×768 " +
                            "context, no gradients (scripts/pytorch_sd15_step.py times the same in PyTorch)",
-            () => new Sd15UNetStep()),
+            () => new Sd15UNetStep(channelsLast: false)),
+        ("sd15-unet-step-channels-last", "the same step with the U-Net's convolution weights and activations stored " +
+                                         "channels-last (MemoryFormat.ToChannelsLast)",
+            () => new Sd15UNetStep(channelsLast: true)),
         ("sd15-unet-step-ort", "the same SD 1.5-shaped step in ONNX Runtime (CPU) on the project's own export " +
                                "of that U-Net (3.4 GB external data in a temp folder)", () => new Sd15UNetStepOrt()),
     ];
@@ -287,10 +291,11 @@ sealed class Sd15UNetStep : StepCase
     readonly UNet2DConditionModel _unet;
     readonly Tensor _z, _c;
 
-    public Sd15UNetStep()
+    public Sd15UNetStep(bool channelsLast)
     {
         var device = Runtime.Lab.Device;
         _unet = Sd15Inference(device);
+        if (channelsLast) _unet.ToChannelsLast();
         _z = randn(2, 4, 64, 64).to(device);                                              // [uncond; cond] latents
         _c = randn(2, 77, 768).to(device);                                                // [2, 77, 768]
     }

@@ -225,7 +225,8 @@ public sealed class Transformer2DModel : nn.Module<Tensor, Tensor?, Tensor>
         if (_linear) t = proj_in.call(t);
         foreach (var block in transformer_blocks) t = block.call(t, context);
         if (_linear) t = proj_out.call(t);
-        t = t.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous();
+        t = t.reshape(b, h, w, -1).permute(0, 3, 1, 2);                                       // [b, c, h, w] (NHWC)
+        if (!MemoryFormat.IsChannelsLast(x)) t = t.contiguous();                          // back to x's layout
         if (!_linear) t = proj_out.call(t);
         return t + residual;
     }

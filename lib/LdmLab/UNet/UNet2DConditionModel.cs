@@ -130,6 +130,9 @@ public sealed class UNet2DConditionModel : nn.Module
         }
         record?.Add("time_embedding", emb);
 
+        // channels-last weights (MemoryFormat.ToChannelsLast): the activations follow in NHWC order, same shapes
+        bool channelsLast = conv_in is Conv2d c && MemoryFormat.UsesChannelsLast(c);
+        if (channelsLast) sample = MemoryFormat.ToChannelsLast(sample);
         var h = conv_in.call(sample);
         record?.Add("conv_in", h);
         var skips = new List<Tensor> { h };
@@ -170,6 +173,7 @@ public sealed class UNet2DConditionModel : nn.Module
         record?.Add("conv_norm_out", h);
         h = conv_out.call(nn.functional.silu(h));
         record?.Add("conv_out", h);
+        if (channelsLast) h = h.contiguous();                                          // hand out NCHW order
         return HalfPrecision.CastFloating(h, outputDtype);
     }
 
