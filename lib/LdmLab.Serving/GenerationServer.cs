@@ -92,7 +92,21 @@ public sealed partial class GenerationServer : IAsyncDisposable
             ["status"] = _draining ? "draining" : _ready ? "ready" : "starting", ["model"] = generator.Model.Name,
         }));
         _app.MapMetrics("/metrics", Metrics.Registry);
+        _app.MapGet("/", Page);
         ImagesApi.Map(_app, this);
+    }
+
+    /// <summary>The web page (wwwroot/index.html, embedded): prompt and settings, the live strip of previews, the
+    /// image, and the history of this page's images.</summary>
+    static async Task Page(HttpContext ctx)
+    {
+        await using var page = typeof(GenerationServer).Assembly.GetManifestResourceStream("LdmLab.Serving.index.html")
+                               ?? throw new InvalidOperationException("the page is not embedded in LdmLab.Serving");
+        ctx.Response.ContentType = "text/html; charset=utf-8";
+        ctx.Response.Headers["X-Content-Type-Options"] = "nosniff";
+        ctx.Response.Headers["Content-Security-Policy"] =
+            "default-src 'self'; img-src 'self' data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'";
+        await page.CopyToAsync(ctx.Response.Body);
     }
 
     /// <summary>Where it listens (the port the OS chose when <see cref="ServeOptions.Port"/> is 0).</summary>

@@ -1,9 +1,10 @@
+using System.Collections.Concurrent;
 using System.Net.Http.Headers;
 using System.Text;
 using System.Text.Json.Nodes;
 using LdmLab.Runtime;
 using LdmLab.Serving;
-using static TorchSharp.torch;
+using Microsoft.Extensions.Logging;
 
 namespace LdmLab.Tests;
 
@@ -63,6 +64,7 @@ public sealed class ServingFixture : IAsyncLifetime
     public GenerationServer Server { get; private set; } = null!;
     public HttpClient Client { get; private set; } = null!;
     public ServeOptions Options { get; init; } = Defaults;
+    internal CapturedLogs Logs { get; } = new();
 
     public static readonly ServeOptions Defaults = new()
     {
@@ -74,7 +76,7 @@ public sealed class ServingFixture : IAsyncLifetime
     {
         TorchRuntime.Setup();
         Generator = new ControlledGenerator(new PipelineBatchGenerator(PipelineTests.Tiny(), "tiny"));
-        Server = new GenerationServer(Generator, Options);
+        Server = new GenerationServer(Generator, Options, logs => logs.AddProvider(Logs));
         await Server.StartAsync();
         Client = new HttpClient { BaseAddress = Server.Address, Timeout = TimeSpan.FromSeconds(20) };
     }
@@ -121,5 +123,35 @@ public sealed class ServingFixture : IAsyncLifetime
         var line = text.Split('\n').FirstOrDefault(l => l.StartsWith(name + " ", StringComparison.Ordinal));
         return line is null ? 0
             : double.Parse(line[(name.Length + 1)..], System.Globalization.CultureInfo.InvariantCulture);
+    }
+}
+
+/// <summary>Every log line with the values of its scopes (RequestId, JobId).</summary>
+sealed class CapturedLogs : ILoggerProvider, ISupportExternalScope
+{
+    IExternalScopeProvider _scopes = new LoggerExternalScopeProvider();
+
+    public ConcurrentQueue<(string Message, Dictionary<string, object?> Scope)> Lines { get; } = new();
+
+    public ILogger CreateLogger(string category) => new Logger(this);
+    public void SetScopeProvider(IExternalScopeProvider scopes) => _scopes = scopes;
+    public void Dispose() { }
+
+    sealed class Logger(CapturedLogs owner) : ILogger
+    {
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => owner._scopes.Push(state);
+        public bool IsEnabled(LogLevel level) => true;
+
+        public void Log<TState>(LogLevel level, EventId id, TState state, Exception? e,
+            Func<TState, Exception?, string> format)
+        {
+            var scope = new Dictionary<string, object?>();
+            owner._scopes.ForEachScope((s, d) =>
+            {
+                if (s is IEnumerable<KeyValuePair<string, object>> pairs)
+                    foreach (var (k, v) in pairs) d[k] = v;
+            }, scope);
+            owner.Lines.Enqueue((format(state, e), scope));
+        }
     }
 }

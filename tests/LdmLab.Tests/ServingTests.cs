@@ -52,6 +52,11 @@ public class ServingTests(ServingFixture f) : IClassFixture<ServingFixture>
         Assert.Contains("no job 'nope'", await missing.Content.ReadAsStringAsync());
         Assert.Equal("ok", (string)JsonNode.Parse(await f.Client.GetStringAsync("/healthz"))!["status"]!);
         Assert.Equal("ready", (string)JsonNode.Parse(await f.Client.GetStringAsync("/readyz"))!["status"]!);
+        using var page = await f.Client.GetAsync("/");
+        Assert.Equal("text/html", page.Content.Headers.ContentType!.MediaType);
+        var html = await page.Content.ReadAsStringAsync();
+        foreach (var part in new[] { "fetch(\"/v1/images\"", "new EventSource(", "\"preview\"", "\"succeeded\"" })
+            Assert.Contains(part, html);
     }
 
     [Fact]
@@ -89,6 +94,13 @@ public class ServingTests(ServingFixture f) : IClassFixture<ServingFixture>
         var job = await f.Job(id);
         Assert.Equal("req-events-1", (string)job["request_id"]!);
         Assert.Equal(5, (long)job["parameters"]!["seed"]!);
+        bool Logged(string text) => f.Logs.Lines.Any(l => l.Message.Contains(text)
+            && Equals(l.Scope.GetValueOrDefault("RequestId"), "req-events-1"));
+        Assert.True(Logged($"job {id} queued"), "the POST's log line carries its request id");
+        for (int wait = 0; wait < 100 && !Logged("job succeeded"); wait++) await Task.Delay(20);
+        Assert.Contains(f.Logs.Lines, l => l.Message.StartsWith("job succeeded")
+            && Equals(l.Scope.GetValueOrDefault("JobId"), id)
+            && Equals(l.Scope.GetValueOrDefault("RequestId"), "req-events-1"));
     }
 
     [Fact]
