@@ -71,13 +71,17 @@ public static class ServeCommand
             ResultCacheCapacity = Whole("--cache", 128, 0, 1_000_000),
             DrainTimeout = TimeSpan.FromSeconds(Whole("--drain-seconds", 30, 0, 3600)), SelfCheck = selfCheck,
         };
+        try { options.Validate(); }
+        catch (ArgumentException e) { throw new CliArgumentException(e.Message); }
         TorchRuntime.Setup();
         Lab.SetThreads();
         var (pipeline, name, size) = SampleCommand.LoadModel(model, values.GetValueOrDefault("--variant"));
         GenerationServer server;
         try
         {
+            // ASP.NET Core's own per-request lines are left out: the server logs each request once, with its id
             server = GenerationServer.Create(pipeline, options with { ModelName = name }, logs => logs
+                .AddFilter("Microsoft.AspNetCore", LogLevel.Warning)
                 .AddJsonConsole(o =>
                 {
                     o.IncludeScopes = true;

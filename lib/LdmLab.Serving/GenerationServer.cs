@@ -51,8 +51,7 @@ public sealed partial class GenerationServer : IAsyncDisposable
     /// scopes (the request id) to the console.</param>
     public GenerationServer(IBatchGenerator generator, ServeOptions options, Action<ILoggingBuilder>? logging = null)
     {
-        if (options.MaxBatch < 1)
-            throw new ArgumentOutOfRangeException(nameof(options), options.MaxBatch, "MaxBatch must be ≥ 1");
+        var ip = options.Validate();
         Options = options;
         Generator = generator;
         Metrics = new ServerMetrics(options.MaxBatch);
@@ -68,11 +67,9 @@ public sealed partial class GenerationServer : IAsyncDisposable
         {
             k.AddServerHeader = false;
             k.Limits.MaxRequestBodySize = options.MaxBodyBytes;
-            if (options.Host is "localhost") k.ListenLocalhost(options.Port);
-            else if (options.Host is "*" or "0.0.0.0") k.ListenAnyIP(options.Port);
-            else if (IPAddress.TryParse(options.Host, out var ip)) k.Listen(ip, options.Port);
-            else throw new ArgumentException($"host '{options.Host}': expected an IP address, localhost or *",
-                nameof(options));
+            if (ip is not null) k.Listen(ip, options.Port);
+            else if (options.Host is "localhost") k.ListenLocalhost(options.Port);
+            else k.ListenAnyIP(options.Port);
         });
         builder.Services.AddRoutingCore();
         builder.Services.AddLogging(l => logging?.Invoke(l));

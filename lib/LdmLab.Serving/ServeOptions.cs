@@ -1,3 +1,5 @@
+using System.Net;
+
 namespace LdmLab.Serving;
 
 /// <summary>
@@ -46,4 +48,28 @@ public sealed record ServeOptions
     public bool SelfCheck { get; init; } = true;
     /// <summary>A name for the model in job parameters and the cache key.</summary>
     public string ModelName { get; init; } = "model";
+
+    /// <summary>Throws an <see cref="ArgumentException"/> naming the first setting out of range; returns the host as
+    /// an address (null for localhost and *).</summary>
+    public IPAddress? Validate()
+    {
+        IPAddress? ip = null;
+        if (Host is not ("localhost" or "*" or "0.0.0.0") && !IPAddress.TryParse(Host, out ip))
+            throw new ArgumentException($"host '{Host}': expected an IP address, localhost or *");
+        foreach (var (name, value, min, max) in new[]
+                 {
+                     (nameof(Port), Port, 0, 65535), (nameof(MaxBatch), MaxBatch, 1, int.MaxValue),
+                     (nameof(QueueCapacity), QueueCapacity, 1, int.MaxValue), (nameof(MaxSteps), MaxSteps, 1, 100_000),
+                     (nameof(DefaultSteps), DefaultSteps, 1, MaxSteps), (nameof(MaxPromptChars), MaxPromptChars, 1,
+                         int.MaxValue),
+                     (nameof(DefaultPreviewEvery), DefaultPreviewEvery, 0, MaxSteps),
+                     (nameof(ResultCacheCapacity), ResultCacheCapacity, 0, int.MaxValue),
+                     (nameof(TextCacheCapacity), TextCacheCapacity, 1, int.MaxValue),
+                     (nameof(JobHistory), JobHistory, 1, int.MaxValue),
+                 })
+            if (value < min || value > max)
+                throw new ArgumentException($"{name} {value}: expected a whole number in [{min}, {max}]");
+        if (MaxBodyBytes < 1) throw new ArgumentException($"MaxBodyBytes {MaxBodyBytes}: expected ≥ 1");
+        return ip;
+    }
 }

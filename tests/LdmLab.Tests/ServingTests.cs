@@ -264,6 +264,22 @@ public class ServingTests(ServingFixture f) : IClassFixture<ServingFixture>
     }
 }
 
+/// <summary><c>ldmlab serve</c>'s argument errors name the argument and exit 2 before any model is loaded.</summary>
+public class ServeCommandTests
+{
+    [Theory]
+    [InlineData(new[] { "--port", "70000", "--model", "m" }, "--port '70000': expected a whole number in [0, 65535]")]
+    [InlineData(new[] { "--max-batch", "0", "--model", "m" }, "--max-batch '0': expected a whole number in [1, 256]")]
+    [InlineData(new[] { "--colour", "red" }, "--colour: not an option of ldmlab serve")]
+    [InlineData(new[] { "--port", "0" }, "--model is required")]
+    [InlineData(new[] { "--model", "m", "--host", "my-box" }, "host 'my-box': expected an IP address, localhost or *")]
+    public void Bad_arguments_exit_2_naming_the_argument(string[] args, string expected)
+    {
+        Assert.Equal(2, CliCapture.Run(out _, out var stderr, ["serve", .. args]));
+        Assert.Contains(expected, stderr);
+    }
+}
+
 /// <summary>Stopping drains: running and queued jobs finish, new ones are refused with 503.</summary>
 public class ServingShutdownTests
 {
