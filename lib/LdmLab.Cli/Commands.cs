@@ -19,6 +19,9 @@ public static class Commands
                                            judged accuracy, time and image differences as JSON
           ldmlab sample --model DIR|REPO_ID|FILE --prompt TEXT [options]
                                            one image from a prompt (img2img, inpainting, LoRA; ldmlab sample --help)
+          ldmlab serve --model DIR|REPO_ID|FILE [options]
+                                           a generation server on 127.0.0.1:7860: HTTP API, queue, batching,
+                                           server-sent events, /metrics (ldmlab serve --help; docs/serving.md)
           ldmlab export-onnx --model DIR|REPO_ID|FILE --out DIR
                                            the pipeline as an ONNX Stable Diffusion folder (ldmlab export-onnx --help)
           ldmlab notebooks [options]       execute notebooks in the real .NET Interactive kernel
@@ -59,6 +62,7 @@ public static class Commands
                 "train" => TrainCommand.Run(args[1..]),
                 "sample" => SampleCommand.Run(args[1..]),
                 "export-onnx" => ExportOnnxCommand.Run(args[1..]),
+                "serve" => ServeCommand.Run(args[1..]),
                 _ => Fail($"unknown command '{args[0]}'\n\n{Usage}"),
             };
         }

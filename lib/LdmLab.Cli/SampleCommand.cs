@@ -46,10 +46,7 @@ public static class SampleCommand
         """;
 
     /// <summary>The samplers by their short names (the chapter's names, lower-cased, spaces as dashes).</summary>
-    static readonly Dictionary<string, SamplerSpec> Samplers = SamplerSpec.Chapter
-        .Concat([new SamplerSpec("DDPM", "DDPMScheduler")])
-        .ToDictionary(s => s.Name.ToLowerInvariant().Replace("dpm-solver++", "dpm++").Replace(" (plms)", "")
-            .Replace(' ', '-'));
+    static readonly IReadOnlyDictionary<string, SamplerSpec> Samplers = SamplerSpec.ByShortName;
 
     sealed record Arguments(string Model, string? Variant, string? PredictionType, int? ImageSize, string Prompt,
         string? Negative, int Steps, double Guidance,

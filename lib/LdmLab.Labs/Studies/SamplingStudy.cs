@@ -45,6 +45,14 @@ public sealed record SamplerSpec(string Name, string SchedulerClass, JsonObject?
         new("DPM-Solver++ 2M Karras", "DPMSolverMultistepScheduler", new JsonObject { ["use_karras_sigmas"] = true }),
         new("PNDM (PLMS)", "PNDMScheduler"), new("UniPC", "UniPCMultistepScheduler"),
     ];
+
+    /// <summary>The chapter's samplers and DDPM by short name — lower case, "dpm++" for "DPM-Solver++", dashes for
+    /// spaces (ddim, euler, euler-a, heun, lms, dpm++-2m, dpm++-2m-karras, pndm, unipc, ddpm): the names
+    /// <c>ldmlab sample --scheduler</c> and the server's "scheduler" field take.</summary>
+    public static IReadOnlyDictionary<string, SamplerSpec> ByShortName { get; } = Chapter
+        .Concat([new SamplerSpec("DDPM", "DDPMScheduler")])
+        .ToDictionary(s => s.Name.ToLowerInvariant().Replace("dpm-solver++", "dpm++").Replace(" (plms)", "")
+            .Replace(' ', '-'));
 }
 
 /// <summary>One sampler at one step count: accuracy, Fréchet distance and wall time per image.</summary>

@@ -1,0 +1,101 @@
+using System.Text.Json.Nodes;
+using LdmLab.Labs;
+using LdmLab.Pipelines;
+using static TorchSharp.torch;
+
+namespace LdmLab.Serving;
+
+/// <summary>One denoising step of a batch: its number (1-based) of <see cref="Steps"/>, and the decoded prediction
+/// of x₀ for every row, computed only when asked for ([B, 3, H, W] in [0, 1]; disposed after the callback).</summary>
+public sealed record BatchStep(int Step, int Steps, Func<Tensor> Previews);
+
+/// <summary>The images [B, 3, H, W] in [0, 1] and the final latents [B, c, h, w] of one batch.</summary>
+public sealed record BatchImages(Tensor Images, Tensor Latents);
+
+/// <summary>
+/// What the worker drives: requests of one shape (<see cref="ImageRequest.ShapeKey"/>) → images, in one denoiser
+/// call per step. The step callback may throw <see cref="OperationCanceledException"/> to stop the compute.
+/// </summary>
+public interface IBatchGenerator
+{
+    ModelInfo Model { get; }
+    /// <summary>The text-encoding cache's hits and misses so far (the metrics count the differences).</summary>
+    (long Hits, long Misses) TextCacheCounts { get; }
+    BatchImages Generate(IReadOnlyList<ImageRequest> batch, Action<BatchStep> onStep);
+}
+
+/// <summary>
+/// <see cref="IBatchGenerator"/> over a <see cref="StableDiffusionPipeline"/>: prompts and negative prompts become
+/// the rows of one call (the conditional and unconditional halves of classifier-free guidance in one U-Net batch),
+/// and each row's x_T is drawn from its own seed's CPU generator — the very draws a call with that seed alone makes
+/// — so a batched image is the image the request gets alone. The pipeline's text-encoding cache is turned on.
+/// </summary>
+public sealed class PipelineBatchGenerator : IBatchGenerator
+{
+    readonly StableDiffusionPipeline _pipeline;
+    readonly string _defaultClass;
+    readonly JsonObject _defaultConfig;
+
+    public PipelineBatchGenerator(StableDiffusionPipeline pipeline, string modelName, int textCacheCapacity = 256,
+        (int Height, int Width)? nativeSize = null)
+    {
+        if (pipeline.IsInpaintingUNet)
+            throw new ArgumentException($"the U-Net takes {pipeline.Unet.Config.InChannels} channels (an inpainting " +
+                                        "U-Net): the server makes text-to-image requests only", nameof(pipeline));
+        _pipeline = pipeline;
+        _defaultClass = pipeline.SchedulerClass;
+        _defaultConfig = (JsonObject)pipeline.SchedulerConfig.DeepClone();
+        pipeline.EnableTextEncodingCache(textCacheCapacity);
+        int f = pipeline.VaeScaleFactor, native = pipeline.Unet.Config.SampleSize * f;
+        Model = new ModelInfo(modelName, nativeSize?.Width ?? native, nativeSize?.Height ?? native, f, _defaultClass);
+    }
+
+    public ModelInfo Model { get; }
+
+    public (long Hits, long Misses) TextCacheCounts =>
+        _pipeline.TextEncodingCache is { } c ? (c.Hits, c.Misses) : (0, 0);
+
+    public BatchImages Generate(IReadOnlyList<ImageRequest> batch, Action<BatchStep> onStep)
+    {
+        var first = batch[0];
+        var pipeline = Pipeline(first.Scheduler);
+        int f = pipeline.VaeScaleFactor, channels = pipeline.Vae.Config.LatentChannels;
+        long[] one = [1, channels, first.Height / f, first.Width / f];
+        // x_T row by row from each request's seed: what GenerationOptions.Seed draws for a batch of one
+        var noise = cat(batch.Select(r =>
+        {
+            using var generator = new Generator((ulong)r.Seed);
+            return randn(one, generator: generator);
+        }).ToArray(), 0);                                                                  // [B, c, h, w]
+        if (Model.IsStochastic(first.Scheduler)) manual_seed(first.Seed);  // the steps' own noise (batches of one)
+        var output = pipeline.Generate(new GenerationOptions
+        {
+            Prompts = batch.Select(r => r.Prompt).ToArray(),
+            NegativePrompts = batch.Select(r => r.NegativePrompt).ToArray(),
+            Steps = first.Steps, GuidanceScale = first.Guidance, Height = first.Height, Width = first.Width,
+            Latents = noise,
+            Callback = s => onStep(new BatchStep(s.Index + 1, first.Steps,
+                () => pipeline.Decode(s.PredictedOriginal ?? s.Latents))),
+        });
+        return new BatchImages(output.Images, output.Latents);
+    }
+
+    /// <summary>The pipeline with this scheduler: one per scheduler name, sharing the models and the text-encoding
+    /// cache (only the scheduler config differs), so no request's scheduler leaks into the next.</summary>
+    StableDiffusionPipeline Pipeline(string name)
+    {
+        if (name == "default") return _pipeline;
+        if (_bySchedulerName.TryGetValue(name, out var known)) return known;
+        var p = _pipeline;
+        var pipeline = new StableDiffusionPipeline(p.Tokenizer, p.TextEncoder, p.Unet, p.Vae, _defaultClass,
+            (JsonObject)_defaultConfig.DeepClone())
+        {
+            TextEncodingCache = p.TextEncodingCache, VaeDecodeBatchSize = p.VaeDecodeBatchSize,
+        };
+        var spec = SamplerSpec.ByShortName[name];
+        pipeline.SetScheduler(spec.SchedulerClass, spec.Overrides);
+        return _bySchedulerName[name] = pipeline;
+    }
+
+    readonly Dictionary<string, StableDiffusionPipeline> _bySchedulerName = [];
+}

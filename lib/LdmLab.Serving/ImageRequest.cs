@@ -1,0 +1,157 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using LdmLab.Labs;
+
+namespace LdmLab.Serving;
+
+/// <summary>A request field that was missing, of the wrong type or out of range: answered 400 with the field's name
+/// and what was expected (<c>{"error": {"field": "steps", "message": "…"}}</c>).</summary>
+public sealed class RequestValidationException(string field, string message) : Exception(message)
+{
+    public string Field { get; } = field;
+}
+
+/// <summary>What a request may ask of the model: its name, native size, the multiple sizes must keep, and the
+/// schedulers it runs (short names from <see cref="SamplerSpec.ByShortName"/>, or "default": the model's own).
+/// </summary>
+public sealed record ModelInfo(string Name, int NativeWidth, int NativeHeight, int SizeMultiple,
+    string DefaultSchedulerClass)
+{
+    /// <summary>True for schedulers that draw fresh noise every step from torch's generator (Euler ancestral,
+    /// DDPM): their requests run alone, seeded just before, so that a seed still means one image.</summary>
+    public bool IsStochastic(string scheduler) =>
+        (scheduler == "default" ? DefaultSchedulerClass
+            : SamplerSpec.ByShortName.TryGetValue(scheduler, out var spec) ? spec.SchedulerClass : scheduler)
+        is "EulerAncestralDiscreteScheduler" or "DDPMScheduler";
+}
+
+/// <summary>
+/// One POST /v1/images body, validated and with every default filled in (so that two requests that mean the same
+/// image are equal, and the <see cref="CacheKey"/> is the whole request). JSON names are snake_case as in diffusers'
+/// pipeline arguments: prompt, negative_prompt, steps, guidance, seed, width, height, scheduler, preview_every.
+/// </summary>
+public sealed record ImageRequest(string Prompt, string NegativePrompt, int Steps, double Guidance, long Seed,
+    int Width, int Height, string Scheduler, int PreviewEvery)
+{
+    /// <summary>The largest seed: 2^53 − 1, the largest whole number a browser's JSON reader keeps exactly.</summary>
+    public const long MaxSeed = (1L << 53) - 1;
+
+    static readonly string[] Fields =
+        ["prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height", "scheduler", "preview_every"];
+
+    /// <summary>Requests with equal shape keys run in one denoiser call: same latent size, the same timesteps and
+    /// scheduler, the same guidance scale (one w per call; w ≤ 1 also drops the unconditional half). A stochastic
+    /// scheduler's request (<see cref="ModelInfo.IsStochastic"/>) has a shape of its own.</summary>
+    public string ShapeKey(string jobId, ModelInfo model) =>
+        model.IsStochastic(Scheduler) ? "alone:" + jobId
+            : FormattableString.Invariant($"{Width}x{Height}|{Steps}|{Scheduler}|{Guidance:R}");
+
+    /// <summary>The whole request that decides the image (everything but <see cref="PreviewEvery"/>), with the
+    /// model: equal keys → identical PNG bytes.</summary>
+    public string CacheKey(string model)
+    {
+        var json = ToJson();
+        json.Remove("preview_every");
+        json["model"] = model;
+        return json.ToJsonString();
+    }
+
+    public JsonObject ToJson() => new()
+    {
+        ["prompt"] = Prompt, ["negative_prompt"] = NegativePrompt, ["steps"] = Steps, ["guidance"] = Guidance,
+        ["seed"] = Seed, ["width"] = Width, ["height"] = Height, ["scheduler"] = Scheduler,
+        ["preview_every"] = PreviewEvery,
+    };
+
+    /// <summary>A request body → a request with defaults, or a <see cref="RequestValidationException"/> naming the
+    /// first bad field. <paramref name="randomSeed"/> supplies the seed when none is given (the job reports it).
+    /// </summary>
+    public static ImageRequest Parse(JsonElement body, ModelInfo model, ServeOptions limits, Func<long> randomSeed)
+    {
+        if (body.ValueKind != JsonValueKind.Object)
+            throw new RequestValidationException("body", $"expected a JSON object, got {Kind(body)}");
+        foreach (var p in body.EnumerateObject())
+            if (!Fields.Contains(p.Name))
+                throw new RequestValidationException(p.Name, $"unknown field '{p.Name}': expected one of " +
+                                                            string.Join(", ", Fields));
+        string prompt = Text(body, "prompt", limits.MaxPromptChars, required: true)!;
+        string negative = Text(body, "negative_prompt", limits.MaxPromptChars, required: false) ?? "";
+        int steps = Whole(body, "steps", 1, limits.MaxSteps) ?? limits.DefaultSteps;
+        double guidance = Real(body, "guidance", 0, limits.MaxGuidance) ?? 7.5;
+        long seed = body.TryGetProperty("seed", out var s) ? ParseSeed(s) : randomSeed();
+        int f = model.SizeMultiple;
+        int maxSide = limits.MaxSide ?? 2 * Math.Max(model.NativeWidth, model.NativeHeight);
+        int width = Side(body, "width", f, maxSide) ?? model.NativeWidth;
+        int height = Side(body, "height", f, maxSide) ?? model.NativeHeight;
+        string scheduler = SchedulerName(body);
+        int preview = Whole(body, "preview_every", 0, limits.MaxSteps) ?? limits.DefaultPreviewEvery;
+        return new ImageRequest(prompt, negative, steps, guidance, seed, width, height, scheduler, preview);
+    }
+
+    static string Kind(JsonElement e) => e.ValueKind switch
+    {
+        JsonValueKind.String => "a string",
+        JsonValueKind.Number => "a number",
+        JsonValueKind.Array => "an array",
+        JsonValueKind.Object => "an object",
+        JsonValueKind.Null => "null",
+        _ => "a boolean",
+    };
+
+    static string? Text(JsonElement body, string name, int maxChars, bool required)
+    {
+        if (!body.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null)
+            return required ? throw new RequestValidationException(name, $"{name}: required (a non-empty string)")
+                : null;
+        if (v.ValueKind != JsonValueKind.String)
+            throw new RequestValidationException(name, $"{name}: expected a string, got {Kind(v)}");
+        var text = v.GetString()!;
+        if (required && text.Trim().Length == 0)
+            throw new RequestValidationException(name, $"{name}: expected a non-empty string");
+        if (text.Length > maxChars)
+            throw new RequestValidationException(name, $"{name}: {text.Length} characters, expected at most " +
+                                                       $"{maxChars}");
+        return text;
+    }
+
+    static int? Whole(JsonElement body, string name, int min, int max)
+    {
+        if (!body.TryGetProperty(name, out var v)) return null;
+        if (v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) && n >= min && n <= max) return n;
+        throw new RequestValidationException(name, $"{name} {v.GetRawText()}: expected a whole number in " +
+                                                   $"[{min}, {max}]");
+    }
+
+    static double? Real(JsonElement body, string name, double min, double max)
+    {
+        if (!body.TryGetProperty(name, out var v)) return null;
+        if (v.ValueKind == JsonValueKind.Number && v.TryGetDouble(out double x) && double.IsFinite(x) && x >= min
+            && x <= max) return x;
+        throw new RequestValidationException(name, FormattableString.Invariant(
+            $"{name} {v.GetRawText()}: expected a number in [{min}, {max}]"));
+    }
+
+    static long ParseSeed(JsonElement v) =>
+        v.ValueKind == JsonValueKind.Number && v.TryGetInt64(out long n) && n is >= 0 and <= MaxSeed ? n
+            : throw new RequestValidationException("seed", $"seed {v.GetRawText()}: expected a whole number in " +
+                                                           $"[0, {MaxSeed.ToString(CultureInfo.InvariantCulture)}]");
+
+    static int? Side(JsonElement body, string name, int multiple, int max)
+    {
+        if (!body.TryGetProperty(name, out var v)) return null;
+        if (v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) && n >= multiple && n <= max
+            && n % multiple == 0) return n;
+        throw new RequestValidationException(name, $"{name} {v.GetRawText()}: expected a multiple of {multiple} " +
+                                                   $"(the VAE's downsampling) in [{multiple}, {max}]");
+    }
+
+    static string SchedulerName(JsonElement body)
+    {
+        if (!body.TryGetProperty("scheduler", out var v)) return "default";
+        var name = v.ValueKind == JsonValueKind.String ? v.GetString()!.ToLowerInvariant() : null;
+        if (name is not null && (name == "default" || SamplerSpec.ByShortName.ContainsKey(name))) return name;
+        throw new RequestValidationException("scheduler", $"scheduler {v.GetRawText()}: expected one of default, " +
+                                                          string.Join(", ", SamplerSpec.ByShortName.Keys));
+    }
+}

@@ -1,0 +1,314 @@
+using System.Net;
+using System.Text.Json.Nodes;
+using LdmLab.Pipelines;
+using LdmLab.Serving;
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.PixelFormats;
+using static TorchSharp.torch;
+
+namespace LdmLab.Tests;
+
+/// <summary>
+/// <c>ldmlab serve</c> in process on 127.0.0.1 with the tiny pipeline: the API's status codes and validation
+/// messages, events, cancellation, batching against one-by-one sampling, the result cache, faults that stay with
+/// their job, the queue limit and metrics. Graceful shutdown has a server of its own.
+/// </summary>
+public class ServingTests(ServingFixture f) : IClassFixture<ServingFixture>
+{
+    [Theory]
+    [InlineData("""{"steps": 4}""", "prompt", "required")]
+    [InlineData("""{"prompt": "  "}""", "prompt", "non-empty")]
+    [InlineData("""{"prompt": 3}""", "prompt", "expected a string, got a number")]
+    [InlineData("""{"prompt": "a bag", "steps": 0}""", "steps", "[1, 60]")]
+    [InlineData("""{"prompt": "a bag", "steps": 2.5}""", "steps", "whole number")]
+    [InlineData("""{"prompt": "a bag", "guidance": -1}""", "guidance", "[0, 30]")]
+    [InlineData("""{"prompt": "a bag", "seed": -4}""", "seed", "whole number in [0,")]
+    [InlineData("""{"prompt": "a bag", "width": 15}""", "width", "multiple of 2")]
+    [InlineData("""{"prompt": "a bag", "height": 4096}""", "height", "in [2, 32]")]
+    [InlineData("""{"prompt": "a bag", "scheduler": "warp"}""", "scheduler", "expected one of default, ddim")]
+    [InlineData("""{"prompt": "a bag", "colour": "red"}""", "colour", "unknown field 'colour'")]
+    [InlineData("""[1, 2]""", "body", "expected a JSON object")]
+    [InlineData("""{"prompt": "a bag", """, "body", "not valid JSON")]
+    public async Task Every_bad_field_is_a_400_naming_it_and_what_was_expected(string body, string field,
+        string expected)
+    {
+        var (status, json) = await f.Post(body);
+        Assert.Equal(400, status);
+        Assert.Equal(field, (string?)json["error"]!["field"]);
+        Assert.Contains(expected, (string)json["error"]!["message"]!);
+    }
+
+    [Fact]
+    public async Task Wrong_type_big_body_unknown_job_and_health_answer_their_codes()
+    {
+        using var text = await f.Client.PostAsync("/v1/images", ServingFixture.Body("{}", "text/plain"));
+        Assert.Equal(HttpStatusCode.UnsupportedMediaType, text.StatusCode);
+        var big = $$"""{"prompt": "{{new string('a', 5000)}}"}""";            // over the fixture's 4096 bytes
+        using var large = await f.Client.PostAsync("/v1/images", ServingFixture.Body(big));
+        Assert.Equal(HttpStatusCode.RequestEntityTooLarge, large.StatusCode);
+        Assert.Contains("4096 bytes", await large.Content.ReadAsStringAsync());
+        using var missing = await f.Client.GetAsync("/v1/jobs/nope");
+        Assert.Equal(HttpStatusCode.NotFound, missing.StatusCode);
+        Assert.Contains("no job 'nope'", await missing.Content.ReadAsStringAsync());
+        Assert.Equal("ok", (string)JsonNode.Parse(await f.Client.GetStringAsync("/healthz"))!["status"]!);
+        Assert.Equal("ready", (string)JsonNode.Parse(await f.Client.GetStringAsync("/readyz"))!["status"]!);
+        using var page = await f.Client.GetAsync("/");
+        Assert.Equal("text/html", page.Content.Headers.ContentType!.MediaType);
+        var html = await page.Content.ReadAsStringAsync();
+        foreach (var part in new[] { "fetch(\"/v1/images\"", "new EventSource(", "\"preview\"", "\"succeeded\"" })
+            Assert.Contains(part, html);
+    }
+
+    [Fact]
+    public async Task A_job_streams_progress_previews_and_its_image_and_keeps_the_request_id()
+    {
+        using var post = new HttpRequestMessage(HttpMethod.Post, "/v1/images")
+        {
+            Content = ServingFixture.Body("""{"prompt": "a sneaker", "steps": 6, "preview_every": 2, "seed": 5}"""),
+        };
+        post.Headers.Add("X-Request-Id", "req-events-1");
+        using var posted = await f.Client.SendAsync(post);
+        Assert.Equal(HttpStatusCode.Accepted, posted.StatusCode);
+        Assert.Equal("req-events-1", posted.Headers.GetValues("X-Request-Id").Single());
+        var id = (string)JsonNode.Parse(await posted.Content.ReadAsStringAsync())!["id"]!;
+        var events = new List<(string Name, JsonObject Data)>();
+        using (var stream = await f.Client.GetStreamAsync($"/v1/jobs/{id}/events"))
+        using (var reader = new StreamReader(stream))
+        {
+            string? name = null;
+            while (await reader.ReadLineAsync() is { } line)
+                if (line.StartsWith("event: ", StringComparison.Ordinal)) name = line[7..];
+                else if (line.StartsWith("data: ", StringComparison.Ordinal))
+                    events.Add((name!, JsonNode.Parse(line[6..])!.AsObject()));
+        }
+        Assert.Equal(new[] { "state", "state" }, events.Take(2).Select(e => e.Name));
+        Assert.Equal(new[] { 1, 2, 3, 4, 5, 6 },
+            events.Where(e => e.Name == "progress").Select(e => (int)e.Data["step"]!));
+        Assert.Equal(new[] { 2, 4 }, events.Where(e => e.Name == "preview").Select(e => (int)e.Data["step"]!));
+        var (last, data) = events[^1];
+        Assert.Equal("succeeded", last);
+        var png = await f.Client.GetByteArrayAsync($"/v1/jobs/{id}/image");
+        Assert.Equal("data:image/png;base64," + Convert.ToBase64String(png), (string)data["image"]!);
+        using var image = Image.Load<Rgb24>(png);
+        Assert.Equal((16, 16), (image.Width, image.Height));
+        var job = await f.Job(id);
+        Assert.Equal("req-events-1", (string)job["request_id"]!);
+        Assert.Equal(5, (long)job["parameters"]!["seed"]!);
+        bool Logged(string text) => f.Logs.Lines.Any(l => l.Message.Contains(text)
+            && Equals(l.Scope.GetValueOrDefault("RequestId"), "req-events-1"));
+        Assert.True(Logged($"job {id} queued"), "the POST's log line carries its request id");
+        for (int wait = 0; wait < 100 && !Logged("job succeeded"); wait++) await Task.Delay(20);
+        Assert.Contains(f.Logs.Lines, l => l.Message.StartsWith("job succeeded")
+            && Equals(l.Scope.GetValueOrDefault("JobId"), id)
+            && Equals(l.Scope.GetValueOrDefault("RequestId"), "req-events-1"));
+    }
+
+    [Fact]
+    public async Task Same_shape_requests_share_one_batch_and_give_the_one_by_one_images()
+    {
+        f.Generator.Close();
+        var blocker = await f.Submit("""{"prompt": "a bag", "steps": 2, "width": 8, "height": 8}""");
+        await f.Generator.Blocked;                                   // the worker is busy: the next ones queue up
+        string[] prompts = ["a bag on the left", "a sneaker on the right", "a shirt"];
+        var ids = new List<string>();
+        for (int i = 0; i < 3; i++)
+            ids.Add(await f.Submit($$"""{"prompt": "{{prompts[i]}}", "steps": 5, "seed": {{10 + i}}}"""));
+        f.Generator.Open();
+        await f.Finished(blocker);
+        var reference = PipelineTests.Tiny();
+        var images = new List<byte[]>();
+        for (int i = 0; i < 3; i++)
+        {
+            var job = await f.Finished(ids[i]);
+            Assert.Equal("succeeded", (string)job["state"]!);
+            Assert.Equal(3, (int)job["batch_size"]!);
+            var png = await f.Client.GetByteArrayAsync($"/v1/jobs/{ids[i]}/image");
+            images.Add(png);
+            using var scope = NewDisposeScope();
+            var alone = reference.Generate(new GenerationOptions
+            {
+                Prompts = [prompts[i]], NegativePrompts = [""], Steps = 5, GuidanceScale = 7.5, Seed = 10 + i,
+                Height = 16, Width = 16,
+            });
+            using var expected = alone.Picture(0);
+            using var served = Image.Load<Rgb24>(png);
+            int worst = 0;
+            for (int y = 0; y < 16; y++)
+                for (int x = 0; x < 16; x++)
+                {
+                    var (a, b) = (expected[x, y], served[x, y]);
+                    worst = Math.Max(worst, new[] { a.R - b.R, a.G - b.G, a.B - b.B }.Max(Math.Abs));
+                }
+            Assert.True(worst <= 1, $"request {i}: batched image differs from one-by-one by {worst}/255");
+        }
+        Assert.NotEqual(images[0], images[1]);                       // each row kept its own seed and prompt
+        Assert.Contains(f.Generator.Batches, b => b.Size == 3);
+    }
+
+    [Fact]
+    public async Task The_same_request_again_returns_identical_bytes_from_the_cache()
+    {
+        const string body = """{"prompt": "a bag on the right", "steps": 3, "seed": 42, "guidance": 5}""";
+        double hits = await f.Metric("ldmlab_result_cache_hits_total");
+        var first = await f.Finished(await f.Submit(body));
+        var (status, again) = await f.Post(body);
+        Assert.Equal(200, status);
+        Assert.Equal("succeeded", (string)again["state"]!);
+        Assert.True((bool)again["cached"]!);
+        Assert.Equal((string)first["image"]!, (string)again["image"]!);
+        var bytes1 = await f.Client.GetByteArrayAsync($"/v1/jobs/{first["id"]}/image");
+        var bytes2 = await f.Client.GetByteArrayAsync($"/v1/jobs/{again["id"]}/image");
+        Assert.Equal(bytes1, bytes2);
+        Assert.Equal(hits + 1, await f.Metric("ldmlab_result_cache_hits_total"));
+        var (_, otherSeed) = await f.Post(body.Replace("42", "43"));
+        Assert.Equal("queued", (string)otherSeed["state"]!);          // another seed is another image
+        await f.Finished((string)otherSeed["id"]!);
+    }
+
+    [Fact]
+    public async Task Delete_cancels_a_running_job_and_frees_the_worker()
+    {
+        f.Generator.Close();
+        var id = await f.Submit("""{"prompt": "a long one", "steps": 50}""");
+        await f.Generator.Blocked;                                   // mid-compute: one step of 50 done
+        int before = f.Generator.Batches.Count;
+        using var deleted = await f.Client.DeleteAsync($"/v1/jobs/{id}");
+        Assert.Equal(HttpStatusCode.Accepted, deleted.StatusCode);
+        Assert.Equal("cancelled", (string)(await f.Job(id))["state"]!);
+        f.Generator.Open();
+        var next = await f.Finished(await f.Submit("""{"prompt": "the next one", "steps": 2}"""));
+        Assert.Equal("succeeded", (string)next["state"]!);
+        Assert.True(f.Generator.Batches[before - 1].StepsRun <= 2, "the cancelled batch ran on");
+        using var again = await f.Client.DeleteAsync($"/v1/jobs/{id}");
+        Assert.Equal(HttpStatusCode.Conflict, again.StatusCode);
+    }
+
+    [Fact]
+    public async Task Closing_the_event_stream_cancels_the_job()
+    {
+        f.Generator.Close();
+        var id = await f.Submit("""{"prompt": "nobody watches", "steps": 50}""");
+        using (var response = await f.Client.GetAsync($"/v1/jobs/{id}/events",
+                   HttpCompletionOption.ResponseHeadersRead))
+        using (var reader = new StreamReader(await response.Content.ReadAsStreamAsync()))
+            while (await reader.ReadLineAsync() is { } line && line != "event: progress") { }
+        var job = f.Server.Jobs.Find(id)!;
+        await job.Finished.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal(JobState.Cancelled, job.State);
+        Assert.Contains("closed the event stream", job.Error);
+        f.Generator.Open();
+        Assert.Equal("succeeded", (string)(await f.Finished(await f.Submit("""{"prompt": "after"}""")))["state"]!);
+    }
+
+    [Fact]
+    public async Task A_failing_job_fails_alone_and_the_server_keeps_serving()
+    {
+        double nan = await f.Metric("ldmlab_job_failures_total{reason=\"nan_latents\"}");
+        double thrown = await f.Metric("ldmlab_job_failures_total{reason=\"exception\"}");
+        f.Generator.Close();
+        var blocker = await f.Submit("""{"prompt": "a bag", "steps": 2, "width": 8, "height": 8}""");
+        await f.Generator.Blocked;
+        var good = await f.Submit("""{"prompt": "a good one", "steps": 3}""");
+        var boom = await f.Submit("""{"prompt": "raise an exception", "steps": 3}""");
+        var bad = await f.Submit("""{"prompt": "nan latents", "steps": 3}""");
+        f.Generator.Open();
+        await f.Finished(blocker);
+        Assert.Equal("succeeded", (string)(await f.Finished(good))["state"]!);
+        var failed = await f.Finished(boom);
+        Assert.Equal("failed", (string)failed["state"]!);
+        Assert.Contains("blew up", (string)failed["error"]!);
+        var diverged = await f.Finished(bad);
+        Assert.Equal("failed", (string)diverged["state"]!);
+        Assert.Contains("NaN", (string)diverged["error"]!);
+        Assert.Equal(nan + 1, await f.Metric("ldmlab_job_failures_total{reason=\"nan_latents\"}"));
+        Assert.Equal(thrown + 1, await f.Metric("ldmlab_job_failures_total{reason=\"exception\"}"));
+        Assert.Equal("succeeded", (string)(await f.Finished(await f.Submit("""{"prompt": "still up"}""")))["state"]!);
+    }
+
+    [Fact]
+    public async Task A_full_queue_answers_429_with_retry_after()
+    {
+        f.Generator.Close();
+        var running = await f.Submit("""{"prompt": "busy", "steps": 2, "width": 8, "height": 8}""");
+        await f.Generator.Blocked;
+        var queued = new List<string>();
+        for (int i = 0; i < f.Options.QueueCapacity; i++)
+            queued.Add(await f.Submit($$"""{"prompt": "wait {{i}}", "steps": {{2 + i}}}"""));
+        using var refused = await f.Client.PostAsync("/v1/images", ServingFixture.Body("""{"prompt": "one more"}"""));
+        Assert.Equal((HttpStatusCode)429, refused.StatusCode);
+        Assert.True(refused.Headers.RetryAfter?.Delta >= TimeSpan.FromSeconds(1));
+        Assert.Contains("queue is full", await refused.Content.ReadAsStringAsync());
+        foreach (var id in queued) (await f.Client.DeleteAsync($"/v1/jobs/{id}")).Dispose();
+        f.Generator.Open();
+        await f.Finished(running);
+        Assert.Equal(0, f.Server.Queue.Count);
+    }
+
+    [Fact]
+    public async Task Metrics_move_with_the_work_done()
+    {
+        string[] names = ["ldmlab_images_total", "ldmlab_batch_size_count", "ldmlab_step_seconds_count",
+            "ldmlab_request_seconds_count", "ldmlab_text_cache_hits_total"];
+        var before = new List<double>();
+        foreach (var name in names) before.Add(await f.Metric(name));
+        await f.Finished(await f.Submit("""{"prompt": "a metric bag", "steps": 3, "seed": 1}"""));
+        await f.Finished(await f.Submit("""{"prompt": "a metric bag", "steps": 3, "seed": 2}"""));
+        var after = new List<double>();
+        foreach (var name in names) after.Add(await f.Metric(name));
+        Assert.Equal(before[0] + 2, after[0]);
+        Assert.Equal(before[1] + 2, after[1]);                               // two batches of one
+        Assert.Equal(before[2] + 6, after[2]);                               // 3 steps each
+        Assert.Equal(before[3] + 2, after[3]);
+        Assert.True(after[4] >= before[4] + 2, "the second request's prompt and negative prompt were cached");
+        Assert.Contains("ldmlab_queue_depth 0", await f.Client.GetStringAsync("/metrics"));
+    }
+}
+
+/// <summary><c>ldmlab serve</c>'s argument errors name the argument and exit 2 before any model is loaded.</summary>
+public class ServeCommandTests
+{
+    [Theory]
+    [InlineData(new[] { "--port", "70000", "--model", "m" }, "--port '70000': expected a whole number in [0, 65535]")]
+    [InlineData(new[] { "--max-batch", "0", "--model", "m" }, "--max-batch '0': expected a whole number in [1, 256]")]
+    [InlineData(new[] { "--colour", "red" }, "--colour: not an option of ldmlab serve")]
+    [InlineData(new[] { "--port", "0" }, "--model is required")]
+    [InlineData(new[] { "--model", "m", "--host", "my-box" }, "host 'my-box': expected an IP address, localhost or *")]
+    public void Bad_arguments_exit_2_naming_the_argument(string[] args, string expected)
+    {
+        Assert.Equal(2, CliCapture.Run(out _, out var stderr, ["serve", .. args]));
+        Assert.Contains(expected, stderr);
+    }
+}
+
+/// <summary>Stopping drains: running and queued jobs finish, new ones are refused with 503.</summary>
+public class ServingShutdownTests
+{
+    [Fact]
+    public async Task Stopping_finishes_in_flight_jobs_and_refuses_new_ones()
+    {
+        var f = new ServingFixture();
+        await f.InitializeAsync();
+        try
+        {
+            f.Generator.Close();
+            var running = await f.Submit("""{"prompt": "in flight", "steps": 3}""");
+            await f.Generator.Blocked;
+            var queued = await f.Submit("""{"prompt": "waiting", "steps": 2, "width": 8, "height": 8}""");
+            var stopping = f.Server.StopAsync();
+            while (f.Server.Accepting) await Task.Delay(5);
+            var (status, refused) = await f.Post("""{"prompt": "too late"}""");
+            Assert.Equal(503, status);
+            Assert.Contains("shutting down", (string)refused["error"]!["message"]!);
+            using var ready = await f.Client.GetAsync("/readyz");
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, ready.StatusCode);
+            f.Generator.Open();
+            await stopping.WaitAsync(TimeSpan.FromSeconds(15));
+            Assert.Equal(JobState.Succeeded, f.Server.Jobs.Find(running)!.State);
+            Assert.Equal(JobState.Succeeded, f.Server.Jobs.Find(queued)!.State);
+        }
+        finally
+        {
+            await f.DisposeAsync();
+        }
+    }
+}
