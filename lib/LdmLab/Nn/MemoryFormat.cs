@@ -15,8 +15,9 @@ namespace LdmLab.Nn;
 /// oneDNN's convolutions read and write NHWC directly, where NCHW costs a reorder of every input and output into its
 /// blocked layout; the transformer blocks' <c>[B, C, H, W] → [B, H·W, C]</c> becomes a view instead of a copy;
 /// LibTorch's CPU GroupNorm, SiLU, adds, concatenations and nearest upsampling keep the layout. Measured on SD 1.5's
-/// U-Net in docs/benchmarks.md ("Channels-last"). TorchSharp 0.107 has no <c>memory_format</c> argument: a permuted copy made contiguous
-/// and permuted back has exactly PyTorch's channels-last strides, which LibTorch's kernels recognise.
+/// U-Net in docs/benchmarks.md ("Channels-last"). TorchSharp 0.107 has no <c>memory_format</c> argument: a permuted
+/// copy made contiguous and permuted back has exactly PyTorch's channels-last strides, which LibTorch's kernels
+/// recognise.
 /// </summary>
 public static class MemoryFormat
 {
