@@ -364,10 +364,10 @@ public static class MultiResolutionStudy
                 ? "fewer" : "as many";
             string reference = real is null ? "" : $"; real canvases: {P(real.Accuracy)}, {real.ExtraItems:F2}, " +
                                                    $"{P(real.OffCentre)}";
-            bullets.Add($"{group.Key.Height}×{group.Key.Width} ({SeenBy(fixedRow)} by the fixed model, {SeenBy(multi)} " +
-                        $"by the multi-resolution one): the multi-resolution model gets {better} canvases right " +
-                        $"({P(multi.Accuracy)} against {P(fixedRow.Accuracy)}), extra items per canvas " +
-                        $"{multi.ExtraItems:F2} against {fixedRow.ExtraItems:F2}, off-centre items " +
+            bullets.Add($"{group.Key.Height}×{group.Key.Width} ({SeenBy(fixedRow)} by the fixed model, " +
+                        $"{SeenBy(multi)} by the multi-resolution one): the multi-resolution model gets {better} " +
+                        $"canvases right ({P(multi.Accuracy)} against {P(fixedRow.Accuracy)}), extra items per " +
+                        $"canvas {multi.ExtraItems:F2} against {fixedRow.ExtraItems:F2}, off-centre items " +
                         $"{P(multi.OffCentre)} against {P(fixedRow.OffCentre)}{reference}.");
         }
         var timed = rows.Where(r => r.Model == multiModel && r.MsPerImage > 0).OrderBy(r => r.Height * r.Width)
