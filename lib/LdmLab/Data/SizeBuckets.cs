@@ -25,14 +25,21 @@ public sealed record SizedBatch(SizeBucket Size, Tensor Images, int[] Indices, (
 /// </summary>
 public static class SizeBuckets
 {
-    /// <summary>The bucket nearest an image's aspect ratio (ties: the first listed).</summary>
+    /// <summary>
+    /// The bucket nearest an image's aspect ratio; among buckets of the same ratio (28×28 and 56×56), the one nearest
+    /// its area (|log(h·w) − log(H·W)|), so that a multi-resolution set keeps small and large images apart (ties:
+    /// the first listed).
+    /// </summary>
     public static SizeBucket Nearest(IReadOnlyList<SizeBucket> buckets, int height, int width)
     {
         if (buckets.Count == 0) throw new ArgumentException("give at least one bucket", nameof(buckets));
         if (height < 1 || width < 1)
             throw new ArgumentOutOfRangeException(nameof(height), $"{height}×{width}", "image sides must be positive");
-        double ratio = Math.Log((double)width / height);
-        return buckets.MinBy(b => Math.Abs(Math.Log(b.AspectRatio) - ratio))!;
+        double ratio = Math.Log((double)width / height), area = Math.Log((double)width * height);
+        double RatioGap(SizeBucket b) => Math.Abs(Math.Log(b.AspectRatio) - ratio);
+        double best = buckets.Min(RatioGap);
+        return buckets.Where(b => RatioGap(b) <= best + 1e-12)
+            .MinBy(b => Math.Abs(Math.Log((double)b.Height * b.Width) - area))!;
     }
 
     /// <summary>

@@ -24,6 +24,10 @@ public sealed record TrainerOptions
     public long Seed { get; init; }
 }
 
+/// <summary>One size bucket of multi-resolution training: latents [N, C, h, w] (scaled), one condition per latent,
+/// and the batch a step draws from it.</summary>
+public sealed record LatentBucket(Tensor Latents, Tensor Conditions, int BatchSize);
+
 /// <summary>Training stopped because the loss became NaN or infinite.</summary>
 public sealed class NonFiniteLossException(int step, double value)
     : Exception($"training loss is {value} at step {step}: stopped before the weights were updated (lower the learning rate, enable gradient clipping, or check the data for NaN/Inf)")
@@ -112,6 +116,92 @@ public sealed class LatentDiffusionTrainer
             _losses.Add(stepLoss);
             _lrs.Add(_optimizer.LearningRate);
             progress?.Report(step, new Dictionary<string, double> { ["loss"] = _losses.Skip(Math.Max(0, _losses.Count - 50)).Average() });
+        }, SaveCheckpoint);
+        _model.eval();
+        return new DiffusionTrainingLog(_losses.ToList(), _lrs.ToList(), resumed, sw.Elapsed);
+    }
+
+    /// <summary>
+    /// Multi-resolution training (section 10.5.1): each step draws one bucket (with probability ∝ its latent count)
+    /// and a batch of that bucket's own size from it, so a batch never mixes sizes. Give each bucket a batch that
+    /// keeps the pixels per step about constant (<see cref="AdaptiveBatchSize"/>) and a step costs about the same
+    /// whichever bucket it draws. <see cref="TrainerOptions.BatchSize"/> is not used; the rest is as
+    /// <see cref="Train(Tensor, Tensor, Viz.Progress?)"/>. With <paramref name="untilStep"/> the call stops there,
+    /// and a later call goes on from it (with other buckets: a curriculum, e.g. progressive resolution); the learning
+    /// rate warms up over the whole run's steps as one.
+    /// </summary>
+    public DiffusionTrainingLog Train(IReadOnlyList<LatentBucket> buckets, Viz.Progress? progress = null,
+        int? untilStep = null)
+    {
+        if (untilStep is { } until && (until < CompletedSteps || until > _o.Steps))
+            throw new ArgumentOutOfRangeException(nameof(untilStep), until,
+                $"must lie between the steps done ({CompletedSteps}) and the run's {_o.Steps}");
+        if (buckets.Count == 0) throw new ArgumentException("give at least one bucket", nameof(buckets));
+        for (int b = 0; b < buckets.Count; b++)
+        {
+            var (latents, conditions, batch) = buckets[b];
+            if (latents.shape[0] != conditions.shape[0] || latents.shape[0] < 1)
+                throw new ArgumentException($"bucket {b}: {latents.shape[0]} latents but {conditions.shape[0]} " +
+                                            "conditions (need ≥ 1 and one condition per latent)", nameof(buckets));
+            if (batch < 1) throw new ArgumentException($"bucket {b}: batch size {batch} must be ≥ 1", nameof(buckets));
+        }
+        var counts = buckets.Select(b => b.Latents.shape[0]).ToArray();
+        var sizes = buckets.Select(b => b.BatchSize).ToArray();
+        return Run((step, gen) =>
+        {
+            var (bucket, idx) = DrawBatch(counts, sizes, gen);
+            return (buckets[bucket].Latents.index_select(0, idx), buckets[bucket].Conditions.index_select(0, idx));
+        }, progress, untilStep ?? _o.Steps);
+    }
+
+    /// <summary>
+    /// A multi-resolution step's draw from its generator: a bucket b with probability counts[b] / Σ counts (one
+    /// uniform draw), then batchSizes[b] indices into it (with replacement). Exposed so that a replay can tell which
+    /// latents the first steps use without encoding the others.
+    /// </summary>
+    public static (int bucket, Tensor indices) DrawBatch(IReadOnlyList<long> counts, IReadOnlyList<int> batchSizes,
+        Generator gen)
+    {
+        double u = rand([1], dtype: ScalarType.Float64, generator: gen).item<double>() * counts.Sum();
+        int bucket = 0;
+        for (double seen = counts[0]; bucket < counts.Count - 1 && u >= seen; seen += counts[++bucket]) { }
+        return (bucket, randint(0, counts[bucket], [batchSizes[bucket]], dtype: ScalarType.Int64, generator: gen));
+    }
+
+    // The loop of the multi-resolution path: a step's batch comes from draw (latents [B, C, h, w], conditions [B, …]).
+    DiffusionTrainingLog Run(Func<int, Generator, (Tensor latents, Tensor conditions)> draw,
+        Viz.Progress? progress, int untilStep)
+    {
+        if (CompletedSteps == 0 && _o.CheckpointDir is { } dir && File.Exists(Path.Combine(dir, CheckpointFile)))
+            LoadCheckpoint(dir);
+        int resumed = CompletedSteps;
+        var device = _model.parameters().First().device;
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        _model.train();
+        CompletedSteps = TrainingLoop.Run(Loop with { Steps = untilStep }, CompletedSteps, (step, gen) =>
+        {
+            _optimizer.ZeroGrad();
+            double stepLoss = 0;
+            for (int micro = 0; micro < _o.GradAccumulation; micro++)
+            {
+                var (latents, conditions) = draw(step, gen);
+                var z0 = latents.to(device);                                                         // [B, C, h, w]
+                var y = DiffusionObjective.DropConditions(conditions, _o.ConditionDropout, _model.NullCondition, gen)
+                    .to(device);                                                                     // [B, …]
+                var loss = _objective.Loss((zt, t) => _model.Forward(zt, t, y), z0, gen) / _o.GradAccumulation;
+                double value = TrainingLoop.CheckedValue(loss, step, _o.GradAccumulation);
+                loss.backward();
+                stepLoss += value / _o.GradAccumulation;
+            }
+            TrainingLoop.Optimize(_optimizer, _model.parameters(), Loop, step);
+            Ema.Update(_model);
+            CompletedSteps = step;
+            _losses.Add(stepLoss);
+            _lrs.Add(_optimizer.LearningRate);
+            progress?.Report(step, new Dictionary<string, double>
+            {
+                ["loss"] = _losses.Skip(Math.Max(0, _losses.Count - 50)).Average(),
+            });
         }, SaveCheckpoint);
         _model.eval();
         return new DiffusionTrainingLog(_losses.ToList(), _lrs.ToList(), resumed, sw.Elapsed);
