@@ -124,7 +124,8 @@ public static class PruningSweep
         if (magnitude.Count > 0 && magnitude.All(r => r.Parameters == b.Parameters))
             points.Add($"Magnitude pruning kept all {b.Parameters:N0} parameters stored ({b.WeightMB:F2} MB, zeros " +
                        $"in dense tensors) and ran {magnitude.Min(r => r.MsPerCall):F0}–" +
-                       $"{magnitude.Max(r => r.MsPerCall):F0} ms per call against float32's {b.MsPerCall:F0}: without sparse kernels the zeros are " +
+                       $"{magnitude.Max(r => r.MsPerCall):F0} ms per call against float32's {b.MsPerCall:F0}: " +
+                       "without sparse kernels the zeros are " +
                        "multiplied like any other weight.");
         return points;
     }
