@@ -16,12 +16,23 @@ namespace LdmLab.Labs;
 /// U-Net's weights take where they are stored.
 /// </summary>
 public sealed record CompressionVariant(string Name, string Runtime, long WeightBytes,
-    Func<IReadOnlyList<ScenePrompt>, int, double, long, Tensor> Generate, Action<int> Step, string Note);
+    Func<IReadOnlyList<ScenePrompt>, int, double, long, Tensor> Generate, Action<int> Step, string Note)
+{
+    /// <summary>Judge this variant on the first this-many prompts only (a slow variant in a quick run); the
+    /// reference variant is then judged on the same prompts beside it. Null: all prompts.</summary>
+    public int? JudgedPrompts { get; init; }
+}
+
+/// <summary>What a short fine-tune after pruning trains on: scaled latents, their captions, the trainer's options.
+/// </summary>
+public sealed record FineTuneData(Tensor Latents, IReadOnlyList<string> Captions, TrainerOptions Options);
 
 /// <summary>A variant measured: weights, time and peak-memory increase of one guided U-Net call, judged
-/// quality.</summary>
+/// quality on <paramref name="Samples"/> prompts, and the reference (first) variant's accuracy and Fréchet distance
+/// on those same prompts.</summary>
 public sealed record CompressionRow(string Variant, string Runtime, double WeightMB, double MsPerStep,
-    double? StepPeakMB, double Accuracy, double Frechet, string Note);
+    double? StepPeakMB, double Accuracy, double Frechet, string Note, int Samples = 0,
+    double? ReferenceAccuracy = null, double? ReferenceFrechet = null);
 
 /// <summary>
 /// Section 10.5.3 on the lab's model: the float32 U-Net against int8 weights (stored int8 with a float scale per
@@ -48,6 +59,21 @@ public static class CompressionStudy
         return pipeline;
     }
 
+    /// <summary>
+    /// A pipeline that shares <paramref name="p"/>'s tokenizer, text encoder and VAE and holds a copy of its U-Net,
+    /// the part every variant changes: what a fresh <see cref="Shipped"/> gives, without reading and hash-checking
+    /// the checkpoint again. The shared text encoder is only ever run (a fine-tune freezes it).
+    /// </summary>
+    public static StableDiffusionPipeline WithUNetCopy(StableDiffusionPipeline p)
+    {
+        var unet = new UNet.UNet2DConditionModel(p.Unet.Config);
+        unet.load_state_dict(p.Unet.state_dict());
+        unet.to(p.Device);
+        unet.eval();
+        return new StableDiffusionPipeline(p.Tokenizer, p.TextEncoder, unet, p.Vae, p.SchedulerClass,
+            p.SchedulerConfig.DeepClone().AsObject());
+    }
+
     /// <summary>The pipeline as it is, float32 weights and compute.</summary>
     public static CompressionVariant Float32(StableDiffusionPipeline p) =>
         Torch("float32", p, "the reference");
@@ -66,11 +92,37 @@ public static class CompressionStudy
 
     /// <summary>Unstructured L1 pruning of every Linear and Conv2d weight at <paramref name="amount"/> (masks applied:
     /// the zeros stay in dense tensors, so neither the file nor the time changes).</summary>
-    public static CompressionVariant MagnitudePruned(StableDiffusionPipeline p, double amount)
+    public static CompressionVariant MagnitudePruned(StableDiffusionPipeline p, double amount) =>
+        MagnitudePruned(p, amount, null).Variant;
+
+    /// <summary><see cref="MagnitudePruned(StableDiffusionPipeline, double)"/>, optionally fine-tuned with the masks
+    /// held (<see cref="PruningMasks"/> re-applies them before every forward); then the zeros are baked in and the
+    /// hooks removed (prune.remove), so the timed calls are those of a dense model. Also the sparsity reached.
+    /// </summary>
+    public static (CompressionVariant Variant, double Sparsity) MagnitudePruned(StableDiffusionPipeline p,
+        double amount, FineTuneData? fineTune)
     {
-        var masks = Pruning.Magnitude(p.Unet, amount);
+        using var masks = Pruning.Magnitude(p.Unet, amount,
+            select: (_, m) => m is TorchSharp.Modules.Linear or TorchSharp.Modules.Conv2d);
         masks.Apply();
-        return Torch($"magnitude pruned {amount:P0}", p, $"sparsity {masks.Sparsity:P1}, stored dense");
+        double sparsity = masks.Sparsity;
+        string note = $"sparsity {sparsity:P1} of every Linear and Conv2d weight, stored dense" + FineTune(p, fineTune);
+        masks.Remove();
+        return (Torch($"magnitude pruned {amount:P0}{(fineTune is null ? "" : " + fine-tune")}", p, note), sparsity);
+    }
+
+    /// <summary>A short fine-tune of the U-Net alone (text encoder frozen) on scaled latents and their captions;
+    /// returns a note ("" for none).</summary>
+    static string FineTune(StableDiffusionPipeline p, FineTuneData? fineTune)
+    {
+        if (fineTune is not { } ft) return "";
+        var model = new TextConditionedUNet(p.Unet, p.TextEncoder, p.Tokenizer);
+        foreach (var (_, w) in p.TextEncoder.named_parameters()) w.requires_grad_(false);
+        var trainer = new LatentDiffusionTrainer(model, new DiffusionObjective(NoiseSchedule.ScaledLinear()),
+            ft.Options);
+        var log = trainer.Train(ft.Latents, TextToImageRecipe.Conditions(model, ft.Captions));
+        model.eval();
+        return $"; fine-tuned {log.Losses.Count} steps (loss {log.Losses.TakeLast(20).Average():F4})";
     }
 
     /// <summary>
@@ -79,22 +131,31 @@ public static class CompressionStudy
     /// frozen) on <paramref name="fineTune"/>'s scaled latents and captions.
     /// </summary>
     public static CompressionVariant StructuredPruned(StableDiffusionPipeline p, double amount,
-        (Tensor Latents, IReadOnlyList<string> Captions, TrainerOptions Options)? fineTune = null)
+        FineTuneData? fineTune = null) => StructuredPrunedWithReport(p, amount, fineTune).Variant;
+
+    /// <summary><see cref="StructuredPruned"/> and what the pruning removed.</summary>
+    public static (CompressionVariant Variant, StructuredPruningReport Report) StructuredPrunedWithReport(
+        StableDiffusionPipeline p, double amount, FineTuneData? fineTune = null)
     {
         var report = Pruning.Structured(p.Unet, amount);
         string note = $"{report.Blocks.Count} ResNet blocks, parameters {report.ParametersBefore:N0} → " +
-                      $"{report.ParametersAfter:N0}";
-        if (fineTune is { } ft)
-        {
-            var model = new TextConditionedUNet(p.Unet, p.TextEncoder, p.Tokenizer);
-            foreach (var (_, w) in p.TextEncoder.named_parameters()) w.requires_grad_(false);
-            var trainer = new LatentDiffusionTrainer(model, new DiffusionObjective(NoiseSchedule.ScaledLinear()),
-                ft.Options);
-            var log = trainer.Train(ft.Latents, TextToImageRecipe.Conditions(model, ft.Captions));
-            model.eval();
-            note += $"; fine-tuned {log.Losses.Count} steps (loss {log.Losses.TakeLast(20).Average():F4})";
-        }
-        return Torch($"structured pruned {amount:P0}{(fineTune is null ? "" : " + fine-tune")}", p, note);
+                      $"{report.ParametersAfter:N0}" + FineTune(p, fineTune);
+        return (Torch($"structured pruned {amount:P0}{(fineTune is null ? "" : " + fine-tune")}", p, note), report);
+    }
+
+    /// <summary>
+    /// The U-Net's weights and compute in bfloat16 (<see cref="HalfPrecision.ToPrecision{T}"/>: GroupNorm and
+    /// LayerNorm stay float32; the U-Net casts its inputs to bfloat16 and its output back, so scheduler, guidance,
+    /// text encoder and VAE stay float32). Whether it is fast depends on oneDNN's ISA in force
+    /// (<see cref="HalfPrecision.FastOnCpu"/>): under the default AVX2 cap LibTorch falls back to reference kernels.
+    /// </summary>
+    public static CompressionVariant BFloat16(StableDiffusionPipeline p, Runtime.OneDnnDecision? oneDnn = null)
+    {
+        p.Unet.ToPrecision(ScalarType.BFloat16);
+        string fast = HalfPrecision.FastOnCpu(ScalarType.BFloat16, oneDnn)
+            ? "native bf16 kernels in force"
+            : $"no native bf16 kernels (oneDNN ISA {oneDnn?.EffectiveIsa ?? "unknown"}): reference code";
+        return Torch("bfloat16", p, $"weights and compute bf16, norms float32; {fast}");
     }
 
     /// <summary>
@@ -196,7 +257,7 @@ public static class CompressionStudy
     /// </summary>
     public static IReadOnlyList<CompressionRow> Measure(IReadOnlyList<CompressionVariant> variants,
         IReadOnlyList<ScenePrompt> prompts, FashionClassifier judge, FrechetReference reference, int batch = 50,
-        int rounds = 3, long seed = 0)
+        int rounds = 3, long seed = 0, int steps = Steps)
     {
         if (variants.Count == 0) throw new ArgumentException("no variants to measure", nameof(variants));
         if (rounds < 1) throw new ArgumentOutOfRangeException(nameof(rounds), rounds, "at least one timed round");
@@ -209,13 +270,26 @@ public static class CompressionStudy
                 variants[i].Step(batch);
                 times[i].Add(clock.Elapsed.TotalMilliseconds);
             }
+        var judged = new Dictionary<int, (double Accuracy, double Frechet)>();   // the reference, per prompt count
+        (double Accuracy, double Frechet) Judge(CompressionVariant v, int count)
+        {
+            using var scope = NewDisposeScope();
+            var subset = prompts.Take(count).ToList();
+            var canvases = v.Generate(subset, steps, Guidance, seed);
+            return (TextToImageStudies.Accuracy(judge, canvases, subset),
+                reference.Of(TextToImageStudies.InkedSlot(canvases)));
+        }
         return variants.Select((v, i) =>
         {
-            var canvases = v.Generate(prompts, Steps, Guidance, seed);
+            int count = Math.Min(v.JudgedPrompts ?? prompts.Count, prompts.Count);
+            if (count < 1) throw new ArgumentException($"{v.Name}: judged on {count} prompts", nameof(variants));
+            var (accuracy, frechet) = Judge(v, count);
+            if (i == 0) judged[count] = (accuracy, frechet);
+            else if (!judged.ContainsKey(count)) judged[count] = Judge(variants[0], count);
             double median = times[i].Order().ElementAt(rounds / 2);
             return new CompressionRow(v.Name, v.Runtime, v.WeightBytes / 1e6, median,
-                peaks[i] is long b ? b / 1e6 : null, TextToImageStudies.Accuracy(judge, canvases, prompts),
-                reference.Of(TextToImageStudies.InkedSlot(canvases)), v.Note);
+                peaks[i] is long b ? b / 1e6 : null, accuracy, frechet, v.Note, count, judged[count].Accuracy,
+                judged[count].Frechet);
         }).ToList();
     }
 
@@ -224,16 +298,18 @@ public static class CompressionStudy
     {
         if (rows.Count < 2) throw new ArgumentException("need the float32 row and at least one variant", nameof(rows));
         var b = rows[0];
-        // one count in n moves accuracy by 1/n: differences within ±2/n are the sampling noise of this table
-        double noise = 2.0 / samples;
         var points = new List<string>();
         foreach (var r in rows.Skip(1))
         {
-            double dAcc = r.Accuracy - b.Accuracy;
+            // one count in n moves accuracy by 1/n: differences within ±2/n are the sampling noise of this table
+            int n = r.Samples > 0 ? r.Samples : samples;
+            double noise = 2.0 / n, baseline = r.ReferenceAccuracy ?? b.Accuracy;
+            double dAcc = r.Accuracy - baseline;
+            string on = n == samples ? "" : $" on the first {n} prompts";
             string quality = Math.Abs(dAcc) <= noise
-                ? $"judged accuracy {r.Accuracy:P0} vs {b.Accuracy:P0} (within ±{noise:P0}, the noise of {samples} " +
+                ? $"judged accuracy {r.Accuracy:P0} vs {baseline:P0}{on} (within ±{noise:P0}, the noise of {n} " +
                   "samples)"
-                : $"judged accuracy {r.Accuracy:P0} vs {b.Accuracy:P0} ({dAcc * 100:+0;-0} points)";
+                : $"judged accuracy {r.Accuracy:P0} vs {baseline:P0}{on} ({dAcc * 100:+0;-0} points)";
             points.Add($"{r.Variant} ({r.Runtime}): weights {r.WeightMB:F2} MB ({b.WeightMB / r.WeightMB:F1}× smaller" +
                        $" than float32), one guided call {r.MsPerStep:F0} ms ({b.MsPerStep / r.MsPerStep:F2}× the " +
                        $"float32 speed); {quality}.");

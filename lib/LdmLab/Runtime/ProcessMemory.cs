@@ -27,10 +27,21 @@ public static class ProcessMemory
         try { MallocTrim(0); } catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException) { }
     }
 
+    /// <summary>
+    /// The process's peak resident memory so far (VmHWM), in bytes, including the peaks before each reset that
+    /// <see cref="PeakIncrease"/> made; null where /proc/self/status does not exist.
+    /// </summary>
+    public static long? PeakBytes =>
+        OperatingSystem.IsLinux() && File.Exists("/proc/self/status")
+            ? Math.Max(_peakBeforeResets, StatusKb("VmHWM") * 1024) : null;
+
+    static long _peakBeforeResets;
+
     public static long? PeakIncrease(Action work)
     {
         if (!Supported) { work(); return null; }
         Release();
+        _peakBeforeResets = Math.Max(_peakBeforeResets, StatusKb("VmHWM") * 1024);   // VmHWM is reset next
         try { File.WriteAllText("/proc/self/clear_refs", "5"); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { work(); return null; }
         long before = StatusKb("VmRSS");
