@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using LdmLab.Conditioning;
 using LdmLab.Labs;
 using LdmLab.Pipelines;
 using static TorchSharp.torch;
@@ -9,8 +10,13 @@ namespace LdmLab.Serving;
 /// of x₀ for every row, computed only when asked for ([B, 3, H, W] in [0, 1]; disposed after the callback).</summary>
 public sealed record BatchStep(int Step, int Steps, Func<Tensor> Previews);
 
-/// <summary>The images [B, 3, H, W] in [0, 1] and the final latents [B, c, h, w] of one batch.</summary>
-public sealed record BatchImages(Tensor Images, Tensor Latents);
+/// <summary>One prompt word's cross-attention map: [H, W] at the image's size, scaled to [0, 1].</summary>
+public sealed record WordAttention(string Word, Tensor Map);
+
+/// <summary>The images [B, 3, H, W] in [0, 1] and the final latents [B, c, h, w] of one batch; with
+/// <see cref="ImageRequest.AttentionMaps"/>, each row's word maps.</summary>
+public sealed record BatchImages(Tensor Images, Tensor Latents,
+    IReadOnlyList<IReadOnlyList<WordAttention>>? Attention = null);
 
 /// <summary>
 /// What the worker drives: requests of one shape (<see cref="ImageRequest.ShapeKey"/>) → images, in one denoiser
@@ -73,11 +79,32 @@ public sealed class PipelineBatchGenerator : IBatchGenerator
             Prompts = batch.Select(r => r.Prompt).ToArray(),
             NegativePrompts = batch.Select(r => r.NegativePrompt).ToArray(),
             Steps = first.Steps, GuidanceScale = first.Guidance, Height = first.Height, Width = first.Width,
-            Latents = noise,
+            Latents = noise, RecordAttention = first.AttentionMaps,
             Callback = s => onStep(new BatchStep(s.Index + 1, first.Steps,
                 () => pipeline.Decode(s.PredictedOriginal ?? s.Latents))),
         });
-        return new BatchImages(output.Images, output.Latents);
+        if (output.Attention is not { } recorder) return new BatchImages(output.Images, output.Latents);
+        using (recorder) return new BatchImages(output.Images, output.Latents, WordMaps(pipeline, recorder, batch));
+    }
+
+    /// <summary>
+    /// DAAM per word (<see cref="CrossAttentionRecorder"/>): each token's attention summed over heads, layers and
+    /// steps, upsampled (bilinear) to the image, a word's tokens averaged, each map scaled to [0, 1] by its own
+    /// minimum and maximum. Only the conditional half of classifier-free guidance is recorded.
+    /// </summary>
+    static IReadOnlyList<IReadOnlyList<WordAttention>> WordMaps(StableDiffusionPipeline pipeline,
+        CrossAttentionRecorder recorder, IReadOnlyList<ImageRequest> batch)
+    {
+        var first = batch[0];
+        var aggregated = recorder.Aggregate(first.Height, first.Width);                    // [B, tokens, H, W]
+        return batch.Select((r, i) =>
+        {
+            var row = aggregated.narrow(0, i, 1);                                          // [1, tokens, H, W]
+            return (IReadOnlyList<WordAttention>)CrossAttentionRecorder.Words(pipeline.Tokenizer, r.Prompt)
+                .Select(w => new WordAttention(w.Text,
+                    CrossAttentionRecorder.Normalise(CrossAttentionRecorder.WordMap(row, w))[0]))   // [H, W]
+                .ToList();
+        }).ToList();
     }
 
     /// <summary>The pipeline with this scheduler: one per scheduler name, sharing the models and the text-encoding

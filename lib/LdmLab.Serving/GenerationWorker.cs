@@ -104,6 +104,8 @@ public sealed class GenerationWorker(IBatchGenerator generator, JobQueue queue, 
             }
             var png = Png(output.Images[i], job.Request);
             cache.Add(job.CacheKey, png);
+            if (output.Attention is { } attention)
+                job.SetAttentionMaps(attention[i].Select(w => (w.Word, Png(w.Map.unsqueeze(0), null))).ToList());
             // counted before the job finishes, so that whoever waits for it sees the metrics moved
             metrics.Images.Inc();
             metrics.RequestSeconds.Observe((DateTimeOffset.UtcNow - job.CreatedAt).TotalSeconds);
@@ -118,8 +120,8 @@ public sealed class GenerationWorker(IBatchGenerator generator, JobQueue queue, 
         job.Fail(error);
     }
 
-    /// <summary>[3, H, W] in [0, 1] → PNG bytes; a final image carries its parameters in A1111's "parameters"
-    /// chunk (as <c>ldmlab sample</c> writes them).</summary>
+    /// <summary>[3, H, W] (or [1, H, W]: grey) in [0, 1] → PNG bytes; a final image carries its parameters in
+    /// A1111's "parameters" chunk (as <c>ldmlab sample</c> writes them).</summary>
     byte[] Png(Tensor image, ImageRequest? request)
     {
         using var picture = Viz.Images.ToImage(image, lo: 0, hi: 1);

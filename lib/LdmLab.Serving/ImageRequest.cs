@@ -29,23 +29,26 @@ public sealed record ModelInfo(string Name, int NativeWidth, int NativeHeight, i
 /// <summary>
 /// One POST /v1/images body, validated and with every default filled in (so that two requests that mean the same
 /// image are equal, and the <see cref="CacheKey"/> is the whole request). JSON names are snake_case as in diffusers'
-/// pipeline arguments: prompt, negative_prompt, steps, guidance, seed, width, height, scheduler, preview_every.
+/// pipeline arguments: prompt, negative_prompt, steps, guidance, seed, width, height, scheduler, preview_every,
+/// attention_maps (true: the final event carries one cross-attention map per prompt word).
 /// </summary>
 public sealed record ImageRequest(string Prompt, string NegativePrompt, int Steps, double Guidance, long Seed,
-    int Width, int Height, string Scheduler, int PreviewEvery)
+    int Width, int Height, string Scheduler, int PreviewEvery, bool AttentionMaps = false)
 {
     /// <summary>The largest seed: 2^53 − 1, the largest whole number a browser's JSON reader keeps exactly.</summary>
     public const long MaxSeed = (1L << 53) - 1;
 
     static readonly string[] Fields =
-        ["prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height", "scheduler", "preview_every"];
+        ["prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height", "scheduler", "preview_every",
+        "attention_maps"];
 
     /// <summary>Requests with equal shape keys run in one denoiser call: same latent size, the same timesteps and
     /// scheduler, the same guidance scale (one w per call; w ≤ 1 also drops the unconditional half). A stochastic
-    /// scheduler's request (<see cref="ModelInfo.IsStochastic"/>) has a shape of its own.</summary>
+    /// scheduler's request (<see cref="ModelInfo.IsStochastic"/>) has a shape of its own. Requests for attention
+    /// maps batch only with each other: recording takes the unfused attention path (equal up to rounding).</summary>
     public string ShapeKey(string jobId, ModelInfo model) =>
         model.IsStochastic(Scheduler) ? "alone:" + jobId
-            : FormattableString.Invariant($"{Width}x{Height}|{Steps}|{Scheduler}|{Guidance:R}");
+            : FormattableString.Invariant($"{Width}x{Height}|{Steps}|{Scheduler}|{Guidance:R}|{AttentionMaps}");
 
     /// <summary>The whole request that decides the image (everything but <see cref="PreviewEvery"/>), with the
     /// model: equal keys → identical PNG bytes.</summary>
@@ -61,7 +64,7 @@ public sealed record ImageRequest(string Prompt, string NegativePrompt, int Step
     {
         ["prompt"] = Prompt, ["negative_prompt"] = NegativePrompt, ["steps"] = Steps, ["guidance"] = Guidance,
         ["seed"] = Seed, ["width"] = Width, ["height"] = Height, ["scheduler"] = Scheduler,
-        ["preview_every"] = PreviewEvery,
+        ["preview_every"] = PreviewEvery, ["attention_maps"] = AttentionMaps,
     };
 
     /// <summary>A request body → a request with defaults, or a <see cref="RequestValidationException"/> naming the
@@ -86,7 +89,8 @@ public sealed record ImageRequest(string Prompt, string NegativePrompt, int Step
         int height = Side(body, "height", f, maxSide) ?? model.NativeHeight;
         string scheduler = SchedulerName(body);
         int preview = Whole(body, "preview_every", 0, limits.MaxSteps) ?? limits.DefaultPreviewEvery;
-        return new ImageRequest(prompt, negative, steps, guidance, seed, width, height, scheduler, preview);
+        bool maps = Flag(body, "attention_maps") ?? false;
+        return new ImageRequest(prompt, negative, steps, guidance, seed, width, height, scheduler, preview, maps);
     }
 
     static string Kind(JsonElement e) => e.ValueKind switch
@@ -121,6 +125,13 @@ public sealed record ImageRequest(string Prompt, string NegativePrompt, int Step
         if (v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) && n >= min && n <= max) return n;
         throw new RequestValidationException(name, $"{name} {v.GetRawText()}: expected a whole number in " +
                                                    $"[{min}, {max}]");
+    }
+
+    static bool? Flag(JsonElement body, string name)
+    {
+        if (!body.TryGetProperty(name, out var v)) return null;
+        if (v.ValueKind is JsonValueKind.True or JsonValueKind.False) return v.GetBoolean();
+        throw new RequestValidationException(name, $"{name} {v.GetRawText()}: expected true or false");
     }
 
     static double? Real(JsonElement body, string name, double min, double max)

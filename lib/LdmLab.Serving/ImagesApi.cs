@@ -72,7 +72,8 @@ static class ImagesApi
             return;
         }
         var job = new Job(request, GenerationServer.RequestId(ctx), request.CacheKey(server.Generator.Model.Name));
-        if (server.Cache.TryGet(job.CacheKey, out var png))
+        // a request for attention maps is computed again: the cache keeps images, not maps
+        if (!request.AttentionMaps && server.Cache.TryGet(job.CacheKey, out var png))
         {
             server.Metrics.ResultCacheHits.Inc();
             job.TryStart(1);

@@ -104,6 +104,45 @@ public class ServingTests(ServingFixture f) : IClassFixture<ServingFixture>
     }
 
     [Fact]
+    public async Task Attention_maps_come_per_prompt_word_at_the_image_size_and_differ_between_words()
+    {
+        var id = await f.Submit("""
+            {"prompt": "a red bag on the left", "steps": 3, "seed": 3, "width": 16, "height": 8, "attention_maps": true}
+            """);
+        var events = await f.Events(id);
+        var (last, data) = events[^1];
+        Assert.Equal("succeeded", last);
+        var maps = data["attention_maps"]!.AsArray();
+        Assert.Equal(new[] { "a", "red", "bag", "on", "the", "left" }, maps.Select(m => (string)m!["word"]!));
+        var pixels = new List<byte[]>();
+        foreach (var m in maps)
+        {
+            var url = (string)m!["image"]!;
+            Assert.StartsWith("data:image/png;base64,", url);
+            using var map = Image.Load<L8>(Convert.FromBase64String(url[22..]));
+            Assert.Equal((16, 8), (map.Width, map.Height));                       // the image's size and aspect
+            var bytes = new byte[16 * 8];
+            map.CopyPixelDataTo(bytes);
+            Assert.True(bytes.Max() - bytes.Min() >= 128, "each map is scaled to [0, 1]: not uniform");
+            pixels.Add(bytes);
+        }
+        Assert.True(pixels.Distinct(new BytesComparer()).Count() >= 3, "the words' maps differ");
+        var job = await f.Job(id);
+        Assert.Equal(maps.ToJsonString(), job["attention_maps"]!.ToJsonString());
+        var plain = await f.Finished(await f.Submit("""{"prompt": "a red bag", "steps": 2}"""));
+        Assert.Null(plain["attention_maps"]);                                   // only on request
+        var (status, json) = await f.Post("""{"prompt": "a bag", "attention_maps": "yes"}""");
+        Assert.Equal(400, status);
+        Assert.Equal("attention_maps", (string?)json["error"]!["field"]);
+    }
+
+    sealed class BytesComparer : IEqualityComparer<byte[]>
+    {
+        public bool Equals(byte[]? a, byte[]? b) => a.AsSpan().SequenceEqual(b);
+        public int GetHashCode(byte[] bytes) => bytes.Length == 0 ? 0 : bytes[bytes.Length / 2];
+    }
+
+    [Fact]
     public async Task Same_shape_requests_share_one_batch_and_give_the_one_by_one_images()
     {
         f.Generator.Close();
