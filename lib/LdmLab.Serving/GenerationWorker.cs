@@ -88,7 +88,9 @@ public sealed class GenerationWorker(IBatchGenerator generator, JobQueue queue, 
                 is > 0 and var k && step.Step % k == 0 && step.Step < step.Steps).ToList();
             if (rows.Count == 0) return;
             using var previews = step.Previews();                                   // [B, 3, H, W] in [0, 1]
-            foreach (int i in rows) jobs[i].Preview(step.Step, Png(previews[i], null));
+            foreach (int i in rows)
+                if (options.Safety?.CheckImage(previews[i], jobs[i].Request) is null)
+                    jobs[i].Preview(step.Step, Png(previews[i], null));
         });
         CountTextCache();
         for (int i = 0; i < jobs.Count; i++)
@@ -100,6 +102,12 @@ public sealed class GenerationWorker(IBatchGenerator generator, JobQueue queue, 
             {
                 logger.LogError("job failed: its latents hold NaN or infinity");
                 Fail(job, "nan_latents", "the latents hold NaN or infinity (the model diverged)");
+                continue;
+            }
+            if (options.Safety?.CheckImage(output.Images[i], job.Request) is { } reason)
+            {
+                logger.LogWarning("job failed: the safety filter refused its image ({Reason})", reason);
+                Fail(job, "safety", $"the image was withheld by the safety filter: {reason}");
                 continue;
             }
             var png = Png(output.Images[i], job.Request);

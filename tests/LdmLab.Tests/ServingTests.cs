@@ -55,7 +55,8 @@ public class ServingTests(ServingFixture f) : IClassFixture<ServingFixture>
         using var page = await f.Client.GetAsync("/");
         Assert.Equal("text/html", page.Content.Headers.ContentType!.MediaType);
         var html = await page.Content.ReadAsStringAsync();
-        foreach (var part in new[] { "fetch(\"/v1/images\"", "new EventSource(", "\"preview\"", "\"succeeded\"" })
+        foreach (var part in new[] { "fetch(\"/v1/images\"", "getReader()", "preview:", "succeeded:",
+                     "showWords(p.attention_maps)", "\"Authorization\"" })
             Assert.Contains(part, html);
     }
 
@@ -300,6 +301,114 @@ public class ServingTests(ServingFixture f) : IClassFixture<ServingFixture>
         Assert.Equal(before[3] + 2, after[3]);
         Assert.True(after[4] >= before[4] + 2, "the second request's prompt and negative prompt were cached");
         Assert.Contains("ldmlab_queue_depth 0", await f.Client.GetStringAsync("/metrics"));
+    }
+}
+
+/// <summary>A fake <see cref="ISafetyFilter"/>: refuses prompts holding "forbidden" and the images of prompts holding
+/// "hide me"; counts the images it saw (with their shapes).</summary>
+sealed class FakeSafetyFilter : ISafetyFilter
+{
+    public List<long[]> ImagesSeen { get; } = [];
+
+    public string? CheckPrompt(string field, string text) =>
+        text.Contains("forbidden", StringComparison.Ordinal) ? "it says forbidden" : null;
+
+    public string? CheckImage(Tensor image, ImageRequest request)
+    {
+        lock (ImagesSeen) ImagesSeen.Add(image.shape);
+        return request.Prompt.Contains("hide me", StringComparison.Ordinal) ? "a test refusal" : null;
+    }
+}
+
+/// <summary>A server with an API key, one CORS origin and a safety filter; the default server has none of them.
+/// </summary>
+public class ServingAccessTests(ServingFixture plain) : IClassFixture<ServingFixture>
+{
+    [Fact]
+    public async Task Api_key_cors_origin_and_safety_filter_guard_the_api()
+    {
+        var safety = new FakeSafetyFilter();
+        var f = new ServingFixture
+        {
+            Options = ServingFixture.Defaults with
+            {
+                ApiKey = "s3cret-key",
+                CorsOrigin = "http://localhost:3000",
+                Safety = safety,
+                DefaultPreviewEvery = 1,
+            },
+        };
+        await f.InitializeAsync();
+        try
+        {
+            // no key, a wrong key → 401; /healthz and /readyz stay open
+            var (status, json) = await f.Post("""{"prompt": "a bag"}""");
+            Assert.Equal(401, status);
+            Assert.Equal("Authorization", (string?)json["error"]!["field"]);
+            using (var metrics = await f.Client.GetAsync("/metrics"))
+                Assert.Equal(HttpStatusCode.Unauthorized, metrics.StatusCode);
+            f.Client.DefaultRequestHeaders.Authorization = new("Bearer", "s3cret-kex");
+            Assert.Equal(401, (await f.Post("""{"prompt": "a bag"}""")).Status);
+            f.Client.DefaultRequestHeaders.Authorization = null;
+            Assert.Equal("ok", (string)JsonNode.Parse(await f.Client.GetStringAsync("/healthz"))!["status"]!);
+            Assert.Equal("ready", (string)JsonNode.Parse(await f.Client.GetStringAsync("/readyz"))!["status"]!);
+            f.Client.DefaultRequestHeaders.Authorization = new("Bearer", "s3cret-key");
+
+            // CORS: the configured origin gets its headers and its preflight; another origin gets none
+            using (var preflight = new HttpRequestMessage(HttpMethod.Options, "/v1/images"))
+            {
+                preflight.Headers.Add("Origin", "http://localhost:3000");
+                preflight.Headers.Add("Access-Control-Request-Method", "POST");
+                using var answer = await f.Client.SendAsync(preflight);
+                Assert.Equal(HttpStatusCode.NoContent, answer.StatusCode);
+                Assert.Equal("http://localhost:3000", answer.Headers.GetValues("Access-Control-Allow-Origin").Single());
+                Assert.Contains("Authorization", answer.Headers.GetValues("Access-Control-Allow-Headers").Single());
+            }
+            foreach (var (origin, allowed) in new[] { ("http://localhost:3000", true), ("http://evil.test", false) })
+            {
+                using var get = new HttpRequestMessage(HttpMethod.Get, "/healthz");
+                get.Headers.Add("Origin", origin);
+                using var answer = await f.Client.SendAsync(get);
+                Assert.Equal(allowed, answer.Headers.Contains("Access-Control-Allow-Origin"));
+            }
+
+            // safety: a refused prompt is a 400 naming its field; a refused image fails its job with the reason
+            (status, json) = await f.Post("""{"prompt": "a bag", "negative_prompt": "forbidden things"}""");
+            Assert.Equal(400, status);
+            Assert.Equal("negative_prompt", (string?)json["error"]!["field"]);
+            Assert.Contains("refused by the safety filter (it says forbidden)", (string)json["error"]!["message"]!);
+            var hidden = await f.Finished(await f.Submit("""{"prompt": "hide me please", "steps": 2}"""));
+            Assert.Equal("failed", (string)hidden["state"]!);
+            Assert.Contains("withheld by the safety filter: a test refusal", (string)hidden["error"]!);
+            Assert.Null(hidden["image"]);
+            var hiddenEvents = await f.Events((string)hidden["id"]!);
+            Assert.DoesNotContain(hiddenEvents, e => e.Name == "preview");            // previews refused as well
+            var shown = await f.Finished(await f.Submit("""{"prompt": "show me", "steps": 2}"""));
+            Assert.Equal("succeeded", (string)shown["state"]!);
+            Assert.Contains(safety.ImagesSeen, s => s.SequenceEqual(new long[] { 3, 16, 16 }));
+            Assert.Equal(1, await f.Metric("ldmlab_job_failures_total{reason=\"safety\"}"));
+        }
+        finally
+        {
+            await f.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    public async Task Without_settings_there_is_no_key_no_cors_and_no_filter()
+    {
+        using var get = new HttpRequestMessage(HttpMethod.Get, "/healthz");
+        get.Headers.Add("Origin", "http://localhost:3000");
+        using var answer = await plain.Client.SendAsync(get);
+        Assert.False(answer.Headers.Contains("Access-Control-Allow-Origin"));
+        using var preflight = new HttpRequestMessage(HttpMethod.Options, "/v1/images");
+        preflight.Headers.Add("Origin", "http://localhost:3000");
+        preflight.Headers.Add("Access-Control-Request-Method", "POST");
+        using var refused = await plain.Client.SendAsync(preflight);
+        Assert.NotEqual(HttpStatusCode.NoContent, refused.StatusCode);
+        Assert.False(refused.Headers.Contains("Access-Control-Allow-Origin"));
+        var job = await plain.Finished(await plain.Submit("""{"prompt": "forbidden hide me", "steps": 2}"""));
+        Assert.Equal("succeeded", (string)job["state"]!);                           // no key, no filter
     }
 }
 
