@@ -421,6 +421,9 @@ public class ServeCommandTests
     [InlineData(new[] { "--colour", "red" }, "--colour: not an option of ldmlab serve")]
     [InlineData(new[] { "--port", "0" }, "--model is required")]
     [InlineData(new[] { "--model", "m", "--host", "my-box" }, "host 'my-box': expected an IP address, localhost or *")]
+    [InlineData(new[] { "--model", "m", "--api-key", "short" }, "api key: expected at least 8 characters")]
+    [InlineData(new[] { "--model", "m", "--api-key-file", "/nonexistent/key" }, "--api-key-file '/nonexistent/key'")]
+    [InlineData(new[] { "--model", "m", "--cors-origin", "evil" }, "cors origin 'evil': expected * or scheme://")]
     public void Bad_arguments_exit_2_naming_the_argument(string[] args, string expected)
     {
         Assert.Equal(2, CliCapture.Run(out _, out var stderr, ["serve", .. args]));
