@@ -74,7 +74,7 @@ public sealed class PipelineBatchGenerator : IBatchGenerator
             return randn(one, generator: generator);
         }).ToArray(), 0);                                                                  // [B, c, h, w]
         if (Model.IsStochastic(first.Scheduler)) manual_seed(first.Seed);  // the steps' own noise (batches of one)
-        var output = pipeline.Generate(new GenerationOptions
+        var options = new GenerationOptions
         {
             Prompts = batch.Select(r => r.Prompt).ToArray(),
             NegativePrompts = batch.Select(r => r.NegativePrompt).ToArray(),
@@ -82,9 +82,32 @@ public sealed class PipelineBatchGenerator : IBatchGenerator
             Latents = noise, RecordAttention = first.AttentionMaps,
             Callback = s => onStep(new BatchStep(s.Index + 1, first.Steps,
                 () => pipeline.Decode(s.PredictedOriginal ?? s.Latents))),
-        });
+        };
+        if (first.InitImage is { } init)                   // alone (ShapeKey): image to image or inpainting
+        {
+            var image = Load(init, first, grey: false) * 2 - 1;                            // [1, 3, H, W] in [−1, 1]
+            var seeded = options with { Latents = null, Seed = first.Seed };
+            var edited = first.Mask is { } mask
+                ? pipeline.Inpaint(image, Load(mask, first, grey: true), seeded, first.Strength)
+                : pipeline.ImageToImage(image, first.Strength, seeded);
+            return new BatchImages(edited.Images, edited.Latents);
+        }
+        var output = pipeline.Generate(options);
         if (output.Attention is not { } recorder) return new BatchImages(output.Images, output.Latents);
         using (recorder) return new BatchImages(output.Images, output.Latents, WordMaps(pipeline, recorder, batch));
+    }
+
+    /// <summary>A validated PNG → [1, 3|1, H, W] in [0, 1] at the request's size (bilinear resize).</summary>
+    static Tensor Load(byte[] png, ImageRequest r, bool grey)
+    {
+        using var picture = SixLabors.ImageSharp.Image.Load<SixLabors.ImageSharp.PixelFormats.Rgb24>(png);
+        var pixels = new byte[picture.Width * picture.Height * 3];
+        picture.CopyPixelDataTo(pixels);
+        var x = tensor(pixels, [1, picture.Height, picture.Width, 3], ScalarType.Byte).permute(0, 3, 1, 2)
+            .to_type(ScalarType.Float32) / 255;                                           // [1, 3, h, w]
+        if (grey) x = x.mean([1], keepdim: true);                                          // [1, 1, h, w]
+        return nn.functional.interpolate(x, [r.Height, r.Width], mode: InterpolationMode.Bilinear,
+            align_corners: false).clamp(0, 1);                                             // [1, c, H, W]
     }
 
     /// <summary>

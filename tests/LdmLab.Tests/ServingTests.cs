@@ -28,6 +28,11 @@ public class ServingTests(ServingFixture f) : IClassFixture<ServingFixture>
     [InlineData("""{"prompt": "a bag", "scheduler": "warp"}""", "scheduler", "expected one of default, ddim")]
     [InlineData("""{"prompt": "a bag", "colour": "red"}""", "colour", "unknown field 'colour'")]
     [InlineData("""[1, 2]""", "body", "expected a JSON object")]
+    [InlineData("""{"prompt": "a bag", "init_image": "%%%"}""", "init_image", "not valid base64")]
+    [InlineData("""{"prompt": "a bag", "init_image": "aGVsbG8="}""", "init_image", "not a PNG")]
+    [InlineData("""{"prompt": "a bag", "init_image": "iVBORw0KGgoAAAA="}""", "init_image", "a damaged PNG")]
+    [InlineData("""{"prompt": "a bag", "strength": 0.5}""", "strength", "init_image: required")]
+    [InlineData("""{"prompt": "a bag", "mask": 3}""", "mask", "expected a base64 PNG string")]
     [InlineData("""{"prompt": "a bag", """, "body", "not valid JSON")]
     public async Task Every_bad_field_is_a_400_naming_it_and_what_was_expected(string body, string field,
         string expected)
@@ -141,6 +146,47 @@ public class ServingTests(ServingFixture f) : IClassFixture<ServingFixture>
     {
         public bool Equals(byte[]? a, byte[]? b) => a.AsSpan().SequenceEqual(b);
         public int GetHashCode(byte[] bytes) => bytes.Length == 0 ? 0 : bytes[bytes.Length / 2];
+    }
+
+    [Fact]
+    public async Task Init_image_and_mask_run_image_to_image_and_inpainting()
+    {
+        using var start = new Image<Rgb24>(16, 16, new Rgb24(200, 30, 30));
+        using var hole = new Image<Rgb24>(16, 16, new Rgb24(0, 0, 0));
+        for (int y = 0; y < 16; y++) for (int x = 8; x < 16; x++) hole[x, y] = new Rgb24(255, 255, 255);
+        string Base64(Image<Rgb24> i)
+        {
+            using var m = new MemoryStream(); i.SaveAsPng(m); return
+            Convert.ToBase64String(m.ToArray());
+        }
+        const string common = "\"prompt\": \"a bag\", \"steps\": 4, \"seed\": 9, \"preview_every\": 0";
+        var plain = await f.Finished(await f.Submit("{" + common + "}"));
+        var edited = await f.Finished(await f.Submit("{" + common + ", \"init_image\": \"" + Base64(start) +
+                                                     "\", \"strength\": 0.5}"));
+        var painted = await f.Finished(await f.Submit("{" + common + ", \"init_image\": \"data:image/png;base64," +
+                                                      Base64(start) + "\", \"mask\": \"" + Base64(hole) + "\"}"));
+        foreach (var job in new[] { edited, painted }) Assert.Equal("succeeded", (string)job["state"]!);
+        Assert.NotEqual((string)plain["image"]!, (string)edited["image"]!);   // started from the red image
+        Assert.NotEqual((string)edited["image"]!, (string)painted["image"]!);
+        Assert.NotNull(painted["parameters"]!["mask_sha256"]);
+        // the pipeline's own image to image from the same start, seed and strength gives the same image
+        using var scope = NewDisposeScope();
+        var red = tensor(new float[] { 200, 30, 30 }).reshape(1, 3, 1, 1).expand(1, 3, 16, 16) / 255 * 2 - 1;
+        var alone = PipelineTests.Tiny().ImageToImage(red, 0.5, new GenerationOptions
+        {
+            Prompts = ["a bag"], NegativePrompts = [""], Steps = 4, GuidanceScale = 7.5, Seed = 9, Height = 16,
+            Width = 16,
+        });
+        using var expected = alone.Picture(0);
+        using var served = Image.Load<Rgb24>(await f.Client.GetByteArrayAsync($"/v1/jobs/{edited["id"]}/image"));
+        int worst = 0;
+        for (int y = 0; y < 16; y++)
+            for (int x = 0; x < 16; x++)
+            {
+                var (a, b) = (expected[x, y], served[x, y]);
+                worst = Math.Max(worst, new[] { a.R - b.R, a.G - b.G, a.B - b.B }.Max(Math.Abs));
+            }
+        Assert.True(worst <= 1, $"served image to image differs from the pipeline's by {worst}/255");
     }
 
     [Fact]
