@@ -28,6 +28,9 @@ public static class ServeCommand
           --max-body-kb N    largest request body (default 64)
           --cache N          finished images kept for identical requests (default 128; 0: none)
           --drain-seconds N  on SIGTERM, how long running and queued jobs get to finish (default 30)
+          --api-key KEY      requests without "Authorization: Bearer KEY" get 401 (/healthz, /readyz, / stay open)
+          --api-key-file F   the key from a file (its first line), kept out of the process list
+          --cors-origin O    let pages from origin O (scheme://host[:port], or *) call the API; default: no CORS
           --no-self-check    skip the one-step image made before /readyz says ready
         """;
 
@@ -41,7 +44,8 @@ public static class ServeCommand
         var values = new Dictionary<string, string>();
         bool selfCheck = true;
         string[] known = ["--model", "--variant", "--host", "--port", "--max-batch", "--queue", "--batch-window-ms",
-            "--max-steps", "--default-steps", "--preview-every", "--max-body-kb", "--cache", "--drain-seconds"];
+            "--max-steps", "--default-steps", "--preview-every", "--max-body-kb", "--cache", "--drain-seconds",
+            "--api-key", "--api-key-file", "--cors-origin"];
         for (int i = 0; i < args.Length; i++)
         {
             if (args[i] == "--no-self-check") { selfCheck = false; continue; }
@@ -71,6 +75,9 @@ public static class ServeCommand
             ResultCacheCapacity = Whole("--cache", 128, 0, 1_000_000),
             DrainTimeout = TimeSpan.FromSeconds(Whole("--drain-seconds", 30, 0, 3600)), SelfCheck = selfCheck,
         };
+        if (values.ContainsKey("--api-key") && values.ContainsKey("--api-key-file"))
+            throw new CliArgumentException("--api-key and --api-key-file: give one of them");
+        options = options with { ApiKey = ApiKey(values), CorsOrigin = values.GetValueOrDefault("--cors-origin") };
         try { options.Validate(); }
         catch (ArgumentException e) { throw new CliArgumentException(e.Message); }
         TorchRuntime.Setup();
@@ -97,5 +104,16 @@ public static class ServeCommand
         Console.Error.WriteLine($"ldmlab serve: {name} at {server.Address} (SIGTERM or Ctrl+C drains and stops)");
         server.WaitForShutdownAsync().GetAwaiter().GetResult();
         return 0;
+    }
+
+    static string? ApiKey(Dictionary<string, string> values)
+    {
+        if (values.TryGetValue("--api-key", out var key)) return key;
+        if (!values.TryGetValue("--api-key-file", out var file)) return null;
+        try { return File.ReadLines(file).FirstOrDefault()?.Trim() ?? ""; }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new CliArgumentException($"--api-key-file '{file}': cannot read it ({e.Message})");
+        }
     }
 }

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using LdmLab.Conditioning;
 using LdmLab.Labs;
 using LdmLab.Pipelines;
 using static TorchSharp.torch;
@@ -9,8 +10,13 @@ namespace LdmLab.Serving;
 /// of x₀ for every row, computed only when asked for ([B, 3, H, W] in [0, 1]; disposed after the callback).</summary>
 public sealed record BatchStep(int Step, int Steps, Func<Tensor> Previews);
 
-/// <summary>The images [B, 3, H, W] in [0, 1] and the final latents [B, c, h, w] of one batch.</summary>
-public sealed record BatchImages(Tensor Images, Tensor Latents);
+/// <summary>One prompt word's cross-attention map: [H, W] at the image's size, scaled to [0, 1].</summary>
+public sealed record WordAttention(string Word, Tensor Map);
+
+/// <summary>The images [B, 3, H, W] in [0, 1] and the final latents [B, c, h, w] of one batch; with
+/// <see cref="ImageRequest.AttentionMaps"/>, each row's word maps.</summary>
+public sealed record BatchImages(Tensor Images, Tensor Latents,
+    IReadOnlyList<IReadOnlyList<WordAttention>>? Attention = null);
 
 /// <summary>
 /// What the worker drives: requests of one shape (<see cref="ImageRequest.ShapeKey"/>) → images, in one denoiser
@@ -68,16 +74,60 @@ public sealed class PipelineBatchGenerator : IBatchGenerator
             return randn(one, generator: generator);
         }).ToArray(), 0);                                                                  // [B, c, h, w]
         if (Model.IsStochastic(first.Scheduler)) manual_seed(first.Seed);  // the steps' own noise (batches of one)
-        var output = pipeline.Generate(new GenerationOptions
+        var options = new GenerationOptions
         {
             Prompts = batch.Select(r => r.Prompt).ToArray(),
             NegativePrompts = batch.Select(r => r.NegativePrompt).ToArray(),
             Steps = first.Steps, GuidanceScale = first.Guidance, Height = first.Height, Width = first.Width,
-            Latents = noise,
+            Latents = noise, RecordAttention = first.AttentionMaps,
             Callback = s => onStep(new BatchStep(s.Index + 1, first.Steps,
                 () => pipeline.Decode(s.PredictedOriginal ?? s.Latents))),
-        });
-        return new BatchImages(output.Images, output.Latents);
+        };
+        if (first.InitImage is { } init)                   // alone (ShapeKey): image to image or inpainting
+        {
+            var image = Load(init, first, grey: false) * 2 - 1;                            // [1, 3, H, W] in [−1, 1]
+            var seeded = options with { Latents = null, Seed = first.Seed };
+            var edited = first.Mask is { } mask
+                ? pipeline.Inpaint(image, Load(mask, first, grey: true), seeded, first.Strength)
+                : pipeline.ImageToImage(image, first.Strength, seeded);
+            return new BatchImages(edited.Images, edited.Latents);
+        }
+        var output = pipeline.Generate(options);
+        if (output.Attention is not { } recorder) return new BatchImages(output.Images, output.Latents);
+        using (recorder) return new BatchImages(output.Images, output.Latents, WordMaps(pipeline, recorder, batch));
+    }
+
+    /// <summary>A validated PNG → [1, 3|1, H, W] in [0, 1] at the request's size (bilinear resize).</summary>
+    static Tensor Load(byte[] png, ImageRequest r, bool grey)
+    {
+        using var picture = SixLabors.ImageSharp.Image.Load<SixLabors.ImageSharp.PixelFormats.Rgb24>(png);
+        var pixels = new byte[picture.Width * picture.Height * 3];
+        picture.CopyPixelDataTo(pixels);
+        var x = tensor(pixels, [1, picture.Height, picture.Width, 3], ScalarType.Byte).permute(0, 3, 1, 2)
+            .to_type(ScalarType.Float32) / 255;                                           // [1, 3, h, w]
+        if (grey) x = x.mean([1], keepdim: true);                                          // [1, 1, h, w]
+        return nn.functional.interpolate(x, [r.Height, r.Width], mode: InterpolationMode.Bilinear,
+            align_corners: false).clamp(0, 1);                                             // [1, c, H, W]
+    }
+
+    /// <summary>
+    /// DAAM per word (<see cref="CrossAttentionRecorder"/>): each token's attention summed over heads, layers and
+    /// steps, upsampled (bilinear) to the image, a word's tokens averaged, each map scaled to [0, 1] by its own
+    /// minimum and maximum. Only the conditional half of classifier-free guidance is recorded.
+    /// </summary>
+    static IReadOnlyList<IReadOnlyList<WordAttention>> WordMaps(StableDiffusionPipeline pipeline,
+        CrossAttentionRecorder recorder, IReadOnlyList<ImageRequest> batch)
+    {
+        var first = batch[0];
+        var aggregated = recorder.Aggregate(first.Height, first.Width);                    // [B, tokens, H, W]
+        return batch.Select((r, i) =>
+        {
+            var row = aggregated.narrow(0, i, 1);                                          // [1, tokens, H, W]
+            return (IReadOnlyList<WordAttention>)CrossAttentionRecorder.Words(pipeline.Tokenizer, r.Prompt)
+                .Select(w => new WordAttention(w.Text,
+                    CrossAttentionRecorder.Normalise(CrossAttentionRecorder.WordMap(row, w))[0]))   // [H, W]
+                .ToList();
+        }).ToList();
     }
 
     /// <summary>The pipeline with this scheduler: one per scheduler name, sharing the models and the text-encoding

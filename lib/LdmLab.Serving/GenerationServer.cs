@@ -82,6 +82,7 @@ public sealed partial class GenerationServer : IAsyncDisposable
         Metrics.Registry.AddBeforeCollectCallback(() => Metrics.QueueDepth.Set(Queue.Count));
 
         _app.Use(WithRequestId);
+        _app.Use(new AccessGuard(options).Invoke);
         _app.UseRouting();
         _app.MapGet("/healthz", ctx => ImagesApi.Json(ctx, 200, new JsonObject { ["status"] = "ok" }));
         _app.MapGet("/readyz", ctx => ImagesApi.Json(ctx, _ready && !_draining ? 200 : 503, new JsonObject

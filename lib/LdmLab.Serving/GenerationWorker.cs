@@ -88,7 +88,9 @@ public sealed class GenerationWorker(IBatchGenerator generator, JobQueue queue, 
                 is > 0 and var k && step.Step % k == 0 && step.Step < step.Steps).ToList();
             if (rows.Count == 0) return;
             using var previews = step.Previews();                                   // [B, 3, H, W] in [0, 1]
-            foreach (int i in rows) jobs[i].Preview(step.Step, Png(previews[i], null));
+            foreach (int i in rows)
+                if (options.Safety?.CheckImage(previews[i], jobs[i].Request) is null)
+                    jobs[i].Preview(step.Step, Png(previews[i], null));
         });
         CountTextCache();
         for (int i = 0; i < jobs.Count; i++)
@@ -102,8 +104,16 @@ public sealed class GenerationWorker(IBatchGenerator generator, JobQueue queue, 
                 Fail(job, "nan_latents", "the latents hold NaN or infinity (the model diverged)");
                 continue;
             }
+            if (options.Safety?.CheckImage(output.Images[i], job.Request) is { } reason)
+            {
+                logger.LogWarning("job failed: the safety filter refused its image ({Reason})", reason);
+                Fail(job, "safety", $"the image was withheld by the safety filter: {reason}");
+                continue;
+            }
             var png = Png(output.Images[i], job.Request);
             cache.Add(job.CacheKey, png);
+            if (output.Attention is { } attention)
+                job.SetAttentionMaps(attention[i].Select(w => (w.Word, Png(w.Map.unsqueeze(0), null))).ToList());
             // counted before the job finishes, so that whoever waits for it sees the metrics moved
             metrics.Images.Inc();
             metrics.RequestSeconds.Observe((DateTimeOffset.UtcNow - job.CreatedAt).TotalSeconds);
@@ -118,8 +128,8 @@ public sealed class GenerationWorker(IBatchGenerator generator, JobQueue queue, 
         job.Fail(error);
     }
 
-    /// <summary>[3, H, W] in [0, 1] → PNG bytes; a final image carries its parameters in A1111's "parameters"
-    /// chunk (as <c>ldmlab sample</c> writes them).</summary>
+    /// <summary>[3, H, W] (or [1, H, W]: grey) in [0, 1] → PNG bytes; a final image carries its parameters in
+    /// A1111's "parameters" chunk (as <c>ldmlab sample</c> writes them).</summary>
     byte[] Png(Tensor image, ImageRequest? request)
     {
         using var picture = Viz.Images.ToImage(image, lo: 0, hi: 1);

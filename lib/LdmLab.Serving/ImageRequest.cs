@@ -29,23 +29,35 @@ public sealed record ModelInfo(string Name, int NativeWidth, int NativeHeight, i
 /// <summary>
 /// One POST /v1/images body, validated and with every default filled in (so that two requests that mean the same
 /// image are equal, and the <see cref="CacheKey"/> is the whole request). JSON names are snake_case as in diffusers'
-/// pipeline arguments: prompt, negative_prompt, steps, guidance, seed, width, height, scheduler, preview_every.
+/// pipeline arguments: prompt, negative_prompt, steps, guidance, seed, width, height, scheduler, preview_every,
+/// attention_maps (true: the final event carries one cross-attention map per prompt word).
 /// </summary>
 public sealed record ImageRequest(string Prompt, string NegativePrompt, int Steps, double Guidance, long Seed,
-    int Width, int Height, string Scheduler, int PreviewEvery)
+    int Width, int Height, string Scheduler, int PreviewEvery, bool AttentionMaps = false)
 {
+    /// <summary>init_image: a PNG (base64 or a data URL) to start from (image to image, or inpainting with
+    /// <see cref="Mask"/>); resized to width × height.</summary>
+    public byte[]? InitImage { get; init; }
+    /// <summary>strength in (0, 1]: how far the init image is noised (1: all the way; diffusers' default 0.8).
+    /// </summary>
+    public double Strength { get; init; } = 0.8;
+    /// <summary>mask: a PNG, white where the prompt is to be painted (needs init_image).</summary>
+    public byte[]? Mask { get; init; }
+
     /// <summary>The largest seed: 2^53 − 1, the largest whole number a browser's JSON reader keeps exactly.</summary>
     public const long MaxSeed = (1L << 53) - 1;
 
     static readonly string[] Fields =
-        ["prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height", "scheduler", "preview_every"];
+        ["prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height", "scheduler", "preview_every",
+        "attention_maps", "init_image", "strength", "mask"];
 
     /// <summary>Requests with equal shape keys run in one denoiser call: same latent size, the same timesteps and
     /// scheduler, the same guidance scale (one w per call; w ≤ 1 also drops the unconditional half). A stochastic
-    /// scheduler's request (<see cref="ModelInfo.IsStochastic"/>) has a shape of its own.</summary>
+    /// scheduler's request (<see cref="ModelInfo.IsStochastic"/>) has a shape of its own. Requests for attention
+    /// maps batch only with each other: recording takes the unfused attention path (equal up to rounding).</summary>
     public string ShapeKey(string jobId, ModelInfo model) =>
-        model.IsStochastic(Scheduler) ? "alone:" + jobId
-            : FormattableString.Invariant($"{Width}x{Height}|{Steps}|{Scheduler}|{Guidance:R}");
+        model.IsStochastic(Scheduler) || InitImage is not null ? "alone:" + jobId
+            : FormattableString.Invariant($"{Width}x{Height}|{Steps}|{Scheduler}|{Guidance:R}|{AttentionMaps}");
 
     /// <summary>The whole request that decides the image (everything but <see cref="PreviewEvery"/>), with the
     /// model: equal keys → identical PNG bytes.</summary>
@@ -61,8 +73,14 @@ public sealed record ImageRequest(string Prompt, string NegativePrompt, int Step
     {
         ["prompt"] = Prompt, ["negative_prompt"] = NegativePrompt, ["steps"] = Steps, ["guidance"] = Guidance,
         ["seed"] = Seed, ["width"] = Width, ["height"] = Height, ["scheduler"] = Scheduler,
-        ["preview_every"] = PreviewEvery,
+        ["preview_every"] = PreviewEvery, ["attention_maps"] = AttentionMaps,
+        // the images by their SHA-256 (the cache key tells them apart; the job's JSON does not echo them)
+        ["init_image_sha256"] = Hash(InitImage), ["strength"] = InitImage is null ? null : Strength,
+        ["mask_sha256"] = Hash(Mask),
     };
+
+    static string? Hash(byte[]? png) => png is null ? null : Convert.ToHexStringLower(
+        System.Security.Cryptography.SHA256.HashData(png));
 
     /// <summary>A request body → a request with defaults, or a <see cref="RequestValidationException"/> naming the
     /// first bad field. <paramref name="randomSeed"/> supplies the seed when none is given (the job reports it).
@@ -86,7 +104,18 @@ public sealed record ImageRequest(string Prompt, string NegativePrompt, int Step
         int height = Side(body, "height", f, maxSide) ?? model.NativeHeight;
         string scheduler = SchedulerName(body);
         int preview = Whole(body, "preview_every", 0, limits.MaxSteps) ?? limits.DefaultPreviewEvery;
-        return new ImageRequest(prompt, negative, steps, guidance, seed, width, height, scheduler, preview);
+        bool maps = Flag(body, "attention_maps") ?? false;
+        var init = Png(body, "init_image");
+        double strength = Real(body, "strength", 0, 1) ?? 0.8;
+        if (strength == 0) throw new RequestValidationException("strength", "strength 0: expected a number in (0, 1]");
+        var mask = Png(body, "mask");
+        if (init is null && (mask is not null || body.TryGetProperty("strength", out _)))
+            throw new RequestValidationException(mask is not null ? "mask" : "strength",
+                "init_image: required with mask and strength");
+        return new ImageRequest(prompt, negative, steps, guidance, seed, width, height, scheduler, preview, maps)
+        {
+            InitImage = init, Strength = strength, Mask = mask,
+        };
     }
 
     static string Kind(JsonElement e) => e.ValueKind switch
@@ -121,6 +150,40 @@ public sealed record ImageRequest(string Prompt, string NegativePrompt, int Step
         if (v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) && n >= min && n <= max) return n;
         throw new RequestValidationException(name, $"{name} {v.GetRawText()}: expected a whole number in " +
                                                    $"[{min}, {max}]");
+    }
+
+    static readonly byte[] PngSignature = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A];
+
+    /// <summary>A PNG given as base64 or a data:image/png;base64 URL, checked to decode.</summary>
+    static byte[]? Png(JsonElement body, string name)
+    {
+        if (!body.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null) return null;
+        if (v.ValueKind != JsonValueKind.String)
+            throw new RequestValidationException(name, $"{name}: expected a base64 PNG string, got {Kind(v)}");
+        var text = v.GetString()!;
+        const string dataUrl = "data:image/png;base64,";
+        if (text.StartsWith(dataUrl, StringComparison.Ordinal)) text = text[dataUrl.Length..];
+        byte[] bytes;
+        try { bytes = Convert.FromBase64String(text); }
+        catch (FormatException)
+        {
+            throw new RequestValidationException(name, $"{name}: not valid base64 (expected a base64 PNG)");
+        }
+        if (!bytes.AsSpan().StartsWith(PngSignature))
+            throw new RequestValidationException(name, $"{name}: not a PNG (no PNG signature)");
+        try { SixLabors.ImageSharp.Image.Identify(bytes); }
+        catch (Exception e) when (e is SixLabors.ImageSharp.ImageFormatException or NotSupportedException)
+        {
+            throw new RequestValidationException(name, $"{name}: a damaged PNG ({e.Message})");
+        }
+        return bytes;
+    }
+
+    static bool? Flag(JsonElement body, string name)
+    {
+        if (!body.TryGetProperty(name, out var v)) return null;
+        if (v.ValueKind is JsonValueKind.True or JsonValueKind.False) return v.GetBoolean();
+        throw new RequestValidationException(name, $"{name} {v.GetRawText()}: expected true or false");
     }
 
     static double? Real(JsonElement body, string name, double min, double max)

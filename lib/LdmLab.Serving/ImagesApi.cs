@@ -52,6 +52,15 @@ static class ImagesApi
             using var body = await JsonDocument.ParseAsync(ctx.Request.Body, cancellationToken: ctx.RequestAborted);
             request = ImageRequest.Parse(body.RootElement, server.Generator.Model, server.Options,
                 () => Random.Shared.NextInt64(0, ImageRequest.MaxSeed + 1));
+            if (server.Options.Safety is { } safety)
+                foreach (var (field, text) in new[] { ("prompt", request.Prompt), ("negative_prompt",
+                             request.NegativePrompt) })
+                    if (text.Length > 0 && safety.CheckPrompt(field, text) is { } reason)
+                    {
+                        server.Metrics.Rejected.WithLabels("safety").Inc();
+                        await Error(ctx, 400, field, $"{field}: refused by the safety filter ({reason})");
+                        return;
+                    }
         }
         catch (BadHttpRequestException e) when (e.StatusCode == 413)
         {
@@ -72,7 +81,8 @@ static class ImagesApi
             return;
         }
         var job = new Job(request, GenerationServer.RequestId(ctx), request.CacheKey(server.Generator.Model.Name));
-        if (server.Cache.TryGet(job.CacheKey, out var png))
+        // a request for attention maps is computed again: the cache keeps images, not maps
+        if (!request.AttentionMaps && server.Cache.TryGet(job.CacheKey, out var png))
         {
             server.Metrics.ResultCacheHits.Inc();
             job.TryStart(1);

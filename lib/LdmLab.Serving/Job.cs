@@ -85,15 +85,31 @@ public sealed class Job
         }
     }
 
+    /// <summary>One grey PNG per prompt word (white: most attention), in the prompt's order, when the request
+    /// asked for attention maps; set before <see cref="Succeed"/>.</summary>
+    public IReadOnlyList<(string Word, byte[] Png)>? AttentionMaps { get; private set; }
+
+    public void SetAttentionMaps(IReadOnlyList<(string Word, byte[] Png)> maps)
+    {
+        lock (_gate) AttentionMaps = maps;
+    }
+
     public bool Succeed(byte[] png, bool cached = false) => Finish(JobState.Succeeded, () =>
     {
         Png = png; Cached = cached; Step = Request.Steps;
-        return new JsonObject
+        var json = new JsonObject
         {
             ["state"] = "succeeded", ["cached"] = cached, ["image"] = DataUrl(png),
             ["image_url"] = $"/v1/jobs/{Id}/image",
         };
+        if (AttentionMaps is not null) json["attention_maps"] = MapsJson();
+        return json;
     });
+
+    /// <summary>[{word, image: a data URL of the word's grey map, the image's size}].</summary>
+    JsonArray MapsJson() =>
+        new(AttentionMaps!.Select(m => (JsonNode)new JsonObject { ["word"] = m.Word, ["image"] = DataUrl(m.Png) })
+            .ToArray());
 
     public bool Fail(string error) => Finish(JobState.Failed, () =>
     {
@@ -178,6 +194,7 @@ public sealed class Job
                 json["image_url"] = $"/v1/jobs/{Id}/image";
                 json["image"] = DataUrl(Png);
             }
+            if (AttentionMaps is not null) json["attention_maps"] = MapsJson();
             return json;
         }
     }

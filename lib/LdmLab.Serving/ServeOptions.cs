@@ -46,6 +46,15 @@ public sealed record ServeOptions
     public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromSeconds(30);
     /// <summary>Run one 1-step image at start-up before /readyz says ready.</summary>
     public bool SelfCheck { get; init; } = true;
+    /// <summary>When set, every request but /healthz, /readyz and the page needs <c>Authorization: Bearer KEY</c>
+    /// (401 otherwise; <see cref="AccessGuard"/>).</summary>
+    public string? ApiKey { get; init; }
+    /// <summary>The one origin (or *) whose pages may call the API from a browser; null: no CORS headers at all.
+    /// </summary>
+    public string? CorsOrigin { get; init; }
+    /// <summary>A check on prompts and images (<see cref="ISafetyFilter"/>); null: none.</summary>
+    public ISafetyFilter? Safety { get; init; }
+
     /// <summary>A name for the model in job parameters and the cache key.</summary>
     public string ModelName { get; init; } = "model";
 
@@ -69,6 +78,12 @@ public sealed record ServeOptions
                  })
             if (value < min || value > max)
                 throw new ArgumentException($"{name} {value}: expected a whole number in [{min}, {max}]");
+        if (ApiKey is not null && (ApiKey.Length < 8 || ApiKey.Any(char.IsWhiteSpace)))
+            throw new ArgumentException("api key: expected at least 8 characters and no spaces");
+        if (CorsOrigin is not null && CorsOrigin != "*" && (!Uri.TryCreate(CorsOrigin, UriKind.Absolute, out var o)
+                || o.GetLeftPart(UriPartial.Authority) != CorsOrigin))
+            throw new ArgumentException($"cors origin '{CorsOrigin}': expected * or scheme://host[:port], e.g. " +
+                                        "http://localhost:3000");
         if (MaxBodyBytes < 1) throw new ArgumentException($"MaxBodyBytes {MaxBodyBytes}: expected ≥ 1");
         return ip;
     }

@@ -113,6 +113,20 @@ public sealed class ServingFixture : IAsyncLifetime
         return await Job(id);
     }
 
+    /// <summary>Every event of a job's stream, read to its end (the terminal event).</summary>
+    public async Task<List<(string Name, JsonObject Data)>> Events(string id)
+    {
+        var events = new List<(string Name, JsonObject Data)>();
+        using var stream = await Client.GetStreamAsync($"/v1/jobs/{id}/events");
+        using var reader = new StreamReader(stream);
+        string? name = null;
+        while (await reader.ReadLineAsync() is { } line)
+            if (line.StartsWith("event: ", StringComparison.Ordinal)) name = line[7..];
+            else if (line.StartsWith("data: ", StringComparison.Ordinal))
+                events.Add((name!, JsonNode.Parse(line[6..])!.AsObject()));
+        return events;
+    }
+
     public async Task<JsonObject> Job(string id) =>
         JsonNode.Parse(await Client.GetStringAsync($"/v1/jobs/{id}"))!.AsObject();
 

@@ -28,6 +28,11 @@ public class ServingTests(ServingFixture f) : IClassFixture<ServingFixture>
     [InlineData("""{"prompt": "a bag", "scheduler": "warp"}""", "scheduler", "expected one of default, ddim")]
     [InlineData("""{"prompt": "a bag", "colour": "red"}""", "colour", "unknown field 'colour'")]
     [InlineData("""[1, 2]""", "body", "expected a JSON object")]
+    [InlineData("""{"prompt": "a bag", "init_image": "%%%"}""", "init_image", "not valid base64")]
+    [InlineData("""{"prompt": "a bag", "init_image": "aGVsbG8="}""", "init_image", "not a PNG")]
+    [InlineData("""{"prompt": "a bag", "init_image": "iVBORw0KGgoAAAA="}""", "init_image", "a damaged PNG")]
+    [InlineData("""{"prompt": "a bag", "strength": 0.5}""", "strength", "init_image: required")]
+    [InlineData("""{"prompt": "a bag", "mask": 3}""", "mask", "expected a base64 PNG string")]
     [InlineData("""{"prompt": "a bag", """, "body", "not valid JSON")]
     public async Task Every_bad_field_is_a_400_naming_it_and_what_was_expected(string body, string field,
         string expected)
@@ -55,7 +60,8 @@ public class ServingTests(ServingFixture f) : IClassFixture<ServingFixture>
         using var page = await f.Client.GetAsync("/");
         Assert.Equal("text/html", page.Content.Headers.ContentType!.MediaType);
         var html = await page.Content.ReadAsStringAsync();
-        foreach (var part in new[] { "fetch(\"/v1/images\"", "new EventSource(", "\"preview\"", "\"succeeded\"" })
+        foreach (var part in new[] { "fetch(\"/v1/images\"", "getReader()", "preview:", "succeeded:",
+                     "showWords(p.attention_maps)", "\"Authorization\"" })
             Assert.Contains(part, html);
     }
 
@@ -101,6 +107,86 @@ public class ServingTests(ServingFixture f) : IClassFixture<ServingFixture>
         Assert.Contains(f.Logs.Lines, l => l.Message.StartsWith("job succeeded")
             && Equals(l.Scope.GetValueOrDefault("JobId"), id)
             && Equals(l.Scope.GetValueOrDefault("RequestId"), "req-events-1"));
+    }
+
+    [Fact]
+    public async Task Attention_maps_come_per_prompt_word_at_the_image_size_and_differ_between_words()
+    {
+        var id = await f.Submit("""
+            {"prompt": "a red bag on the left", "steps": 3, "seed": 3, "width": 16, "height": 8, "attention_maps": true}
+            """);
+        var events = await f.Events(id);
+        var (last, data) = events[^1];
+        Assert.Equal("succeeded", last);
+        var maps = data["attention_maps"]!.AsArray();
+        Assert.Equal(new[] { "a", "red", "bag", "on", "the", "left" }, maps.Select(m => (string)m!["word"]!));
+        var pixels = new List<byte[]>();
+        foreach (var m in maps)
+        {
+            var url = (string)m!["image"]!;
+            Assert.StartsWith("data:image/png;base64,", url);
+            using var map = Image.Load<L8>(Convert.FromBase64String(url[22..]));
+            Assert.Equal((16, 8), (map.Width, map.Height));                       // the image's size and aspect
+            var bytes = new byte[16 * 8];
+            map.CopyPixelDataTo(bytes);
+            Assert.True(bytes.Max() - bytes.Min() >= 128, "each map is scaled to [0, 1]: not uniform");
+            pixels.Add(bytes);
+        }
+        Assert.True(pixels.Distinct(new BytesComparer()).Count() >= 3, "the words' maps differ");
+        var job = await f.Job(id);
+        Assert.Equal(maps.ToJsonString(), job["attention_maps"]!.ToJsonString());
+        var plain = await f.Finished(await f.Submit("""{"prompt": "a red bag", "steps": 2}"""));
+        Assert.Null(plain["attention_maps"]);                                   // only on request
+        var (status, json) = await f.Post("""{"prompt": "a bag", "attention_maps": "yes"}""");
+        Assert.Equal(400, status);
+        Assert.Equal("attention_maps", (string?)json["error"]!["field"]);
+    }
+
+    sealed class BytesComparer : IEqualityComparer<byte[]>
+    {
+        public bool Equals(byte[]? a, byte[]? b) => a.AsSpan().SequenceEqual(b);
+        public int GetHashCode(byte[] bytes) => bytes.Length == 0 ? 0 : bytes[bytes.Length / 2];
+    }
+
+    [Fact]
+    public async Task Init_image_and_mask_run_image_to_image_and_inpainting()
+    {
+        using var start = new Image<Rgb24>(16, 16, new Rgb24(200, 30, 30));
+        using var hole = new Image<Rgb24>(16, 16, new Rgb24(0, 0, 0));
+        for (int y = 0; y < 16; y++) for (int x = 8; x < 16; x++) hole[x, y] = new Rgb24(255, 255, 255);
+        string Base64(Image<Rgb24> i)
+        {
+            using var m = new MemoryStream(); i.SaveAsPng(m); return
+            Convert.ToBase64String(m.ToArray());
+        }
+        const string common = "\"prompt\": \"a bag\", \"steps\": 4, \"seed\": 9, \"preview_every\": 0";
+        var plain = await f.Finished(await f.Submit("{" + common + "}"));
+        var edited = await f.Finished(await f.Submit("{" + common + ", \"init_image\": \"" + Base64(start) +
+                                                     "\", \"strength\": 0.5}"));
+        var painted = await f.Finished(await f.Submit("{" + common + ", \"init_image\": \"data:image/png;base64," +
+                                                      Base64(start) + "\", \"mask\": \"" + Base64(hole) + "\"}"));
+        foreach (var job in new[] { edited, painted }) Assert.Equal("succeeded", (string)job["state"]!);
+        Assert.NotEqual((string)plain["image"]!, (string)edited["image"]!);   // started from the red image
+        Assert.NotEqual((string)edited["image"]!, (string)painted["image"]!);
+        Assert.NotNull(painted["parameters"]!["mask_sha256"]);
+        // the pipeline's own image to image from the same start, seed and strength gives the same image
+        using var scope = NewDisposeScope();
+        var red = tensor(new float[] { 200, 30, 30 }).reshape(1, 3, 1, 1).expand(1, 3, 16, 16) / 255 * 2 - 1;
+        var alone = PipelineTests.Tiny().ImageToImage(red, 0.5, new GenerationOptions
+        {
+            Prompts = ["a bag"], NegativePrompts = [""], Steps = 4, GuidanceScale = 7.5, Seed = 9, Height = 16,
+            Width = 16,
+        });
+        using var expected = alone.Picture(0);
+        using var served = Image.Load<Rgb24>(await f.Client.GetByteArrayAsync($"/v1/jobs/{edited["id"]}/image"));
+        int worst = 0;
+        for (int y = 0; y < 16; y++)
+            for (int x = 0; x < 16; x++)
+            {
+                var (a, b) = (expected[x, y], served[x, y]);
+                worst = Math.Max(worst, new[] { a.R - b.R, a.G - b.G, a.B - b.B }.Max(Math.Abs));
+            }
+        Assert.True(worst <= 1, $"served image to image differs from the pipeline's by {worst}/255");
     }
 
     [Fact]
@@ -264,6 +350,114 @@ public class ServingTests(ServingFixture f) : IClassFixture<ServingFixture>
     }
 }
 
+/// <summary>A fake <see cref="ISafetyFilter"/>: refuses prompts holding "forbidden" and the images of prompts holding
+/// "hide me"; counts the images it saw (with their shapes).</summary>
+sealed class FakeSafetyFilter : ISafetyFilter
+{
+    public List<long[]> ImagesSeen { get; } = [];
+
+    public string? CheckPrompt(string field, string text) =>
+        text.Contains("forbidden", StringComparison.Ordinal) ? "it says forbidden" : null;
+
+    public string? CheckImage(Tensor image, ImageRequest request)
+    {
+        lock (ImagesSeen) ImagesSeen.Add(image.shape);
+        return request.Prompt.Contains("hide me", StringComparison.Ordinal) ? "a test refusal" : null;
+    }
+}
+
+/// <summary>A server with an API key, one CORS origin and a safety filter; the default server has none of them.
+/// </summary>
+public class ServingAccessTests(ServingFixture plain) : IClassFixture<ServingFixture>
+{
+    [Fact]
+    public async Task Api_key_cors_origin_and_safety_filter_guard_the_api()
+    {
+        var safety = new FakeSafetyFilter();
+        var f = new ServingFixture
+        {
+            Options = ServingFixture.Defaults with
+            {
+                ApiKey = "s3cret-key",
+                CorsOrigin = "http://localhost:3000",
+                Safety = safety,
+                DefaultPreviewEvery = 1,
+            },
+        };
+        await f.InitializeAsync();
+        try
+        {
+            // no key, a wrong key → 401; /healthz and /readyz stay open
+            var (status, json) = await f.Post("""{"prompt": "a bag"}""");
+            Assert.Equal(401, status);
+            Assert.Equal("Authorization", (string?)json["error"]!["field"]);
+            using (var metrics = await f.Client.GetAsync("/metrics"))
+                Assert.Equal(HttpStatusCode.Unauthorized, metrics.StatusCode);
+            f.Client.DefaultRequestHeaders.Authorization = new("Bearer", "s3cret-kex");
+            Assert.Equal(401, (await f.Post("""{"prompt": "a bag"}""")).Status);
+            f.Client.DefaultRequestHeaders.Authorization = null;
+            Assert.Equal("ok", (string)JsonNode.Parse(await f.Client.GetStringAsync("/healthz"))!["status"]!);
+            Assert.Equal("ready", (string)JsonNode.Parse(await f.Client.GetStringAsync("/readyz"))!["status"]!);
+            f.Client.DefaultRequestHeaders.Authorization = new("Bearer", "s3cret-key");
+
+            // CORS: the configured origin gets its headers and its preflight; another origin gets none
+            using (var preflight = new HttpRequestMessage(HttpMethod.Options, "/v1/images"))
+            {
+                preflight.Headers.Add("Origin", "http://localhost:3000");
+                preflight.Headers.Add("Access-Control-Request-Method", "POST");
+                using var answer = await f.Client.SendAsync(preflight);
+                Assert.Equal(HttpStatusCode.NoContent, answer.StatusCode);
+                Assert.Equal("http://localhost:3000", answer.Headers.GetValues("Access-Control-Allow-Origin").Single());
+                Assert.Contains("Authorization", answer.Headers.GetValues("Access-Control-Allow-Headers").Single());
+            }
+            foreach (var (origin, allowed) in new[] { ("http://localhost:3000", true), ("http://evil.test", false) })
+            {
+                using var get = new HttpRequestMessage(HttpMethod.Get, "/healthz");
+                get.Headers.Add("Origin", origin);
+                using var answer = await f.Client.SendAsync(get);
+                Assert.Equal(allowed, answer.Headers.Contains("Access-Control-Allow-Origin"));
+            }
+
+            // safety: a refused prompt is a 400 naming its field; a refused image fails its job with the reason
+            (status, json) = await f.Post("""{"prompt": "a bag", "negative_prompt": "forbidden things"}""");
+            Assert.Equal(400, status);
+            Assert.Equal("negative_prompt", (string?)json["error"]!["field"]);
+            Assert.Contains("refused by the safety filter (it says forbidden)", (string)json["error"]!["message"]!);
+            var hidden = await f.Finished(await f.Submit("""{"prompt": "hide me please", "steps": 2}"""));
+            Assert.Equal("failed", (string)hidden["state"]!);
+            Assert.Contains("withheld by the safety filter: a test refusal", (string)hidden["error"]!);
+            Assert.Null(hidden["image"]);
+            var hiddenEvents = await f.Events((string)hidden["id"]!);
+            Assert.DoesNotContain(hiddenEvents, e => e.Name == "preview");            // previews refused as well
+            var shown = await f.Finished(await f.Submit("""{"prompt": "show me", "steps": 2}"""));
+            Assert.Equal("succeeded", (string)shown["state"]!);
+            Assert.Contains(safety.ImagesSeen, s => s.SequenceEqual(new long[] { 3, 16, 16 }));
+            Assert.Equal(1, await f.Metric("ldmlab_job_failures_total{reason=\"safety\"}"));
+        }
+        finally
+        {
+            await f.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    public async Task Without_settings_there_is_no_key_no_cors_and_no_filter()
+    {
+        using var get = new HttpRequestMessage(HttpMethod.Get, "/healthz");
+        get.Headers.Add("Origin", "http://localhost:3000");
+        using var answer = await plain.Client.SendAsync(get);
+        Assert.False(answer.Headers.Contains("Access-Control-Allow-Origin"));
+        using var preflight = new HttpRequestMessage(HttpMethod.Options, "/v1/images");
+        preflight.Headers.Add("Origin", "http://localhost:3000");
+        preflight.Headers.Add("Access-Control-Request-Method", "POST");
+        using var refused = await plain.Client.SendAsync(preflight);
+        Assert.NotEqual(HttpStatusCode.NoContent, refused.StatusCode);
+        Assert.False(refused.Headers.Contains("Access-Control-Allow-Origin"));
+        var job = await plain.Finished(await plain.Submit("""{"prompt": "forbidden hide me", "steps": 2}"""));
+        Assert.Equal("succeeded", (string)job["state"]!);                           // no key, no filter
+    }
+}
+
 /// <summary><c>ldmlab serve</c>'s argument errors name the argument and exit 2 before any model is loaded.</summary>
 public class ServeCommandTests
 {
@@ -273,6 +467,9 @@ public class ServeCommandTests
     [InlineData(new[] { "--colour", "red" }, "--colour: not an option of ldmlab serve")]
     [InlineData(new[] { "--port", "0" }, "--model is required")]
     [InlineData(new[] { "--model", "m", "--host", "my-box" }, "host 'my-box': expected an IP address, localhost or *")]
+    [InlineData(new[] { "--model", "m", "--api-key", "short" }, "api key: expected at least 8 characters")]
+    [InlineData(new[] { "--model", "m", "--api-key-file", "/nonexistent/key" }, "--api-key-file '/nonexistent/key'")]
+    [InlineData(new[] { "--model", "m", "--cors-origin", "evil" }, "cors origin 'evil': expected * or scheme://")]
     public void Bad_arguments_exit_2_naming_the_argument(string[] args, string expected)
     {
         Assert.Equal(2, CliCapture.Run(out _, out var stderr, ["serve", .. args]));
