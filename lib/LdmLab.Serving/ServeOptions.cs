@@ -55,6 +55,18 @@ public sealed record ServeOptions
     /// <summary>A check on prompts and images (<see cref="ISafetyFilter"/>); null: none.</summary>
     public ISafetyFilter? Safety { get; init; }
 
+    /// <summary>The record's printout (logs, exceptions) with the API key masked.</summary>
+    bool PrintMembers(System.Text.StringBuilder builder)
+    {
+        var shown = this with { ApiKey = ApiKey is null ? null : "***" };
+        builder.Append(System.Text.Json.JsonSerializer.Serialize(new
+        {
+            shown.MaxBatch, shown.QueueCapacity, shown.ApiKey, shown.CorsOrigin, shown.ModelName,
+            Safety = shown.Safety?.GetType().Name,
+        }));
+        return true;
+    }
+
     /// <summary>A name for the model in job parameters and the cache key.</summary>
     public string ModelName { get; init; } = "model";
 

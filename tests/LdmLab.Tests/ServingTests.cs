@@ -44,6 +44,16 @@ public class ServingTests(ServingFixture f) : IClassFixture<ServingFixture>
     }
 
     [Fact]
+    public void Options_printout_masks_the_api_key()
+    {
+        var options = new ServeOptions { ApiKey = "s3cret-key-for-test", MaxBatch = 3 };
+        string text = options.ToString();
+        Assert.DoesNotContain("s3cret-key-for-test", text);
+        Assert.Contains("***", text);
+        Assert.Contains("\"MaxBatch\":3", text);
+    }
+
+    [Fact]
     public async Task Wrong_type_big_body_unknown_job_and_health_answer_their_codes()
     {
         using var text = await f.Client.PostAsync("/v1/images", ServingFixture.Body("{}", "text/plain"));
