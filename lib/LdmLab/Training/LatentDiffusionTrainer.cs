@@ -91,34 +91,11 @@ public sealed class LatentDiffusionTrainer
         if (latents.shape[0] != conditions.shape[0])
             throw new ArgumentException($"{latents.shape[0]} latents but {conditions.shape[0]} conditions", nameof(conditions));
         if (_o.CheckpointDir is { } dir && File.Exists(Path.Combine(dir, CheckpointFile))) LoadCheckpoint(dir);
-        int resumed = CompletedSteps;
-        var device = _model.parameters().First().device;
-        var sw = System.Diagnostics.Stopwatch.StartNew();
-        _model.train();
-        CompletedSteps = TrainingLoop.Run(Loop, CompletedSteps, (step, gen) =>
+        return Run((step, gen) =>
         {
-            _optimizer.ZeroGrad();
-            double stepLoss = 0;
-            for (int micro = 0; micro < _o.GradAccumulation; micro++)
-            {
-                var idx = randint(0, latents.shape[0], [_o.BatchSize], dtype: ScalarType.Int64, generator: gen);
-                var z0 = latents.index_select(0, idx).to(device);                                    // [B, C, H, W]
-                var y = DiffusionObjective.DropConditions(conditions.index_select(0, idx), _o.ConditionDropout,
-                    _model.NullCondition, gen).to(device);                                           // [B, …]
-                var loss = _objective.Loss((zt, t) => _model.Forward(zt, t, y), z0, gen) / _o.GradAccumulation;
-                double value = TrainingLoop.CheckedValue(loss, step, _o.GradAccumulation);
-                loss.backward();
-                stepLoss += value / _o.GradAccumulation;
-            }
-            TrainingLoop.Optimize(_optimizer, _model.parameters(), Loop, step);
-            Ema.Update(_model);
-            CompletedSteps = step;
-            _losses.Add(stepLoss);
-            _lrs.Add(_optimizer.LearningRate);
-            progress?.Report(step, new Dictionary<string, double> { ["loss"] = _losses.Skip(Math.Max(0, _losses.Count - 50)).Average() });
-        }, SaveCheckpoint);
-        _model.eval();
-        return new DiffusionTrainingLog(_losses.ToList(), _lrs.ToList(), resumed, sw.Elapsed);
+            var idx = randint(0, latents.shape[0], [_o.BatchSize], dtype: ScalarType.Int64, generator: gen);
+            return (latents.index_select(0, idx), conditions.index_select(0, idx));              // [B, C, H, W], [B, …]
+        }, progress, _o.Steps);
     }
 
     /// <summary>
@@ -145,6 +122,8 @@ public sealed class LatentDiffusionTrainer
                                             "conditions (need ≥ 1 and one condition per latent)", nameof(buckets));
             if (batch < 1) throw new ArgumentException($"bucket {b}: batch size {batch} must be ≥ 1", nameof(buckets));
         }
+        if (CompletedSteps == 0 && _o.CheckpointDir is { } dir && File.Exists(Path.Combine(dir, CheckpointFile)))
+            LoadCheckpoint(dir);
         var counts = buckets.Select(b => b.Latents.shape[0]).ToArray();
         var sizes = buckets.Select(b => b.BatchSize).ToArray();
         return Run((step, gen) =>
@@ -168,12 +147,11 @@ public sealed class LatentDiffusionTrainer
         return (bucket, randint(0, counts[bucket], [batchSizes[bucket]], dtype: ScalarType.Int64, generator: gen));
     }
 
-    // The loop of the multi-resolution path: a step's batch comes from draw (latents [B, C, h, w], conditions [B, …]).
+    // The loop of both paths, up to untilStep: a step's batch comes from draw (latents [B, C, h, w], conditions
+    // [B, …]), which takes its randomness from the step's generator first, so the draws stay those of (seed, step).
     DiffusionTrainingLog Run(Func<int, Generator, (Tensor latents, Tensor conditions)> draw,
         Viz.Progress? progress, int untilStep)
     {
-        if (CompletedSteps == 0 && _o.CheckpointDir is { } dir && File.Exists(Path.Combine(dir, CheckpointFile)))
-            LoadCheckpoint(dir);
         int resumed = CompletedSteps;
         var device = _model.parameters().First().device;
         var sw = System.Diagnostics.Stopwatch.StartNew();
