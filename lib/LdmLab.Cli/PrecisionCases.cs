@@ -32,9 +32,9 @@ static class PrecisionCases
         ("attention-sliced-1", "the same layer sliced one batch·head row at a time (diffusers' \"max\")",
             () => new AttentionLayer(AttentionKind.SlicedOne)),
         ("unet-train-plain", "tiny-unet config, batch 16 × 4×32×32 + 77×32 context: forward, MSE, backward",
-            () => new CheckpointedTrain(false)),
+            () => new UNetTrainStep(batch: 16, size: 32, context: 77)),
         ("unet-train-checkpointed", "the same with gradient checkpointing of every down, mid and up block",
-            () => new CheckpointedTrain(true)),
+            () => new UNetTrainStep(batch: 16, size: 32, context: 77, checkpointing: true)),
         ("vae-decode-oneshot", "tiny-vae config, decode of 16 latents 4×64×64 → 3×128×128 in one call",
             () => new VaeDecode(null)),
         ("vae-decode-sliced", "the same, one latent per call (diffusers' enable_vae_slicing)", () => new VaeDecode(1)),
@@ -135,33 +135,6 @@ sealed class AttentionLayer : StepCase
     }
 
     public override void Dispose() => _layer.Dispose();
-}
-
-/// <summary>A training step of the tiny-unet config on 32×32 latents, with or without gradient checkpointing.
-/// </summary>
-sealed class CheckpointedTrain : StepCase
-{
-    readonly UNet2DConditionModel _unet;
-    readonly Tensor _z, _t, _c, _target;
-
-    public CheckpointedTrain(bool checkpointing)
-    {
-        manual_seed(0);
-        _unet = new UNet2DConditionModel(TinyUNetConfig with { SampleSize = 32 });
-        _unet.train();
-        _unet.GradientCheckpointing = checkpointing;
-        _z = randn(16, 4, 32, 32); _t = randint(0, 1000, [16], dtype: ScalarType.Int64); _c = randn(16, 77, 32);
-        _target = randn(16, 4, 32, 32);
-    }
-
-    public override void Run()
-    {
-        using var scope = NewDisposeScope();
-        _unet.zero_grad();
-        nn.functional.mse_loss(_unet.Forward(_z, _t, _c), _target).backward();
-    }
-
-    public override void Dispose() => _unet.Dispose();
 }
 
 /// <summary>Decoding 16 latents with the tiny-vae config, all at once or in slices.</summary>

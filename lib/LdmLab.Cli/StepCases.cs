@@ -22,7 +22,7 @@ public abstract class StepCase : IDisposable
     static readonly (string name, string description, Func<StepCase> create)[] All =
     [
         ("tiny-unet-train", "tiny-unet fixture config, batch 64, 4×8×8 + 7×32 context: forward + MSE + backward",
-            () => new TinyUNetTrain()),
+            () => new UNetTrainStep(batch: 64, size: 8, context: 7)),
         ("tiny-vae-train", "tiny-vae fixture config, batch 64, 3×32×32: forward + MSE + backward", () => new TinyVaeTrain()),
         ("latent-unet-train", "notebooks' class-conditional latent U-Net, batch 64, 4×7×7: loss, backward, clip, AdamW, EMA",
             () => new LatentUNetTrain()),
@@ -103,18 +103,23 @@ public abstract class StepCase : IDisposable
     };
 }
 
-/// <summary>Tiny U-Net, batch 64 on 4×8×8 with a 7×32 context: forward, MSE, backward.</summary>
-sealed class TinyUNetTrain : StepCase
+/// <summary>A training step of the tiny-unet fixture config: batch × 4×size×size latents with a context×32 condition,
+/// forward, MSE, backward; optionally with gradient checkpointing of every down, mid and up block.</summary>
+sealed class UNetTrainStep : StepCase
 {
     readonly UNet2DConditionModel _unet;
     readonly Tensor _z, _t, _c, _target;
 
-    public TinyUNetTrain()
+    public UNetTrainStep(int batch, int size, int context, bool checkpointing = false)
     {
         manual_seed(0);
-        _unet = new UNet2DConditionModel(TinyUNetConfig);
-        _z = randn(64, 4, 8, 8); _t = randint(0, 1000, [64], dtype: ScalarType.Int64); _c = randn(64, 7, 32);
-        _target = randn(64, 4, 8, 8);
+        _unet = new UNet2DConditionModel(TinyUNetConfig with { SampleSize = size });
+        _unet.train();
+        _unet.GradientCheckpointing = checkpointing;
+        _z = randn(batch, 4, size, size);                                               // [B, 4, s, s]
+        _t = randint(0, 1000, [batch], dtype: ScalarType.Int64);                        // [B]
+        _c = randn(batch, context, 32);                                                 // [B, L, 32]
+        _target = randn(batch, 4, size, size);
     }
 
     public override void Run()
@@ -123,6 +128,8 @@ sealed class TinyUNetTrain : StepCase
         _unet.zero_grad();
         nn.functional.mse_loss(_unet.Forward(_z, _t, _c), _target).backward();
     }
+
+    public override void Dispose() => _unet.Dispose();
 }
 
 /// <summary>Tiny VAE, batch 64 on 3×32×32: encode → decode of the posterior mean, MSE to the input, backward.</summary>
