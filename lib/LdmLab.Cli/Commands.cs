@@ -22,6 +22,10 @@ public static class Commands
           ldmlab serve --model DIR|REPO_ID|FILE [options]
                                            a generation server on 127.0.0.1:7860: HTTP API, queue, batching,
                                            server-sent events, /metrics (ldmlab serve --help; docs/serving.md)
+          ldmlab serve-load --model M|--url U [--max-batch 1,4] [--clients 4,8] [--seconds T] [--kill F]
+                            [--malformed F] [--out FILE.json]
+                                           bounded load, soak and fault runs on loopback: p50/p95/p99, images/s,
+                                           lost and duplicated answers, RSS (ldmlab serve-load --help)
           ldmlab export-onnx --model DIR|REPO_ID|FILE --out DIR
                                            the pipeline as an ONNX Stable Diffusion folder (ldmlab export-onnx --help)
           ldmlab notebooks [options]       execute notebooks in the real .NET Interactive kernel
@@ -63,6 +67,7 @@ public static class Commands
                 "sample" => SampleCommand.Run(args[1..]),
                 "export-onnx" => ExportOnnxCommand.Run(args[1..]),
                 "serve" => ServeCommand.Run(args[1..]),
+                "serve-load" => ServeLoadCommand.Run(args[1..]),
                 _ => Fail($"unknown command '{args[0]}'\n\n{Usage}"),
             };
         }

@@ -36,6 +36,8 @@ public sealed partial class GenerationServer : IAsyncDisposable
     public JobStore Jobs { get; }
     public JobQueue Queue { get; }
     public ResultCache Cache { get; }
+    /// <summary>Identical requests being computed (a second one shares the first's compute).</summary>
+    public InFlightRequests InFlight { get; } = new();
     public GenerationWorker Worker { get; }
     public ILogger Logger { get; }
 
@@ -161,6 +163,21 @@ public sealed partial class GenerationServer : IAsyncDisposable
         Queue.Remove(job);
         Metrics.Cancelled.Inc();
         return true;
+    }
+
+    /// <summary>Queues a job again on its own (the identical request it followed was cancelled): behind another
+    /// leader of the same request if one came meanwhile, else in the queue; false when the queue is full.</summary>
+    internal bool Requeue(Job job)
+    {
+        if (InFlight.LeaderOf(job) is { } leader)
+        {
+            job.SharedWith = leader.Id;
+            _ = InFlightRequests.Follow(job, leader, Requeue);
+            return true;
+        }
+        if (Queue.TryEnqueue(job)) return true;
+        InFlight.Release(job);
+        return false;
     }
 
     /// <summary>Refuses new jobs, waits for the ones there are (at most the drain timeout), cancels the rest and

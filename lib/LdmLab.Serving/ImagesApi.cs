@@ -92,8 +92,22 @@ static class ImagesApi
             await Json(ctx, 200, job.ToJson());
             return;
         }
+        // an identical request already queued or running: share its compute (one image, the same bytes)
+        if (!request.AttentionMaps && server.InFlight.LeaderOf(job) is { } leader)
+        {
+            job.SharedWith = leader.Id;
+            server.Metrics.Deduplicated.Inc();
+            server.Jobs.Add(job);
+            _ = InFlightRequests.Follow(job, leader, server.Requeue);
+            server.Logger.LogInformation("job {JobId} shares the compute of the identical job {Leader}", job.Id,
+                leader.Id);
+            ctx.Response.Headers.Location = $"/v1/jobs/{job.Id}";
+            await Json(ctx, 202, job.ToJson());
+            return;
+        }
         if (!server.Queue.TryEnqueue(job))
         {
+            server.InFlight.Release(job);
             server.Metrics.Rejected.WithLabels("queue_full").Inc();
             ctx.Response.Headers.RetryAfter = server.Worker.RetryAfterSeconds.ToString();
             await Error(ctx, 429, null, $"the queue is full ({server.Queue.Capacity} jobs waiting): retry later");

@@ -76,6 +76,31 @@ public sealed class Job
         }
     }
 
+    /// <summary>The id of the identical request in flight whose compute this job shares
+    /// (<see cref="InFlightRequests"/>); null when it has its own.</summary>
+    public string? SharedWith { get; internal set; }
+
+    /// <summary>A leader's preview event, relayed as it is (<see cref="InFlightRequests.Follow"/>).</summary>
+    internal void Relay(JobEvent e)
+    {
+        lock (_gate)
+            if (State == JobState.Running) Publish(e.Name, (JsonObject)e.Data.DeepClone());
+    }
+
+    /// <summary>Running (behind a leader that was cancelled) → queued again, to be computed on its own; false when
+    /// it had finished.</summary>
+    internal bool Requeue()
+    {
+        lock (_gate)
+        {
+            if (IsFinished) return false;
+            if (State == JobState.Queued) return true;
+            State = JobState.Queued; Step = 0; StartedAt = null; SharedWith = null;
+            Publish("state", new JsonObject { ["state"] = "queued" });
+            return true;
+        }
+    }
+
     public void Preview(int step, byte[] png)
     {
         lock (_gate)
@@ -189,6 +214,7 @@ public sealed class Job
                 ["events_url"] = $"/v1/jobs/{Id}/events",
             };
             if (Error is not null) json["error"] = Error;
+            if (SharedWith is not null) json["shared_with"] = SharedWith;
             if (Png is not null)
             {
                 json["image_url"] = $"/v1/jobs/{Id}/image";

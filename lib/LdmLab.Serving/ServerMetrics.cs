@@ -21,6 +21,7 @@ public sealed class ServerMetrics
     public Counter Rejected { get; }
     public Counter ResultCacheHits { get; }
     public Counter ResultCacheMisses { get; }
+    public Counter Deduplicated { get; }
     public Counter TextCacheHits { get; }
     public Counter TextCacheMisses { get; }
 
@@ -44,6 +45,9 @@ public sealed class ServerMetrics
             new CounterConfiguration { LabelNames = ["reason"] });
         ResultCacheHits = f.CreateCounter("ldmlab_result_cache_hits_total", "Requests answered from the result cache.");
         ResultCacheMisses = f.CreateCounter("ldmlab_result_cache_misses_total", "Requests that had to be generated.");
+        Deduplicated = f.CreateCounter("ldmlab_requests_deduplicated_total",
+            "Requests that shared the compute of an identical request in flight.");
+        DotNetStats.Register(Registry);   // process_working_set_bytes (RSS on Linux), GC counts, CPU seconds
         TextCacheHits = f.CreateCounter("ldmlab_text_cache_hits_total", "Prompt encodings found in the LRU cache.");
         TextCacheMisses = f.CreateCounter("ldmlab_text_cache_misses_total", "Prompts the text encoder had to encode.");
     }

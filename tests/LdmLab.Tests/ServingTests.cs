@@ -1,6 +1,7 @@
 using System.Net;
 using System.Text.Json.Nodes;
 using LdmLab.Pipelines;
+using LdmLab.Runtime;
 using LdmLab.Serving;
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.PixelFormats;
@@ -197,6 +198,111 @@ public class ServingTests(ServingFixture f) : IClassFixture<ServingFixture>
                 worst = Math.Max(worst, new[] { a.R - b.R, a.G - b.G, a.B - b.B }.Max(Math.Abs));
             }
         Assert.True(worst <= 1, $"served image to image differs from the pipeline's by {worst}/255");
+    }
+
+    [Fact]
+    public async Task Inpainting_keeps_the_init_latents_outside_the_mask_and_repaints_inside()
+    {
+        // diffusers' blended inpainting (the legacy pipeline and StableDiffusionInpaintPipeline with a 4-channel
+        // U-Net): after every step z ← m·z + (1 − m)·q(z_init at the next t); after the last one the init latents
+        // enter noise-free (the legacy pipeline left the last t's small noise), so outside the mask the final latents
+        // are the init image's own and its pixels the VAE's image of it; inside, the prompt paints anew
+        using var start = new Image<Rgb24>(16, 16);
+        for (int y = 0; y < 16; y++)
+            for (int x = 0; x < 16; x++) start[x, y] = new Rgb24((byte)(16 * x), (byte)(255 - 16 * y), 90);
+        using var hole = new Image<Rgb24>(16, 16, new Rgb24(0, 0, 0));
+        for (int y = 0; y < 16; y++) for (int x = 8; x < 16; x++) hole[x, y] = new Rgb24(255, 255, 255);
+        var painted = await f.Finished(await f.Submit("""{"prompt": "a bag", "steps": 4, "seed": 21, "init_image": """
+            + $"\"{Base64(start)}\", \"mask\": \"{Base64(hole)}\", \"strength\": 1}}"));
+        Assert.Equal("succeeded", (string)painted["state"]!);
+        using var served = Image.Load<Rgb24>(await f.Client.GetByteArrayAsync($"/v1/jobs/{painted["id"]}/image"));
+
+        using var scope = NewDisposeScope();
+        var pipeline = PipelineTests.Tiny();
+        var pixels = new float[3 * 16 * 16];
+        for (int y = 0; y < 16; y++)
+            for (int x = 0; x < 16; x++)
+                (pixels[y * 16 + x], pixels[256 + y * 16 + x], pixels[512 + y * 16 + x]) =
+                    (start[x, y].R / 255f, start[x, y].G / 255f, start[x, y].B / 255f);
+        var image = tensor(pixels, [1, 3, 16, 16]) * 2 - 1;                                 // [1, 3, 16, 16]
+        var right = zeros(1, 1, 16, 16);
+        right[.., .., .., 8..] = 1;                                                         // 1 = repaint
+        var o = new GenerationOptions
+        {
+            Prompts = ["a bag"], NegativePrompts = [""], Steps = 4, GuidanceScale = 7.5, Seed = 21, Height = 16,
+            Width = 16,
+        };
+        var inpainted = pipeline.Inpaint(image, right, o, 1.0);
+        var kept = pipeline.Inpaint(image, zeros(1, 1, 16, 16), o, 1.0);   // nothing repainted: the init's latents
+        int half = (int)inpainted.Latents.shape[3] / 2;
+        var outside = (inpainted.Latents[.., .., .., ..half] - kept.Latents[.., .., .., ..half]).abs().max();
+        Assert.Equal(0f, outside.item<float>());                                    // the same latents, exactly
+        var moved = (inpainted.Latents[.., .., .., half..] - kept.Latents[.., .., .., half..]).abs().mean();
+        Assert.True(moved.item<float>() > 0.1, $"inside the mask the latents moved only {moved.item<float>()}");
+
+        // the served image is that inpainting (the tiny VAE is random and its decoder mixes the whole latent, so
+        // pixels are compared with a trained VAE below: ShippedInpaintingTests)
+        using var expected = inpainted.Picture(0);
+        using var reference = kept.Picture(0);
+        int worst = 0;
+        double insideMean = 0;
+        for (int y = 0; y < 16; y++)
+            for (int x = 0; x < 16; x++)
+            {
+                var (a, b, r) = (expected[x, y], served[x, y], reference[x, y]);
+                worst = Math.Max(worst, new[] { a.R - b.R, a.G - b.G, a.B - b.B }.Max(Math.Abs));
+                if (x >= 8) insideMean += (Math.Abs(b.R - r.R) + Math.Abs(b.G - r.G) + Math.Abs(b.B - r.B)) / 384.0;
+            }
+        Assert.True(worst <= 1, $"the served inpainting differs from the pipeline's by {worst}/255");
+        Assert.True(insideMean > 8, $"inside the mask the image stayed the init's (mean |Δ| {insideMean:F1}/255)");
+    }
+
+    static string Base64(Image<Rgb24> image)
+    {
+        using var m = new MemoryStream();
+        image.SaveAsPng(m);
+        return Convert.ToBase64String(m.ToArray());
+    }
+
+    [Fact]
+    public async Task Identical_requests_in_flight_share_one_compute_and_the_same_bytes()
+    {
+        const string body = """{"prompt": "a twin bag", "steps": 5, "seed": 4242, "preview_every": 2}""";
+        double shared = await f.Metric("ldmlab_requests_deduplicated_total");
+        f.Generator.Close();
+        var first = await f.Submit(body);
+        await f.Generator.Blocked;                                    // the first is running
+        int batches = f.Generator.Batches.Count;
+        var (status, second) = await f.Post(body);
+        Assert.Equal(202, status);
+        Assert.Equal(first, (string?)second["shared_with"]);
+        var secondId = (string)second["id"]!;
+        f.Generator.Open();
+        var events = await f.Events(secondId);
+        Assert.Equal("succeeded", events[^1].Name);
+        Assert.Contains(events, e => e.Name == "progress");          // relayed from the first one's compute
+        Assert.Contains(events, e => e.Name == "preview");
+        await f.Finished(first);
+        Assert.Equal(batches, f.Generator.Batches.Count);              // no second compute
+        Assert.Equal(await f.Client.GetByteArrayAsync($"/v1/jobs/{first}/image"),
+            await f.Client.GetByteArrayAsync($"/v1/jobs/{secondId}/image"));
+        Assert.Equal(shared + 1, await f.Metric("ldmlab_requests_deduplicated_total"));
+
+        // the leader cancelled (its client went away): the follower is computed on its own and still answered
+        const string other = """{"prompt": "a twin sneaker", "steps": 5, "seed": 4343}""";
+        f.Generator.Close();
+        var leader = await f.Submit(other);
+        await f.Generator.Blocked;
+        var follower = (string)(await f.Post(other)).Json["id"]!;
+        batches = f.Generator.Batches.Count;
+        (await f.Client.DeleteAsync($"/v1/jobs/{leader}")).Dispose();
+        f.Generator.Open();
+        var alone = await f.Finished(follower);
+        Assert.Equal("succeeded", (string)alone["state"]!);
+        Assert.Null(alone["shared_with"]);
+        Assert.Equal(batches + 1, f.Generator.Batches.Count);          // it got a compute of its own
+        for (int i = 0; i < 100 && f.Server.InFlight.Count > 0; i++) await Task.Delay(10);   // released after finish
+        Assert.Equal(0, f.Server.InFlight.Count);
     }
 
     [Fact]
@@ -484,6 +590,43 @@ public class ServeCommandTests
     {
         Assert.Equal(2, CliCapture.Run(out _, out var stderr, ["serve", .. args]));
         Assert.Contains(expected, stderr);
+    }
+}
+
+/// <summary>Inpainting with the shipped text model and its trained VAE (what the server runs for a request with a
+/// mask): the half outside the mask keeps the init image, the half inside is painted anew.</summary>
+public class ShippedInpaintingTests
+{
+    [Fact]
+    public void The_unmasked_half_keeps_the_init_image_and_the_masked_half_is_repainted()
+    {
+        TorchRuntime.Setup();
+        using var scope = NewDisposeScope();
+        var pipeline = LdmLab.Labs.TextToImageRecipe.ShippedPipeline(
+            Path.Combine(TestPaths.RepoRoot, "data", "checkpoints", "fashion-text2img"))!;
+        int h = LdmLab.Data.CaptionedScenes.Height, w = LdmLab.Data.CaptionedScenes.Width, half = w / 2;
+        var o = new GenerationOptions
+        {
+            Prompts = ["a bag on the left and a sneaker on the right"], NegativePrompts = [""], Steps = 10,
+            GuidanceScale = 5, Seed = 3, Height = h, Width = w,
+        };
+        var scene = pipeline.Generate(o).Images;                                              // [1, 3, h, w] in [0, 1]
+        var init = scene * 2 - 1;
+        var right = zeros(1, 1, h, w);
+        right[.., .., .., half..] = 1;                                                        // repaint the right half
+        var other = o with { Prompts = ["a bag on the left and a trouser on the right"], Seed = 11 };
+        var painted = pipeline.Inpaint(init, right, other, 1.0).Images;
+        var kept = pipeline.Inpaint(init, zeros(1, 1, h, w), other, 1.0).Images;   // the VAE's image of the init
+        const int margin = 4;                                          // one latent cell: the decoder's reach
+        double Mean(Tensor a, Tensor b, Range columns) =>
+            (a[.., .., .., columns] - b[.., .., .., columns]).abs().mean().item<float>();
+        double outsideToInit = Mean(painted, scene, ..(half - margin)), outsideToKept = Mean(painted, kept,
+            ..(half - margin)), insideToInit = Mean(painted, scene, (half + margin)..);
+        string numbers = $"mean |Δ| outside → init {outsideToInit:F3}, → the VAE's image {outsideToKept:F3}, " +
+                         $"inside → init {insideToInit:F3}";
+        Assert.True(insideToInit > 0.03, "the masked half was not repainted: " + numbers);
+        Assert.True(outsideToInit < insideToInit / 2, "the unmasked half moved away from the init: " + numbers);
+        Assert.True(outsideToKept < insideToInit / 3, "the unmasked half is not the VAE's image of it: " + numbers);
     }
 }
 
