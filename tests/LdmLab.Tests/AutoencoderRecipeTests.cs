@@ -265,4 +265,46 @@ public class CacheKeyTests
         Assert.NotEqual(KeyOf(z1), KeyOf(FashionLatentRecipe.ScaledLatents(otherVae, images).latents));
         Assert.NotEqual(KeyOf(z1), KeyOf(FashionLatentRecipe.ScaledLatents(vae, Fashion(16, 16)).latents));
     }
+
+    /// <summary>
+    /// A replay of a run's first steps on <see cref="FashionLatentRecipe.ReplayLatents"/> (only the rows those steps
+    /// draw encoded, the rest zero) has the key and the losses of the run on the whole encoding; a later step draws
+    /// rows it lacks, so its losses part; gradient accumulation, whose later draws cannot be told, is refused.
+    /// </summary>
+    [Fact]
+    public void Replay_latents_encode_only_the_drawn_rows_and_give_the_whole_runs_first_losses()
+    {
+        TorchRuntime.Setup();
+        var images = Fashion(48, 0);
+        var labels = arange(48L) % 10;
+        manual_seed(3);
+        var vae = FashionLatentRecipe.NewVae();
+        vae.eval();
+        var schedule = Diffusion.NoiseSchedule.ScaledLinear();
+        var options = new TrainerOptions { Steps = 6, BatchSize = 4, WarmupSteps = 1, Seed = 2 };
+        var (whole, scale) = FashionLatentRecipe.ScaledLatents(vae, images);
+        var rows = LatentDiffusionTrainer.RowsDrawn(48, options, 3);
+        Assert.InRange(rows.Length, 4, 12);
+        Assert.True(rows.SequenceEqual(rows.Order()), "rows are sorted");
+        var replay = FashionLatentRecipe.ReplayLatents(vae, images, rows, scale);
+        Assert.True(replay.index_select(0, tensor(rows)).allclose(whole.index_select(0, tensor(rows)), rtol: 1e-5,
+            atol: 1e-6));
+        var others = Enumerable.Range(0, 48).Select(i => (long)i).Except(rows).ToArray();
+        Assert.Equal(0f, replay.index_select(0, tensor(others)).abs().max().item<float>());
+        Assert.Equal(FashionLatentRecipe.LatentIdentity(whole), FashionLatentRecipe.LatentIdentity(replay));
+        IReadOnlyList<double> Losses(Tensor z, int steps)
+        {
+            manual_seed(0);
+            var model = FashionLatentRecipe.NewDenoiser();
+            var objective = new DiffusionObjective(schedule);
+            return new LatentDiffusionTrainer(model, objective, options with { Steps = steps }).Train(z, labels).Losses;
+        }
+        var first = Losses(whole, 6);
+        var replayed = Losses(replay, 6);
+        for (int i = 0; i < 3; i++)
+            Assert.True(Math.Abs(first[i] - replayed[i]) <= 1e-5 * Math.Abs(first[i]), $"step {i + 1}");
+        Assert.False(first.Skip(3).SequenceEqual(replayed.Skip(3)), "later steps draw rows the replay lacks");
+        Assert.Throws<ArgumentException>(() =>
+            LatentDiffusionTrainer.RowsDrawn(48, options with { GradAccumulation = 2 }, 3));
+    }
 }

@@ -4,6 +4,7 @@ using LdmLab.Data;
 using LdmLab.Diffusion;
 using LdmLab.Runtime;
 using LdmLab.Training;
+using static LdmLab.Tests.ShippedReplay;
 using static TorchSharp.torch;
 
 namespace LdmLab.Tests;
@@ -239,8 +240,6 @@ public class MultiResolutionTests
 [Trait("Category", "Slow")]
 public class ShippedMultiResolutionTests
 {
-    static T Full<T>(Func<T> f) => TestPaths.WithSettings(s => s with { Profile = Profile.Full }, f);
-
     /// <summary>
     /// Hash; recipe key (configs, full-profile options, seed, the shipped VAE, each bucket's size, batch, images and
     /// captions); the quick profile loading it with its whole loss log (the loss fell); and the recipe's first five
@@ -251,29 +250,25 @@ public class ShippedMultiResolutionTests
     public void The_shipped_multi_resolution_model_is_the_recipes_and_its_first_steps_reproduce()
     {
         TorchRuntime.Setup();
-        var vae = AutoencoderKL.FromPretrained(ShippedCheckpoint.Find(FashionLatentRecipe.ShippedVae)!.Dir);
-        vae.eval();
+        var vae = FashionVae();
         var train = FashionMnist.Load(Split.Train);
         var scenes = Full(() => MultiResolutionRecipe.Scenes(train));
         Assert.Equal(60000, scenes.Sum(b => b.Count));
         var options = Full(() => MultiResolutionRecipe.Options);
-        var shipped = ShippedCheckpoint.Find(MultiResolutionRecipe.Shipped)
-            ?? throw new InvalidOperationException($"data/checkpoints/{MultiResolutionRecipe.Shipped} is missing");
+        var shipped = Require(MultiResolutionRecipe.Shipped);
         shipped.Verify();
         Assert.Equal(MultiResolutionRecipe.Key(vae, scenes, options, 0), shipped.RecipeKey);
         Assert.Equal(options.Steps, shipped.Steps);
-        var used = TestPaths.WithSettings(s => s with { Profile = Profile.Quick },
-            () => MultiResolutionRecipe.Load(train, vae));
+        var used = Quick(() => MultiResolutionRecipe.Load(train, vae));
         Assert.StartsWith($"loaded checkpoint data/checkpoints/{MultiResolutionRecipe.Shipped}", used.Source);
         Assert.Equal(shipped.Steps, used.Log.Losses.Count);
-        Assert.True(used.Log.Losses.TakeLast(100).Average() < 0.5 * used.Log.Losses.Take(10).Average(),
-            "the shipped run's loss fell");
+        AssertLossFell(used.Log.Losses, shipped.Name);
 
         int n = shipped.FirstLosses.Count;
         var rows = MultiResolutionRecipe.RowsDrawn(scenes, options, n, 0);
         Assert.InRange(rows.Sum(r => r.Length), 1, n * 128);
         var (_, log) = MultiResolutionRecipe.Train(vae, scenes, options with { Steps = n, Seed = 0 },
             onlyRows: rows);
-        ShippedJudgeAndAutoencoderTests.AssertFirstLosses(shipped.FirstLosses, log.Losses, shipped.Name);
+        AssertFirstLosses(shipped.FirstLosses, log.Losses, shipped.Name);
     }
 }

@@ -247,8 +247,30 @@ public static class FashionLatentRecipe
         if (unitVariance) vae.UseScalingFactor(1.0 / means.std().item<float>());  // the scale lives in the config
         double scale = vae.Config.ScalingFactor;
         var latents = means * scale;
-        LatentOrigins.AddOrUpdate(latents, Key("latents", ContentHash.Of(vae), ContentHash.Of(images), scale));
+        LatentOrigins.AddOrUpdate(latents, LatentOrigin(vae, images, scale));
         return (latents, scale);
+    }
+
+    static string LatentOrigin(AutoencoderKL vae, Tensor images, double scale) =>
+        Key("latents", ContentHash.Of(vae), ContentHash.Of(images), scale);
+
+    /// <summary>
+    /// <see cref="ScaledLatents"/> for replaying a run's first steps: only <paramref name="rows"/> of
+    /// <paramref name="images"/> encoded, times the run's <paramref name="scale"/>, every other row zero — a few
+    /// hundred encodings instead of 60,000. Keyed as the whole encoding at that scale is
+    /// (<see cref="LatentIdentity"/>): steps that draw only these rows (<see cref="LatentDiffusionTrainer.RowsDrawn"/>)
+    /// cannot tell the two apart. Any other step would train on the zeros under the whole run's key: use it for those
+    /// steps alone, never to train.
+    /// </summary>
+    public static Tensor ReplayLatents(AutoencoderKL vae, Tensor images, IReadOnlyList<long> rows, double scale)
+    {
+        var idx = tensor(rows.ToArray());                                                        // [n]
+        var some = VaeTrainer.EncodeMeans(vae, images.index_select(0, idx)) * scale;             // [n, 4, h, w]
+        var shape = some.shape.ToArray();
+        shape[0] = images.shape[0];
+        var latents = zeros(shape).index_copy_(0, idx, some);                                    // [N, 4, h, w]
+        LatentOrigins.AddOrUpdate(latents, LatentOrigin(vae, images, scale));
+        return latents;
     }
 
     /// <summary>

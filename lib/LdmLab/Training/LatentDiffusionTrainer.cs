@@ -93,9 +93,35 @@ public sealed class LatentDiffusionTrainer
         if (_o.CheckpointDir is { } dir && File.Exists(Path.Combine(dir, CheckpointFile))) LoadCheckpoint(dir);
         return Run((step, gen) =>
         {
-            var idx = randint(0, latents.shape[0], [_o.BatchSize], dtype: ScalarType.Int64, generator: gen);
+            var idx = DrawRows(latents.shape[0], _o.BatchSize, gen);                                            // [B]
             return (latents.index_select(0, idx), conditions.index_select(0, idx));              // [B, C, H, W], [B, …]
         }, progress, _o.Steps);
+    }
+
+    /// <summary>A single-size step's draw from its generator: <paramref name="batchSize"/> indices into
+    /// <paramref name="count"/> latents, with replacement.</summary>
+    public static Tensor DrawRows(long count, int batchSize, Generator gen) =>
+        randint(0, count, [batchSize], dtype: ScalarType.Int64, generator: gen);                                // [B]
+
+    /// <summary>
+    /// The latent rows that steps 1…<paramref name="steps"/> of a single-size run with <paramref name="options"/>
+    /// draw (<see cref="DrawRows"/>, the first draw of each step's generator), sorted: what a replay of a run's first
+    /// steps needs encoded, a few hundred of tens of thousands. With gradient accumulation a step's later draws
+    /// follow the objective's, so such runs are refused.
+    /// </summary>
+    public static long[] RowsDrawn(long count, TrainerOptions options, int steps)
+    {
+        if (options.GradAccumulation != 1)
+            throw new ArgumentException($"GradAccumulation is {options.GradAccumulation}: only a step's first " +
+                                        "draw can be told without running it", nameof(options));
+        var rows = new SortedSet<long>();
+        for (int s = 1; s <= steps; s++)
+        {
+            using var scope = NewDisposeScope();
+            using var gen = TrainingLoop.StepGenerator(options.Seed, s);
+            rows.UnionWith(DrawRows(count, options.BatchSize, gen).data<long>().ToArray());
+        }
+        return rows.ToArray();
     }
 
     /// <summary>
