@@ -49,7 +49,9 @@ public class ServingPageTests(ITestOutputHelper output)
                        ?? throw new InvalidOperationException($"no shipped text-to-image model in {dir}");
         var options = ServingFixture.Defaults with
         {
-            ModelName = Labs.TextToImageRecipe.Shipped, MaxBodyBytes = 64 * 1024, DefaultSteps = Steps,
+            ModelName = Labs.TextToImageRecipe.Shipped,
+            MaxBodyBytes = 64 * 1024,
+            DefaultSteps = Steps,
         };
         await using var server = GenerationServer.Create(pipeline, options,
             nativeSize: (CaptionedScenes.Height, CaptionedScenes.Width));
