@@ -56,18 +56,18 @@ public static class WordsToPlacesStudy
     /// step-size scale <paramref name="scaleFactor"/>.</summary>
     public static AttentionSteering? Steering(PlacementMethod method, ClipTokenizer tokenizer,
         IReadOnlyList<ScenePrompt> prompts, double? scaleFactor = null, int maxRefinementSteps = 5) => method switch
-    {
-        PlacementMethod.Plain => null,
-        PlacementMethod.AttendAndExcite => new AttendAndExcite(SteeringPrompts(tokenizer, prompts))
         {
-            ScaleFactor = scaleFactor ?? DefaultScale(method), MaxRefinementSteps = maxRefinementSteps,
-        },
-        PlacementMethod.LayoutSteered => new LayoutSteering(SteeringPrompts(tokenizer, prompts))
-        {
-            ScaleFactor = scaleFactor ?? DefaultScale(method), MaxRefinementSteps = maxRefinementSteps,
-        },
-        _ => throw new ArgumentOutOfRangeException(nameof(method), method, "no such placement method"),
-    };
+            PlacementMethod.Plain => null,
+            PlacementMethod.AttendAndExcite => new AttendAndExcite(SteeringPrompts(tokenizer, prompts))
+            {
+                ScaleFactor = scaleFactor ?? DefaultScale(method), MaxRefinementSteps = maxRefinementSteps,
+            },
+            PlacementMethod.LayoutSteered => new LayoutSteering(SteeringPrompts(tokenizer, prompts))
+            {
+                ScaleFactor = scaleFactor ?? DefaultScale(method), MaxRefinementSteps = maxRefinementSteps,
+            },
+            _ => throw new ArgumentOutOfRangeException(nameof(method), method, "no such placement method"),
+        };
 
     /// <summary>The step-size scale s of each steered method (chosen on a separate prompt set, seed 5).</summary>
     public static double DefaultScale(PlacementMethod method) => method switch
