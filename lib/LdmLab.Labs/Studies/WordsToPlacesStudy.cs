@@ -87,16 +87,16 @@ public static class WordsToPlacesStudy
         IReadOnlyList<ScenePrompt> prompts, int steps, double guidance, long seed = 0, int batchSize = 50,
         double? scaleFactor = null, Action<CrossAttentionRecorder, IReadOnlyList<ScenePrompt>>? inspect = null)
     {
-        int passes = 0;
+        long passes = 0;                                      // per image: each pass runs every row of its batch
         AttentionSteering? last = null;
         AttentionSteering? Steer(IReadOnlyList<ScenePrompt> batch)
         {
-            passes += last?.Passes ?? 0;
+            passes += (long)(last?.Passes ?? 0) * (last?.Prompts.Count ?? 0);
             return last = Steering(method, model.Tokenizer, batch, scaleFactor);
         }
         var (canvases, report) = TextToImageStudies.Localise(pipeline, model, prompts, steps, guidance, seed: seed,
             batchSize: batchSize, steering: Steer, inspect: inspect);
-        passes += last?.Passes ?? 0;
+        passes += (long)(last?.Passes ?? 0) * (last?.Prompts.Count ?? 0);
         double both = TextToImageStudies.Accuracy(judge, canvases, prompts);
         var row = new PlacementRow(method, prompts.Count, both, report.Pointing, report.SideWordPointing, report.Iou,
             report.GenerationSeconds / prompts.Count, passes / (double)prompts.Count);
