@@ -66,7 +66,7 @@ public class NotebookTests
             or "04-noise-schedules.ipynb" or "09-diagnostics.ipynb"
             or "05-conditioning-and-cross-attention.ipynb" or "06-end-to-end-sampling.ipynb" or "06b-samplers.ipynb"
             or "06c-quality-modes.ipynb" or "08-fine-tuning.ipynb" or "10-compression-and-deployment.ipynb"
-            or "11-resolution.ipynb" or "13-serving.ipynb")
+            or "11-resolution.ipynb" or "12-words-to-places.ipynb" or "13-serving.ipynb")
         {
             // each ends with a takeaway computed from its own numbers: the last code cell prints them as bullets
             var takeaway = StreamText(cells.Last(c => (string?)c?["cell_type"] == "code"));

@@ -14,7 +14,17 @@ public sealed record ScenePrompt(string Text, int Left, int Right, Side? NamedSi
 public sealed record LocalisationReport(
     int Prompts, double Pointing, double Iou, double Tau,
     IReadOnlyDictionary<string, double> PointingByLayer, IReadOnlyList<double> PointingByEvaluation,
-    IReadOnlyDictionary<(string layer, int head), double> PointingByHead, double SideWordPointing);
+    IReadOnlyDictionary<(string layer, int head), double> PointingByHead, double SideWordPointing)
+{
+    /// <summary>The side words' pointing per layer (all steps, all heads).</summary>
+    public IReadOnlyDictionary<string, double> SidePointingByLayer { get; init; } = new Dictionary<string, double>();
+    /// <summary>The side words' pointing per layer and head (all steps).</summary>
+    public IReadOnlyDictionary<(string layer, int head), double> SidePointingByHead { get; init; } =
+        new Dictionary<(string, int), double>();
+    /// <summary>Seconds spent in the pipeline's generation calls (sampling, any steering, decoding), not in
+    /// scoring.</summary>
+    public double GenerationSeconds { get; init; }
+}
 
 /// <summary>
 /// The measurements of the text-to-image lab (notebooks 05 and 06): prompts with known content, generation in
@@ -169,9 +179,13 @@ public static class TextToImageStudies
     /// evaluation (when in the trajectory words bind) and per head (which heads localise), and the pointing of the side
     /// words themselves ("left" into the left half, "right" into the right one).
     /// </summary>
+    /// <param name="steering">the sampler-side step for a batch of prompts (null, or returning null: plain
+    /// sampling)</param>
+    /// <param name="inspect">sees each batch's recording and prompts before it is freed</param>
     public static (Tensor canvases, LocalisationReport report) Localise(StableDiffusionPipeline pipeline,
         TextConditionedUNet model, IReadOnlyList<ScenePrompt> prompts, int steps, double guidance, double tau = 0.4,
-        long seed = 0, int batchSize = 50)
+        long seed = 0, int batchSize = 50, Func<IReadOnlyList<ScenePrompt>, AttentionSteering?>? steering = null,
+        Action<CrossAttentionRecorder, IReadOnlyList<ScenePrompt>>? inspect = null)
     {
         const int h = CaptionedScenes.Height, w = CaptionedScenes.Width;
         var halves = CaptionedScenes.HalfMasks();                                          // [2, 28, 56]
@@ -182,18 +196,23 @@ public static class TextToImageStudies
         var byLayer = new Dictionary<string, List<double>>();
         var byEvaluation = new Dictionary<int, List<double>>();
         var byHead = new Dictionary<(string, int), List<double>>();
+        var sideByLayer = new Dictionary<string, List<double>>();
+        var sideByHead = new Dictionary<(string, int), List<double>>();
+        var generating = new System.Diagnostics.Stopwatch();
         for (int start = 0; start < prompts.Count; start += batchSize)
         {
             var batch = prompts.Skip(start).Take(batchSize).ToList();
             // every map aggregated below ([B, tokens, h, w] per layer, step and head) is freed with the batch: without
             // the scope they waited for the GC and notebook 05's kernel peaked at 12.2 GB resident
             using var scope = NewDisposeScope();
-            using var recorder = new CrossAttentionRecorder(model, h / 4, w / 4, guidanceBatch: guidance > 1);
+            generating.Start();
             var output = pipeline.Generate(new GenerationOptions
             {
                 Prompts = batch.Select(p => p.Text).ToArray(), Steps = steps, GuidanceScale = guidance,
-                Height = h, Width = w, Seed = seed + start,
+                Height = h, Width = w, Seed = seed + start, RecordAttention = true, Steering = steering?.Invoke(batch),
             });
+            generating.Stop();
+            using var recorder = output.Attention!;
             var canvases = (output.Images * 2 - 1).cpu().MoveToOuterDisposeScope();
             allCanvases.Add(canvases);
             var silhouettes = CaptionedScenes.SlotMasks(canvases);                                // [B, 2, h, w]
@@ -212,19 +231,26 @@ public static class TextToImageStudies
             // the side words: "left" should point into the left half, "right" into the right one
             var sides = batch.Select(p => CrossAttentionRecorder.Words(model.Tokenizer, p.Text)).Select(ws =>
                 new[] { ws.First(x => x.Text == "left"), ws.First(x => x.Text == "right") }).ToList();
-            for (int side = 0; side < 2; side++)
+            void ScoreSides(Tensor aggregated, List<double> into)
             {
-                var sideMaps = stack(sides.Select((words, i) =>
-                    CrossAttentionRecorder.WordMap(all.narrow(0, i, 1), words[side])[0]).ToArray());      // [B, h, w]
-                sidePointing.AddRange(CrossAttentionRecorder.PointingHits(sideMaps, halves[side].expand(batch.Count, h, w))
-                    .data<float>().Select(v => (double)v));
+                for (int side = 0; side < 2; side++)
+                {
+                    var sideMaps = stack(sides.Select((words, i) =>
+                        CrossAttentionRecorder.WordMap(aggregated.narrow(0, i, 1), words[side])[0]).ToArray());
+                    into.AddRange(CrossAttentionRecorder.PointingHits(sideMaps,
+                        halves[side].expand(batch.Count, h, w)).data<float>().Select(v => (double)v));  // [B, h, w]
+                }
             }
+            ScoreSides(all, sidePointing);
             for (int side = 0; side < 2; side++)
                 ious.AddRange(CrossAttentionRecorder.Iou(NounMaps(all, side), silhouettes.select(1, side), tau)
                     .data<float>().Select(v => (double)v));
             foreach (var layer in recorder.Layers)
-                Score(recorder.Aggregate(h, w, r => r.Layer == layer),
-                    byLayer.TryGetValue(layer, out var l) ? l : byLayer[layer] = []);
+            {
+                var perLayer = recorder.Aggregate(h, w, r => r.Layer == layer);
+                Score(perLayer, byLayer.TryGetValue(layer, out var l) ? l : byLayer[layer] = []);
+                ScoreSides(perLayer, sideByLayer.TryGetValue(layer, out var sl) ? sl : sideByLayer[layer] = []);
+            }
             for (int e = 0; e < recorder.Evaluations; e++)
                 Score(recorder.Aggregate(h, w, r => r.Evaluation == e),
                     byEvaluation.TryGetValue(e, out var l) ? l : byEvaluation[e] = []);
@@ -235,12 +261,20 @@ public static class TextToImageStudies
                     var perHead = CrossAttentionRecorder.AggregateRecords(recorder.Records.Where(r => r.Layer == layer)
                         .Select(r => r with { Maps = r.Maps.narrow(1, index, 1) }), h, w);
                     Score(perHead, byHead.TryGetValue((layer, head), out var l) ? l : byHead[(layer, head)] = []);
+                    ScoreSides(perHead,
+                        sideByHead.TryGetValue((layer, head), out var sl) ? sl : sideByHead[(layer, head)] = []);
                 }
+            inspect?.Invoke(recorder, batch);
         }
         var report = new LocalisationReport(prompts.Count, pointing.Average(), ious.Average(), tau,
             byLayer.ToDictionary(kv => kv.Key, kv => kv.Value.Average()),
             byEvaluation.OrderBy(kv => kv.Key).Select(kv => kv.Value.Average()).ToList(),
-            byHead.ToDictionary(kv => kv.Key, kv => kv.Value.Average()), sidePointing.Average());
+            byHead.ToDictionary(kv => kv.Key, kv => kv.Value.Average()), sidePointing.Average())
+        {
+            SidePointingByLayer = sideByLayer.ToDictionary(kv => kv.Key, kv => kv.Value.Average()),
+            SidePointingByHead = sideByHead.ToDictionary(kv => kv.Key, kv => kv.Value.Average()),
+            GenerationSeconds = generating.Elapsed.TotalSeconds,
+        };
         return (cat(allCanvases.ToArray()), report);
     }
 

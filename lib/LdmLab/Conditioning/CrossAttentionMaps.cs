@@ -60,11 +60,18 @@ public sealed class CrossAttentionRecorder : IDisposable
     /// <summary>How many model evaluations were recorded.</summary>
     public int Evaluations => _evaluation + 1;
 
+    /// <summary>
+    /// While true, the layers' reports are ignored (not recorded, no evaluation counted): the extra forward passes of
+    /// a sampler-side step (<see cref="Pipelines.AttentionSteering"/>) are not part of the trajectory.
+    /// </summary>
+    public bool Paused { get; set; }
+
     /// <summary>The layers that reported, in the order they ran in the first evaluation.</summary>
     public IReadOnlyList<string> Layers => _records.Where(r => r.Evaluation == 0).Select(r => r.Layer).ToList();
 
     void Record(string layer, Tensor probabilities)
     {
+        if (Paused) return;
         if (_evaluation < 0 || !_seenInEvaluation.Add(layer))
         {
             _evaluation++;
@@ -73,7 +80,7 @@ public sealed class CrossAttentionRecorder : IDisposable
         }
         long batch = probabilities.shape[0], heads = probabilities.shape[1];
         long queries = probabilities.shape[2], tokens = probabilities.shape[3];
-        var (h, w) = Grid(queries);
+        var (h, w) = LayerGrid(queries, _latentHeight, _latentWidth);
         using var _ = no_grad();
         var kept = _conditionalHalf ? probabilities.narrow(0, batch / 2, batch - batch / 2) : probabilities;
         var maps = kept.reshape(kept.shape[0], heads, h, w, tokens)                      // [B, heads, h, w, tokens]
@@ -81,20 +88,20 @@ public sealed class CrossAttentionRecorder : IDisposable
         _records.Add(new AttentionRecord(_evaluation, layer, maps));
     }
 
-    /// <summary>The layer's grid from its query count: the latent grid downsampled by the same 2ᵏ in both
-    /// directions.</summary>
-    (int h, int w) Grid(long queries)
+    /// <summary>A layer's grid from its query count: the latent grid <paramref name="latentHeight"/> ×
+    /// <paramref name="latentWidth"/> downsampled by the same 2ᵏ (rounded up) in both directions.</summary>
+    public static (int h, int w) LayerGrid(long queries, int latentHeight, int latentWidth)
     {
-        long area = (long)_latentHeight * _latentWidth;
-        for (int factor = 1; factor <= Math.Max(_latentHeight, _latentWidth); factor *= 2)
+        long area = (long)latentHeight * latentWidth;
+        for (int factor = 1; factor <= Math.Max(latentHeight, latentWidth); factor *= 2)
         {
-            int h = (_latentHeight + factor - 1) / factor, w = (_latentWidth + factor - 1) / factor;
+            int h = (latentHeight + factor - 1) / factor, w = (latentWidth + factor - 1) / factor;
             if ((long)h * w == queries) return (h, w);
             if ((long)h * w < queries) break;
         }
         throw new InvalidOperationException(
             $"an attention layer has {queries} queries, which is no 2ᵏ downsampling of the " +
-            $"{_latentHeight}×{_latentWidth} " +
+            $"{latentHeight}×{latentWidth} " +
             $"latent grid ({area} positions): pass the latents' height and width to the recorder");
     }
 

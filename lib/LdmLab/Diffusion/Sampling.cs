@@ -14,14 +14,17 @@ public static class Sampling
     /// <summary>
     /// Runs the reverse process from x_T = noise · InitNoiseSigma (or from <paramref name="startIndex"/> for img2img).
     /// Each step runs in its own dispose scope; the callback sees every step (the notebooks plot through it).
-    /// The callback's tensors are disposed after it returns: copy what you keep.
+    /// The callback's tensors are disposed after it returns: copy what you keep. <paramref name="beforeStep"/>, if
+    /// given, maps x_t to the latents step i starts from (a sampler-side guidance step such as Attend-and-Excite's
+    /// update; it sees the step index first, so it can also switch conditions at a step); null leaves the loop as it
+    /// is.
     /// </summary>
     public static Tensor Sample(Scheduler scheduler, Denoiser model, Tensor noise, int steps, Action<SamplingStep>? callback = null,
-        Func<int, Tensor>? stepNoise = null)
+        Func<int, Tensor>? stepNoise = null, Func<int, Tensor, Tensor>? beforeStep = null)
     {
         scheduler.SetTimesteps(steps);
         var x = (noise * scheduler.InitNoiseSigma).DetachFromDisposeScope();
-        return Run(scheduler, model, x, 0, callback, stepNoise);
+        return Run(scheduler, model, x, 0, callback, stepNoise, beforeStep: beforeStep);
     }
 
     /// <summary>img2img: noise x_0 to the timestep that <paramref name="strength"/> selects, then denoise from there.</summary>
@@ -87,16 +90,18 @@ public static class Sampling
     }
 
     static Tensor Run(Scheduler scheduler, Denoiser model, Tensor x, int start, Action<SamplingStep>? callback,
-        Func<int, Tensor>? stepNoise, Func<int, Tensor, Tensor>? afterStep = null)
+        Func<int, Tensor>? stepNoise, Func<int, Tensor, Tensor>? afterStep = null,
+        Func<int, Tensor, Tensor>? beforeStep = null)
     {
         using var _ = no_grad();
         for (int i = start; i < scheduler.Timesteps.Length; i++)
         {
             using var scope = NewDisposeScope();
             double t = scheduler.Timesteps[i];
-            var step = Step(scheduler, model, x, i, stepNoise?.Invoke(i));
+            var xi = beforeStep is null ? x : beforeStep(i, x);
+            var step = Step(scheduler, model, xi, i, stepNoise?.Invoke(i));
             var prev = afterStep is null ? step.PrevSample : afterStep(i, step.PrevSample);
-            callback?.Invoke(new SamplingStep(i, t, x, prev, step.PredOriginalSample));
+            callback?.Invoke(new SamplingStep(i, t, xi, prev, step.PredOriginalSample));
             var next = prev.MoveToOuterDisposeScope();
             x.Dispose();
             x = next;

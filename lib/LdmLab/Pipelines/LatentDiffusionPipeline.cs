@@ -36,7 +36,18 @@ public sealed record LatentGenerationOptions
     /// <summary>Record every cross-attention layer's maps while sampling
     /// (<see cref="LatentGenerationOutput.Attention"/>).</summary>
     public bool RecordAttention { get; init; }
+    /// <summary>A sampler-side step on the latents before every denoising step (<see cref="AttendAndExcite"/>,
+    /// <see cref="LayoutSteering"/>; one steering prompt per condition row); null: plain sampling.</summary>
+    public AttentionSteering? Steering { get; init; }
+    /// <summary>Other condition rows from a step on (prompt-to-prompt's swap: which step decides the
+    /// picture?); null: the same rows throughout.</summary>
+    public ConditionSwitch? Switch { get; init; }
 }
+
+/// <summary>From step <paramref name="AtStep"/> (0-based, of the sampler's steps) on, the denoiser sees
+/// <paramref name="Conditions"/> [B, …] instead of the call's rows (AtStep ≥ steps: never; 0: from the start).
+/// </summary>
+public sealed record ConditionSwitch(int AtStep, Tensor Conditions);
 
 /// <summary>
 /// The decoded images [B, C, H, W] in [−1, 1] (null when the pipeline has no autoencoder), the final latents
@@ -94,7 +105,26 @@ public sealed partial class LatentDiffusionPipeline
                 guidanceBatch: Guidance.Enabled(o.GuidanceScale))
             : null;
         var scheduler = NewScheduler(o);
-        return Timed(() => Sampling.Sample(scheduler, GuidedDenoiser(rows, o), noise, o.Steps, o.Callback),
+        if (o.Steering is null && o.Switch is null)
+            return Timed(() => Sampling.Sample(scheduler, GuidedDenoiser(rows, o), noise, o.Steps, o.Callback),
+                recorder, o.DecodeBatchSize, o.Tiling);
+        var switched = o.Switch?.Conditions.to(device);
+        if (switched is not null && !switched.shape.SequenceEqual(rows.shape))
+            throw new ArgumentException($"the switch's conditions must be shaped as the call's " +
+                                        $"[{string.Join(", ", rows.shape)}], got [{string.Join(", ", switched.shape)}]",
+                nameof(o));
+        int current = 0;                                                  // the step the sampler is at
+        bool Switched() => switched is not null && current >= o.Switch!.AtStep;
+        Tensor Rows() => Switched() ? switched! : rows;
+        var plain = GuidedDenoiser(rows, o);
+        var other = switched is null ? plain : GuidedDenoiser(switched, o);
+        Diffusion.Denoiser denoiser = (z, t) => (Switched() ? other : plain)(z, t);
+        Tensor BeforeStep(int i, Tensor x)
+        {
+            current = i;
+            return o.Steering is null ? x : o.Steering.Step(Denoiser, scheduler, x, i, Rows(), recorder);
+        }
+        return Timed(() => Sampling.Sample(scheduler, denoiser, noise, o.Steps, o.Callback, beforeStep: BeforeStep),
             recorder, o.DecodeBatchSize, o.Tiling);
     }
 

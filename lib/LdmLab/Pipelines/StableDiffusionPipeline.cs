@@ -52,6 +52,9 @@ public sealed record GenerationOptions
     public Action<PipelineStep>? Callback { get; init; }
     /// <summary>Record the cross-attention maps while sampling (<see cref="PipelineOutput.Attention"/>).</summary>
     public bool RecordAttention { get; init; }
+    /// <summary>A sampler-side step on the latents (<see cref="AttendAndExcite"/>, <see cref="LayoutSteering"/>);
+    /// null: plain sampling.</summary>
+    public AttentionSteering? Steering { get; init; }
 }
 
 /// <summary>
@@ -189,6 +192,7 @@ public sealed partial class StableDiffusionPipeline
             LatentSize = [height / VaeScaleFactor, width / VaeScaleFactor],
             Latents = o.Latents,
             RecordAttention = o.RecordAttention,
+            Steering = o.Steering,
         });
         return new PipelineOutput(ToUnitRange(output.Images!), output.Latents, cond, uncond)
         {
