@@ -247,9 +247,15 @@ public static class FashionLatentRecipe
         if (unitVariance) vae.UseScalingFactor(1.0 / means.std().item<float>());  // the scale lives in the config
         double scale = vae.Config.ScalingFactor;
         var latents = means * scale;
-        LatentOrigins.AddOrUpdate(latents, Key("latents", ContentHash.Of(vae), ContentHash.Of(images), scale));
+        LatentOrigins.AddOrUpdate(latents, LatentOrigin(vae, images, scale));
         return (latents, scale);
     }
+
+    /// <summary>The <see cref="LatentIdentity"/> of <see cref="ScaledLatents"/>'s latents of
+    /// <paramref name="images"/>, without encoding them (a replay that encodes only the rows its steps draw still keys
+    /// the run as the whole data set's).</summary>
+    public static string LatentOrigin(AutoencoderKL vae, Tensor images, double scale) =>
+        Key("latents", ContentHash.Of(vae), ContentHash.Of(images), scale);
 
     /// <summary>
     /// Samples latents for the given conditions (class labels, prompt rows, layouts) with classifier-free guidance
