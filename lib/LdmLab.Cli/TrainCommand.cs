@@ -9,8 +9,9 @@ using static TorchSharp.torch;
 namespace LdmLab.Cli;
 
 /// <summary>
-/// `ldmlab train fashion-vae|fashion-denoiser|fashion-classifier|fashion-vq|photo-autoencoders [--out DIR]
-/// [--only NAME] [--schedule S]`:
+/// `ldmlab train fashion-vae|fashion-denoiser|fashion-classifier|fashion-vq|photo-autoencoders|fashion-text2img…
+/// [--out DIR] [--only NAME] [--schedule S]` (fashion-text2img-bidirectional, -deep and -side-first are issue 28's
+/// encoder variants, <see cref="EncoderVariantRecipe"/>):
 /// trains a recipe with its full-profile settings on the full data set and writes a shipped checkpoint (model folder +
 /// checkpoint.json, see <see cref="ShippedCheckpoint"/>), default data/checkpoints/NAME. The run checkpoints into
 /// DIR.partial and resumes from it; DIR is replaced only at the end. fashion-vq, photo-autoencoders, fashion-modes,
