@@ -35,7 +35,8 @@ public static class Commands
               --profile quick|full|gpu     LDMLAB_PROFILE for the kernels (default: quick)
               --timeout SECONDS            per-cell timeout (default: 900)
           ldmlab train fashion-vae|fashion-denoiser|fashion-classifier|fashion-vq|photo-autoencoders|
-                       fashion-text2img|fashion-text2img-multires|fashion-modes|fashion-kl-sweep
+                       fashion-text2img|fashion-text2img-multires|fashion-modes|fashion-kl-sweep|
+                       fashion-text2img-bidirectional|fashion-text2img-deep|fashion-text2img-side-first
                        [--out DIR] [--only NAME] [--method cross-attention|film|concatenation|addition|gating]
                                            train a recipe with its full-profile settings and write the shipped
                                            checkpoint (default data/checkpoints/NAME, see data/README.md);

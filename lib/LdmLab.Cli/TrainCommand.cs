@@ -9,8 +9,9 @@ using static TorchSharp.torch;
 namespace LdmLab.Cli;
 
 /// <summary>
-/// `ldmlab train fashion-vae|fashion-denoiser|fashion-classifier|fashion-vq|photo-autoencoders [--out DIR]
-/// [--only NAME] [--schedule S]`:
+/// `ldmlab train fashion-vae|fashion-denoiser|fashion-classifier|fashion-vq|photo-autoencoders|fashion-text2img…
+/// [--out DIR] [--only NAME] [--schedule S]` (fashion-text2img-bidirectional, -deep and -side-first are issue 28's
+/// encoder variants, <see cref="EncoderVariantRecipe"/>):
 /// trains a recipe with its full-profile settings on the full data set and writes a shipped checkpoint (model folder +
 /// checkpoint.json, see <see cref="ShippedCheckpoint"/>), default data/checkpoints/NAME. The run checkpoints into
 /// DIR.partial and resumes from it; DIR is replaced only at the end. fashion-vq, photo-autoencoders, fashion-modes,
@@ -28,7 +29,8 @@ public static class TrainCommand
 
     static readonly string[] Recipes =
         [FashionLatentRecipe.ShippedVae, FashionLatentRecipe.ShippedDenoiser, ClassifierRecipe.Shipped, FashionVq, PhotoAutoencoders,
-         TextToImageRecipe.Shipped, MultiResolutionRecipe.Shipped, FashionModes, FashionKlSweep, FashionFineTunes];
+         TextToImageRecipe.Shipped, MultiResolutionRecipe.Shipped, FashionModes, FashionKlSweep, FashionFineTunes,
+         ..EncoderVariantRecipe.All.Where(v => v != EncoderVariant.Causal).Select(EncoderVariantRecipe.ShippedName)];
 
     public static int Run(string[] args)
     {
@@ -68,6 +70,7 @@ public static class TrainCommand
             ClassifierRecipe.Shipped => Classifier(outDir),
             TextToImageRecipe.Shipped => TextToImage(outDir, method, without),
             MultiResolutionRecipe.Shipped => MultiResolution(outDir),
+            var name when EncoderVariantRecipe.Named(name) is { } variant => EncoderVariantModel(outDir, variant),
             FashionVq => FashionVqModel(outDir),
             FashionModes => Modes(outDir, Option("--only")),
             FashionKlSweep => KlSweep(outDir, Option("--only")),
@@ -223,6 +226,49 @@ public static class TrainCommand
             $"train{heldOut}, " +
             "VAE sha256 " +
             vaeCheckpoint.WeightsSha256[..12], dir => TextToImageRecipe.SaveShipped(model, log, dir),
+            $"final loss {metrics["train_loss_last_100_steps"]}");
+        return 0;
+    }
+
+    /// <summary>
+    /// A text-encoder variant of the cross-attention model (issue 28, <see cref="EncoderVariantRecipe"/>): the same
+    /// scenes, budget and seed as fashion-text2img, trained in a private folder (resumable); the EMA weights and the
+    /// loss log are shipped.
+    /// </summary>
+    static int EncoderVariantModel(string outDir, EncoderVariant variant)
+    {
+        var vaeCheckpoint = ShippedCheckpoint.Find(FashionLatentRecipe.ShippedVae)
+            ?? throw new CliArgumentException("train fashion-vae first: the model learns the shipped VAE's latents");
+        vaeCheckpoint.Verify();
+        var vae = AutoencoderKL.FromPretrained(vaeCheckpoint.Dir);
+        vae.eval();
+        var scenes = TextToImageRecipe.Scenes(FashionMnist.Load(Split.Train));
+        var (latents, scale) = FashionLatentRecipe.ScaledLatents(vae, scenes.Images);
+        var options = TextToImageRecipe.Options;
+        var name = EncoderVariantRecipe.ShippedName(variant);
+        var captions = EncoderVariantRecipe.Captions(variant, scenes.Captions);
+        Console.WriteLine($"training {name}: {options.Steps} steps, batch {options.BatchSize}, " +
+                          $"{latents.shape[0]:N0} scenes (\"{captions[0]}\", …) → {outDir}");
+        var (model, log) = EncoderVariantRecipe.Train(variant, latents, scenes.Captions, options with
+        {
+            CheckpointDir = ArtifactStore.PartialDir(outDir),
+            CheckpointEvery = 250,
+            Seed = 0,
+        }, new Viz.Progress(name, options.Steps, Viz.Progress.Console, TimeSpan.FromSeconds(60)));
+        var metrics = new Dictionary<string, double>
+        {
+            ["train_loss_last_100_steps"] = Math.Round(log.Losses.TakeLast(100).Average(), 5),
+            ["latent_scale"] = scale,
+            ["training_seconds"] = Math.Round(log.Elapsed.TotalSeconds),
+            ["parameters"] = model.parameters().Sum(p => p.numel()),
+        };
+        Ship(outDir, $"EncoderVariantRecipe {EncoderVariantRecipe.Label(variant)} (full profile)",
+            EncoderVariantRecipe.Key(variant, latents, captions, options, 0), options.Steps, 0,
+            TextToImageRecipe.WeightsFile, log.Losses, metrics,
+            $"the shipped VAE's latents of {scenes.Count:N0} captioned 28×56 scenes from Fashion-MNIST train" +
+            (variant == EncoderVariant.SideFirst ? ", captions side first" : "") +
+            $", VAE sha256 {vaeCheckpoint.WeightsSha256[..12]}",
+            dir => TextToImageRecipe.SaveShipped(model, log, dir),
             $"final loss {metrics["train_loss_last_100_steps"]}");
         return 0;
     }

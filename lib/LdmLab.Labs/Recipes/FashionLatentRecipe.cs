@@ -251,7 +251,10 @@ public static class FashionLatentRecipe
         return (latents, scale);
     }
 
-    static string LatentOrigin(AutoencoderKL vae, Tensor images, double scale) =>
+    /// <summary>The <see cref="LatentIdentity"/> of <see cref="ScaledLatents"/>'s latents of
+    /// <paramref name="images"/>, without encoding them (a replay that encodes only the rows its steps draw still keys
+    /// the run as the whole data set's).</summary>
+    public static string LatentOrigin(AutoencoderKL vae, Tensor images, double scale) =>
         Key("latents", ContentHash.Of(vae), ContentHash.Of(images), scale);
 
     /// <summary>

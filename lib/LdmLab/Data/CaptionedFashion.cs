@@ -104,6 +104,18 @@ public static class CaptionedFashion
     static string Name(Side side) => side == Side.Left ? "left" : "right";
 
     /// <summary>
+    /// The side-first form of a caption of this grammar: each clause that names its side says it before the noun
+    /// ("a sneaker on the left and a bag on the right" → "on the left a sneaker and on the right a bag"; "a shoe on
+    /// the right" → "on the right a shoe"); clauses without a side and the empty caption stay as they are. A causal
+    /// text encoder then reads the side before the noun (issue 28); <see cref="Layout"/> parses both forms.
+    /// </summary>
+    public static string SideFirst(string caption) =>
+        string.Join(" and ", caption.Split(" and ").Select(clause =>
+            clause.EndsWith(" on the left", StringComparison.Ordinal) ? $"on the left {clause[..^12]}"
+            : clause.EndsWith(" on the right", StringComparison.Ordinal) ? $"on the right {clause[..^13]}"
+            : clause));
+
+    /// <summary>
     /// Scenes from a Fashion-MNIST split, deterministic per seed: a fraction <paramref name="pairs"/> of two-item
     /// scenes, the rest single items on a random side (their caption names the side half of the time, and a
     /// superclass instead of the class one time in ten).
@@ -143,11 +155,11 @@ public static class CaptionedFashion
     }
 
     /// <summary>
-    /// The layout a caption of this grammar describes, as class weights per slot [2, 10] (row 0 the left slot): a
-    /// named class on a named side puts weight 1 there; without a side, ½ on each side; a superclass ("a shoe")
-    /// spreads its weight over its classes; the empty caption is all zeros. What spatial conditioning needs and a
-    /// caption does not give directly (section 10.3.3): here a parser of the known grammar stands in for a user's
-    /// sketch or a layout model.
+    /// The layout a caption of this grammar (or its <see cref="SideFirst"/> form) describes, as class weights per
+    /// slot [2, 10] (row 0 the left slot): a named class on a named side puts weight 1 there; without a side, ½ on
+    /// each side; a superclass ("a shoe") spreads its weight over its classes; the empty caption is all zeros. What
+    /// spatial conditioning needs and a caption does not give directly (section 10.3.3): here a parser of the known
+    /// grammar stands in for a user's sketch or a layout model.
     /// </summary>
     public static float[,] Layout(string caption)
     {
@@ -155,8 +167,8 @@ public static class CaptionedFashion
         foreach (var clause in caption.ToLowerInvariant().Split(" and ", StringSplitOptions.TrimEntries))
         {
             if (clause.Length == 0) continue;
-            Side? side = clause.EndsWith("on the left") ? Side.Left
-                : clause.EndsWith("on the right") ? Side.Right : null;
+            Side? side = clause.EndsWith("on the left") || clause.StartsWith("on the left ") ? Side.Left
+                : clause.EndsWith("on the right") || clause.StartsWith("on the right ") ? Side.Right : null;
             int[] classes = ClassesNamed(clause)
                 ?? throw new ArgumentException($"caption '{caption}': '{clause}' names no Fashion-MNIST class or " +
                                                $"superclass ({string.Join(", ", Nouns)}; top, shoe)", nameof(caption));
@@ -182,7 +194,7 @@ public static class CaptionedFashion
     // The longest noun the clause names as a whole word ("t-shirt" before "shirt"), else a superclass.
     static int[]? ClassesNamed(string clause)
     {
-        var words = " " + clause.Replace(" on the left", "").Replace(" on the right", "") + " ";
+        var words = $" {clause} ".Replace(" on the left ", " ").Replace(" on the right ", " ");
         var noun = Nouns.Select((n, c) => (n, c)).OrderByDescending(x => x.n.Length)
             .FirstOrDefault(x => words.Contains($" {x.n} "));
         if (noun.n is not null) return [noun.c];
