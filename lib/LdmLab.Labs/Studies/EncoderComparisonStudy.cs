@@ -172,7 +172,8 @@ public static class EncoderComparisonStudy
                 $"{r.Model} {r.SideWordPointing:P0} vs {r.NounPointing:P0}"))}. " +
             (sideLed.Count > 0
                 ? "The side words out-point the nouns (by > 2 σ) in " +
-                  $"{string.Join(", ", sideLed.Select(r => r.Model))}: there the place rides on the side tokens rather than on the noun's state."
+                  $"{string.Join(", ", sideLed.Select(r => r.Model))}: " +
+                  "there the place rides on the side tokens rather than on the noun's state."
                 : "In no model do the side words out-point the nouns by more than 2 σ."));
         if (sideFirst is not null)
             lines.Add($"Word order alone (side-first captions, the causal encoder unchanged): both right " +
