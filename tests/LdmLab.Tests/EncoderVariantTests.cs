@@ -150,8 +150,6 @@ public class EncoderVariantTests
 [Trait("Category", "Slow")]
 public class ShippedEncoderVariantTests
 {
-    static T Full<T>(Func<T> f) => TestPaths.WithSettings(s => s with { Profile = Profile.Full }, f);
-
     /// <summary>
     /// For each variant: hash; recipe key (variant, configs, full-profile options, seed, the shipped VAE's latents of
     /// the 60,000 scenes, the variant's captions); the quick profile loading it with its whole loss log (the loss
@@ -162,39 +160,32 @@ public class ShippedEncoderVariantTests
     public void The_shipped_encoder_variants_are_their_recipes_and_their_first_steps_reproduce()
     {
         TorchRuntime.Setup();
-        var vae = AutoencoderKL.FromPretrained(ShippedCheckpoint.Find(FashionLatentRecipe.ShippedVae)!.Dir);
-        vae.eval();
+        var vae = ShippedReplay.FashionVae();
         var train = FashionMnist.Load(Split.Train);
-        var scenes = Full(() => TextToImageRecipe.Scenes(train));
+        var scenes = ShippedReplay.Full(() => TextToImageRecipe.Scenes(train));
         Assert.Equal(60000, scenes.Count);
-        var options = Full(() => TextToImageRecipe.Options);
-        var origin = FashionLatentRecipe.LatentOrigin(vae, scenes.Images, vae.Config.ScalingFactor);
+        var options = ShippedReplay.Full(() => TextToImageRecipe.Options) with { Seed = 0 };
         int steps = 5;
-        var rows = LatentDiffusionTrainer.RowsDrawn(scenes.Count, options with { Seed = 0 }, steps);
-        Assert.InRange(rows.Length, 1, steps * options.BatchSize);
-        var some = FashionLatentRecipe.ScaledLatents(vae, scenes.Images.index_select(0, tensor(rows))).latents;
-        var latents = zeros(scenes.Count, 4, 7, 14).index_copy_(0, tensor(rows), some);       // [60000, 4, 7, 14]
+        var latents = ShippedReplay.FirstStepsLatents(vae, scenes.Images, options, steps);  // [60000, 4, 7, 14]
+        var origin = FashionLatentRecipe.LatentIdentity(latents);
         foreach (var variant in EncoderVariantRecipe.All.Where(v => v != EncoderVariant.Causal))
         {
             var name = EncoderVariantRecipe.ShippedName(variant);
-            var shipped = ShippedCheckpoint.Find(name)
-                ?? throw new InvalidOperationException($"data/checkpoints/{name} is missing from this checkout");
+            var shipped = ShippedReplay.Require(name);
             shipped.Verify();
             var captions = EncoderVariantRecipe.Captions(variant, scenes.Captions);
             Assert.Equal(EncoderVariantRecipe.Key(variant, origin, captions, options, 0), shipped.RecipeKey);
             Assert.Equal(options.Steps, shipped.Steps);
-            var used = TestPaths.WithSettings(s => s with { Profile = Profile.Quick },
-                () => EncoderVariantRecipe.Load(variant, train, vae));
+            var used = ShippedReplay.Quick(() => EncoderVariantRecipe.Load(variant, train, vae));
             Assert.StartsWith($"loaded checkpoint data/checkpoints/{name}", used.Source);
             Assert.Equal(EncoderVariantRecipe.TextConfig(variant), used.Model.TextEncoder.Config);
             Assert.Equal(shipped.Steps, used.Log.Losses.Count);
-            Assert.True(used.Log.Losses.TakeLast(100).Average() < 0.5 * used.Log.Losses.Take(10).Average(),
-                $"{name}: the shipped run's loss fell");
+            ShippedReplay.AssertLossFell(used.Log.Losses, name);
 
             Assert.Equal(steps, shipped.FirstLosses.Count);
             var (_, log) = EncoderVariantRecipe.Train(variant, latents, scenes.Captions,
-                options with { Steps = steps, Seed = 0 });
-            ShippedJudgeAndAutoencoderTests.AssertFirstLosses(shipped.FirstLosses, log.Losses, name);
+                options with { Steps = steps });
+            ShippedReplay.AssertFirstLosses(shipped.FirstLosses, log.Losses, name);
         }
     }
 }
