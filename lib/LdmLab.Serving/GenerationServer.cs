@@ -46,8 +46,8 @@ public sealed partial class GenerationServer : IAsyncDisposable
     /// (the lab's 28×56 canvases).</summary>
     public static GenerationServer Create(StableDiffusionPipeline pipeline, ServeOptions options,
         Action<ILoggingBuilder>? logging = null, (int Height, int Width)? nativeSize = null) =>
-        new(new PipelineBatchGenerator(pipeline, options.ModelName, options.TextCacheCapacity, nativeSize), options,
-            logging);
+        new(new PipelineBatchGenerator(pipeline, options.ModelName, options.TextCacheCapacity, nativeSize,
+            options.Adapters), options, logging);
 
     /// <param name="logging">Where the logs go (default: nowhere); <c>ldmlab serve</c> writes JSON lines with
     /// scopes (the request id) to the console.</param>

@@ -194,7 +194,7 @@ public class ShippedEncoderVariantTests
             Assert.Equal(steps, shipped.FirstLosses.Count);
             var (_, log) = EncoderVariantRecipe.Train(variant, latents, scenes.Captions,
                 options with { Steps = steps, Seed = 0 });
-            ShippedJudgeAndAutoencoderTests.AssertFirstLosses(shipped.FirstLosses, log.Losses, name);
+            ShippedReplay.AssertFirstLosses(shipped.FirstLosses, log.Losses, name);
         }
     }
 }
