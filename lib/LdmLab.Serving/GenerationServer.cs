@@ -90,6 +90,7 @@ public sealed partial class GenerationServer : IAsyncDisposable
         _app.MapGet("/readyz", ctx => ImagesApi.Json(ctx, _ready && !_draining ? 200 : 503, new JsonObject
         {
             ["status"] = _draining ? "draining" : _ready ? "ready" : "starting", ["model"] = generator.Model.Name,
+            ["adapters"] = new JsonArray(generator.Model.Adapters.Select(a => (JsonNode)a).ToArray()),
         }));
         _app.MapMetrics("/metrics", Metrics.Registry);
         _app.MapGet("/", Page);

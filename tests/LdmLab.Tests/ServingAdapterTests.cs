@@ -168,6 +168,24 @@ public class ServingAdapterTests(AdapterServingFixture a) : IClassFixture<Adapte
     }
 
     [Fact]
+    public async Task Readyz_lists_the_adapters_a_request_may_name()
+    {
+        var ready = System.Text.Json.Nodes.JsonNode.Parse(await F.Client.GetStringAsync("/readyz"))!;
+        Assert.Equal(["shape", "style"], ready["adapters"]!.AsArray().Select(n => (string)n!).Order());
+    }
+
+    [Theory]
+    [InlineData(new[] { "--model", "m", "--adapter", "style" }, "--adapter 'style': expected NAME=PATH")]
+    [InlineData(new[] { "--model", "m", "--adapter", "s=a", "--adapter", "s=b" }, "the name 's' is given twice")]
+    [InlineData(new[] { "--model", "m", "--adapter", "a b=x.safetensors" }, "adapter name 'a b'")]
+    [InlineData(new[] { "--model", "m", "--adapter" }, "--adapter needs NAME=PATH")]
+    public void Bad_adapter_arguments_exit_2_naming_them(string[] args, string expected)
+    {
+        Assert.Equal(2, CliCapture.Run(out _, out var stderr, ["serve", .. args]));
+        Assert.Contains(expected, stderr);
+    }
+
+    [Fact]
     public void Adapters_are_part_of_the_cache_and_batching_keys()
     {
         var model = new ModelInfo("tiny", 16, 16, 2, "DDIMScheduler") { Adapters = ["style", "shape"] };
