@@ -31,6 +31,8 @@ public static class ServeCommand
           --api-key KEY      requests without "Authorization: Bearer KEY" get 401 (/healthz, /readyz, / stay open)
           --api-key-file F   the key from a file (its first line), kept out of the process list
           --cors-origin O    let pages from origin O (scheme://host[:port], or *) call the API; default: no CORS
+          --adapter NAME=PATH  a LoRA .safetensors file (diffusers, PEFT or kohya keys) requests may name as
+                             "adapters": [{"name": NAME, "scale": s}]; repeatable; checked against the model at start
           --no-self-check    skip the one-step image made before /readyz says ready
         """;
 
@@ -43,12 +45,24 @@ public static class ServeCommand
         }
         var values = new Dictionary<string, string>();
         bool selfCheck = true;
+        var adapters = new Dictionary<string, string>(StringComparer.Ordinal);
         string[] known = ["--model", "--variant", "--host", "--port", "--max-batch", "--queue", "--batch-window-ms",
             "--max-steps", "--default-steps", "--preview-every", "--max-body-kb", "--cache", "--drain-seconds",
             "--api-key", "--api-key-file", "--cors-origin"];
         for (int i = 0; i < args.Length; i++)
         {
             if (args[i] == "--no-self-check") { selfCheck = false; continue; }
+            if (args[i] == "--adapter")
+            {
+                if (i + 1 >= args.Length) throw new CliArgumentException("--adapter needs NAME=PATH");
+                var spec = args[++i];
+                int eq = spec.IndexOf('=');
+                if (eq < 1 || eq == spec.Length - 1)
+                    throw new CliArgumentException($"--adapter '{spec}': expected NAME=PATH");
+                if (!adapters.TryAdd(spec[..eq], spec[(eq + 1)..]))
+                    throw new CliArgumentException($"--adapter: the name '{spec[..eq]}' is given twice");
+                continue;
+            }
             if (!known.Contains(args[i]))
                 throw new CliArgumentException($"{args[i]}: not an option of ldmlab serve\n\n{Usage}");
             if (i + 1 >= args.Length) throw new CliArgumentException($"{args[i]} needs a value");
@@ -77,7 +91,12 @@ public static class ServeCommand
         };
         if (values.ContainsKey("--api-key") && values.ContainsKey("--api-key-file"))
             throw new CliArgumentException("--api-key and --api-key-file: give one of them");
-        options = options with { ApiKey = ApiKey(values), CorsOrigin = values.GetValueOrDefault("--cors-origin") };
+        options = options with
+        {
+            ApiKey = ApiKey(values),
+            CorsOrigin = values.GetValueOrDefault("--cors-origin"),
+            Adapters = adapters,
+        };
         try { options.Validate(); }
         catch (ArgumentException e) { throw new CliArgumentException(e.Message); }
         TorchRuntime.Setup();

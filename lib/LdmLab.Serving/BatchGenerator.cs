@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using LdmLab.Adapters;
 using LdmLab.Conditioning;
 using LdmLab.Labs;
 using LdmLab.Pipelines;
@@ -35,6 +36,9 @@ public interface IBatchGenerator
 /// the rows of one call (the conditional and unconditional halves of classifier-free guidance in one U-Net batch),
 /// and each row's x_T is drawn from its own seed's CPU generator — the very draws a call with that seed alone makes
 /// — so a batched image is the image the request gets alone. The pipeline's text-encoding cache is turned on.
+/// LoRA adapters (<see cref="ServeOptions.Adapters"/>) are read and matched against the model once, here; a batch
+/// (one set of adapters and scales: <see cref="ImageRequest.ShapeKey"/>) attaches its adapters to the U-Net and the
+/// text encoder and detaches them when it ends, so the next batch runs on the base model.
 /// </summary>
 public sealed class PipelineBatchGenerator : IBatchGenerator
 {
@@ -42,8 +46,12 @@ public sealed class PipelineBatchGenerator : IBatchGenerator
     readonly string _defaultClass;
     readonly JsonObject _defaultConfig;
 
+    readonly Dictionary<string, LoraAdapter> _adapters = new(StringComparer.Ordinal);
+
+    /// <param name="adapters">Adapter name → .safetensors LoRA file (diffusers, PEFT or kohya keys); a file that
+    /// does not fit the model is an <see cref="ArgumentException"/> naming it.</param>
     public PipelineBatchGenerator(StableDiffusionPipeline pipeline, string modelName, int textCacheCapacity = 256,
-        (int Height, int Width)? nativeSize = null)
+        (int Height, int Width)? nativeSize = null, IReadOnlyDictionary<string, string>? adapters = null)
     {
         if (pipeline.IsInpaintingUNet)
             throw new ArgumentException($"the U-Net takes {pipeline.Unet.Config.InChannels} channels (an inpainting " +
@@ -53,7 +61,32 @@ public sealed class PipelineBatchGenerator : IBatchGenerator
         _defaultConfig = (JsonObject)pipeline.SchedulerConfig.DeepClone();
         pipeline.EnableTextEncodingCache(textCacheCapacity);
         int f = pipeline.VaeScaleFactor, native = pipeline.Unet.Config.SampleSize * f;
-        Model = new ModelInfo(modelName, nativeSize?.Width ?? native, nativeSize?.Height ?? native, f, _defaultClass);
+        foreach (var (name, path) in adapters ?? new Dictionary<string, string>())
+            _adapters[name] = ReadAdapter(name, path, pipeline);
+        Model = new ModelInfo(modelName, nativeSize?.Width ?? native, nativeSize?.Height ?? native, f, _defaultClass)
+        {
+            Adapters = _adapters.Keys.ToList(),
+        };
+    }
+
+    /// <summary>A LoRA file read against this pipeline's U-Net and text encoder: every key must name a layer of
+    /// the model with a fitting shape (an adapter trained for another base is refused here, before serving).
+    /// </summary>
+    static LoraAdapter ReadAdapter(string name, string path, StableDiffusionPipeline pipeline)
+    {
+        LoraLoad load;
+        try { load = LoraFiles.Read(path, pipeline.Unet, pipeline.TextEncoder); }
+        catch (Exception e) when (e is IOException or AdapterFormatException or Data.DatasetException)
+        {
+            throw new ArgumentException($"adapter '{name}' ({path}): {e.Message}", "adapters", e);
+        }
+        if (load.Unmatched.Count > 0)
+            throw new ArgumentException($"adapter '{name}' ({path}): {load.Unmatched.Count} keys name no layer of " +
+                                        $"the served model (e.g. {load.Unmatched[0]}): an adapter for another " +
+                                        "model?", "adapters");
+        if (load.Adapter.Layers.Count == 0)
+            throw new ArgumentException($"adapter '{name}' ({path}): no LoRA layers in the file", "adapters");
+        return load.Adapter;
     }
 
     public ModelInfo Model { get; }
@@ -65,6 +98,34 @@ public sealed class PipelineBatchGenerator : IBatchGenerator
     {
         var first = batch[0];
         var pipeline = Pipeline(first.Scheduler);
+        if (first.Adapters.Count == 0) return Run(pipeline, batch, onStep);
+        // the batch's adapters (one set for the whole batch: ShapeKey), attached for this call only
+        var attached = new List<IDisposable>();
+        var textCache = pipeline.TextEncodingCache;
+        try
+        {
+            foreach (var use in first.Adapters)
+            {
+                var adapter = _adapters[use.Name];
+                attached.Add(adapter.Attach(pipeline.Unet, "unet", use.Scale));
+                if (adapter.Layers.Keys.Any(k => k.StartsWith("text_encoder.", StringComparison.Ordinal)))
+                {
+                    attached.Add(adapter.Attach(pipeline.TextEncoder, "text_encoder", use.Scale));
+                    pipeline.TextEncodingCache = null;          // the cache holds the base encoder's encodings
+                }
+            }
+            return Run(pipeline, batch, onStep);
+        }
+        finally
+        {
+            for (int i = attached.Count - 1; i >= 0; i--) attached[i].Dispose();
+            pipeline.TextEncodingCache = textCache;
+        }
+    }
+
+    BatchImages Run(StableDiffusionPipeline pipeline, IReadOnlyList<ImageRequest> batch, Action<BatchStep> onStep)
+    {
+        var first = batch[0];
         int f = pipeline.VaeScaleFactor, channels = pipeline.Vae.Config.LatentChannels;
         long[] one = [1, channels, first.Height / f, first.Width / f];
         // x_T row by row from each request's seed: what GenerationOptions.Seed draws for a batch of one

@@ -46,8 +46,8 @@ public sealed partial class GenerationServer : IAsyncDisposable
     /// (the lab's 28×56 canvases).</summary>
     public static GenerationServer Create(StableDiffusionPipeline pipeline, ServeOptions options,
         Action<ILoggingBuilder>? logging = null, (int Height, int Width)? nativeSize = null) =>
-        new(new PipelineBatchGenerator(pipeline, options.ModelName, options.TextCacheCapacity, nativeSize), options,
-            logging);
+        new(new PipelineBatchGenerator(pipeline, options.ModelName, options.TextCacheCapacity, nativeSize,
+            options.Adapters), options, logging);
 
     /// <param name="logging">Where the logs go (default: nowhere); <c>ldmlab serve</c> writes JSON lines with
     /// scopes (the request id) to the console.</param>
@@ -90,6 +90,7 @@ public sealed partial class GenerationServer : IAsyncDisposable
         _app.MapGet("/readyz", ctx => ImagesApi.Json(ctx, _ready && !_draining ? 200 : 503, new JsonObject
         {
             ["status"] = _draining ? "draining" : _ready ? "ready" : "starting", ["model"] = generator.Model.Name,
+            ["adapters"] = new JsonArray(generator.Model.Adapters.Select(a => (JsonNode)a).ToArray()),
         }));
         _app.MapMetrics("/metrics", Metrics.Registry);
         _app.MapGet("/", Page);

@@ -143,6 +143,8 @@ public sealed class GenerationWorker(IBatchGenerator generator, JobQueue queue, 
                 ("Seed", request.Seed.ToString(System.Globalization.CultureInfo.InvariantCulture)),
                 ("Size", $"{request.Width}x{request.Height}"), ("Model", generator.Model.Name),
                 ("Version", "LdmLab"),
+                .. request.Adapters.Count == 0 ? [] : new[] { ("Adapters", string.Join(" ",
+                    request.Adapters.Select(a => $"{a.Name}:{GenerationParameters.Number(a.Scale)}"))) },
             ]);
             picture.Metadata.GetPngMetadata().TextData.Add(new PngTextData("parameters", text.ToString(), "", ""));
         }

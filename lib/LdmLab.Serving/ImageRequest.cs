@@ -18,6 +18,10 @@ public sealed class RequestValidationException(string field, string message) : E
 public sealed record ModelInfo(string Name, int NativeWidth, int NativeHeight, int SizeMultiple,
     string DefaultSchedulerClass)
 {
+    /// <summary>The LoRA adapters a request may name (<c>ldmlab serve --adapter NAME=PATH</c>), read and matched
+    /// against the model at start-up.</summary>
+    public IReadOnlyList<string> Adapters { get; init; } = [];
+
     /// <summary>True for schedulers that draw fresh noise every step from torch's generator (Euler ancestral,
     /// DDPM): their requests run alone, seeded just before, so that a seed still means one image.</summary>
     public bool IsStochastic(string scheduler) =>
@@ -25,6 +29,10 @@ public sealed record ModelInfo(string Name, int NativeWidth, int NativeHeight, i
             : SamplerSpec.ByShortName.TryGetValue(scheduler, out var spec) ? spec.SchedulerClass : scheduler)
         is "EulerAncestralDiscreteScheduler" or "DDPMScheduler";
 }
+
+/// <summary>One adapter of a request: a name the server was started with and its scale s (each adapted layer's
+/// output becomes y + s·(α/r)·B(A x)).</summary>
+public sealed record AdapterUse(string Name, double Scale);
 
 /// <summary>
 /// One POST /v1/images body, validated and with every default filled in (so that two requests that mean the same
@@ -43,21 +51,30 @@ public sealed record ImageRequest(string Prompt, string NegativePrompt, int Step
     public double Strength { get; init; } = 0.8;
     /// <summary>mask: a PNG, white where the prompt is to be painted (needs init_image).</summary>
     public byte[]? Mask { get; init; }
+    /// <summary>adapters: LoRA adapters by name with their scales (<c>[{"name": "sneaker", "scale": 0.8}]</c>),
+    /// attached for this request's batch only, in the order given.</summary>
+    public IReadOnlyList<AdapterUse> Adapters { get; init; } = [];
+
+    /// <summary>The most adapters one request may name; the range of each scale.</summary>
+    public const int MaxAdapters = 4;
+    public const double MaxAdapterScale = 2;
 
     /// <summary>The largest seed: 2^53 − 1, the largest whole number a browser's JSON reader keeps exactly.</summary>
     public const long MaxSeed = (1L << 53) - 1;
 
     static readonly string[] Fields =
         ["prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height", "scheduler", "preview_every",
-        "attention_maps", "init_image", "strength", "mask"];
+        "attention_maps", "init_image", "strength", "mask", "adapters"];
 
     /// <summary>Requests with equal shape keys run in one denoiser call: same latent size, the same timesteps and
-    /// scheduler, the same guidance scale (one w per call; w ≤ 1 also drops the unconditional half). A stochastic
+    /// scheduler, the same guidance scale (one w per call; w ≤ 1 also drops the unconditional half), the same adapters
+    /// with the same scales (they are attached to the model for the whole call). A stochastic
     /// scheduler's request (<see cref="ModelInfo.IsStochastic"/>) has a shape of its own. Requests for attention
     /// maps batch only with each other: recording takes the unfused attention path (equal up to rounding).</summary>
     public string ShapeKey(string jobId, ModelInfo model) =>
         model.IsStochastic(Scheduler) || InitImage is not null ? "alone:" + jobId
-            : FormattableString.Invariant($"{Width}x{Height}|{Steps}|{Scheduler}|{Guidance:R}|{AttentionMaps}");
+            : FormattableString.Invariant($"{Width}x{Height}|{Steps}|{Scheduler}|{Guidance:R}|{AttentionMaps}|") +
+              string.Join(",", Adapters.Select(a => FormattableString.Invariant($"{a.Name}*{a.Scale:R}")));
 
     /// <summary>The whole request that decides the image (everything but <see cref="PreviewEvery"/>), with the
     /// model: equal keys → identical PNG bytes.</summary>
@@ -77,6 +94,10 @@ public sealed record ImageRequest(string Prompt, string NegativePrompt, int Step
         // the images by their SHA-256 (the cache key tells them apart; the job's JSON does not echo them)
         ["init_image_sha256"] = Hash(InitImage), ["strength"] = InitImage is null ? null : Strength,
         ["mask_sha256"] = Hash(Mask),
+        ["adapters"] = new JsonArray(Adapters.Select(a => (JsonNode)new JsonObject
+        {
+            ["name"] = a.Name, ["scale"] = a.Scale,
+        }).ToArray()),
     };
 
     static string? Hash(byte[]? png) => png is null ? null : Convert.ToHexStringLower(
@@ -114,8 +135,46 @@ public sealed record ImageRequest(string Prompt, string NegativePrompt, int Step
                 "init_image: required with mask and strength");
         return new ImageRequest(prompt, negative, steps, guidance, seed, width, height, scheduler, preview, maps)
         {
-            InitImage = init, Strength = strength, Mask = mask,
+            InitImage = init, Strength = strength, Mask = mask, Adapters = ParseAdapters(body, model),
         };
+    }
+
+    /// <summary>adapters: a list of at most <see cref="MaxAdapters"/> objects {name, scale}, each name one the
+    /// server was started with and given once, scale in [−2, 2] (default 1).</summary>
+    static IReadOnlyList<AdapterUse> ParseAdapters(JsonElement body, ModelInfo model)
+    {
+        const string field = "adapters";
+        if (!body.TryGetProperty(field, out var v) || v.ValueKind == JsonValueKind.Null) return [];
+        if (v.ValueKind != JsonValueKind.Array)
+            throw new RequestValidationException(field, $"{field}: expected a list of {{\"name\", \"scale\"}}, " +
+                                                        $"got {Kind(v)}");
+        if (v.GetArrayLength() > MaxAdapters)
+            throw new RequestValidationException(field, $"{field}: {v.GetArrayLength()} adapters, expected at " +
+                                                        $"most {MaxAdapters}");
+        var uses = new List<AdapterUse>();
+        foreach (var item in v.EnumerateArray())
+        {
+            if (item.ValueKind != JsonValueKind.Object)
+                throw new RequestValidationException(field, $"{field}: expected objects {{\"name\", \"scale\"}}, " +
+                                                            $"got {Kind(item)}");
+            foreach (var p in item.EnumerateObject())
+                if (p.Name is not ("name" or "scale"))
+                    throw new RequestValidationException(field, $"{field}: unknown key '{p.Name}' (expected name " +
+                                                                "and scale)");
+            var known = model.Adapters.Count == 0 ? "none (the server was started without --adapter)"
+                : string.Join(", ", model.Adapters);
+            var name = item.TryGetProperty("name", out var n) && n.ValueKind == JsonValueKind.String
+                ? n.GetString()! : throw new RequestValidationException(field, $"{field}: each needs a \"name\" " +
+                                                                               $"string: one of {known}");
+            if (!model.Adapters.Contains(name))
+                throw new RequestValidationException(field, $"{field}: unknown adapter '{name}': expected one of " +
+                                                            known);
+            if (uses.Any(u => u.Name == name))
+                throw new RequestValidationException(field, $"{field}: adapter '{name}' is given twice");
+            double scale = Real(item, "scale", -MaxAdapterScale, MaxAdapterScale, field) ?? 1.0;
+            uses.Add(new AdapterUse(name, scale));
+        }
+        return uses;
     }
 
     static string Kind(JsonElement e) => e.ValueKind switch
@@ -186,13 +245,13 @@ public sealed record ImageRequest(string Prompt, string NegativePrompt, int Step
         throw new RequestValidationException(name, $"{name} {v.GetRawText()}: expected true or false");
     }
 
-    static double? Real(JsonElement body, string name, double min, double max)
+    static double? Real(JsonElement body, string name, double min, double max, string? field = null)
     {
         if (!body.TryGetProperty(name, out var v)) return null;
         if (v.ValueKind == JsonValueKind.Number && v.TryGetDouble(out double x) && double.IsFinite(x) && x >= min
             && x <= max) return x;
-        throw new RequestValidationException(name, FormattableString.Invariant(
-            $"{name} {v.GetRawText()}: expected a number in [{min}, {max}]"));
+        throw new RequestValidationException(field ?? name, FormattableString.Invariant(
+            $"{(field is null ? "" : field + ": ")}{name} {v.GetRawText()}: expected a number in [{min}, {max}]"));
     }
 
     static long ParseSeed(JsonElement v) =>

@@ -80,6 +80,7 @@ static class ImagesApi
             await Error(ctx, 400, e.Field, e.Message);
             return;
         }
+        foreach (var use in request.Adapters) server.Metrics.AdapterRequests.WithLabels(use.Name).Inc();
         var job = new Job(request, GenerationServer.RequestId(ctx), request.CacheKey(server.Generator.Model.Name));
         // a request for attention maps is computed again: the cache keeps images, not maps
         if (!request.AttentionMaps && server.Cache.TryGet(job.CacheKey, out var png))

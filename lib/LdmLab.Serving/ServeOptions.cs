@@ -55,6 +55,11 @@ public sealed record ServeOptions
     /// <summary>A check on prompts and images (<see cref="ISafetyFilter"/>); null: none.</summary>
     public ISafetyFilter? Safety { get; init; }
 
+    /// <summary>LoRA adapters requests may name: name → .safetensors file on this machine (clients name them,
+    /// never give paths). Read and matched against the model at start-up
+    /// (<see cref="PipelineBatchGenerator"/>).</summary>
+    public IReadOnlyDictionary<string, string> Adapters { get; init; } = new Dictionary<string, string>();
+
     /// <summary>The record's printout (logs, exceptions) with the API key masked.</summary>
     bool PrintMembers(System.Text.StringBuilder builder)
     {
@@ -96,6 +101,9 @@ public sealed record ServeOptions
                 || o.GetLeftPart(UriPartial.Authority) != CorsOrigin))
             throw new ArgumentException($"cors origin '{CorsOrigin}': expected * or scheme://host[:port], e.g. " +
                                         "http://localhost:3000");
+        foreach (var name in Adapters.Keys)
+            if (name.Length is 0 or > 64 || !name.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.'))
+                throw new ArgumentException($"adapter name '{name}': expected 1–64 letters, digits, '-', '_' or '.'");
         if (MaxBodyBytes < 1) throw new ArgumentException($"MaxBodyBytes {MaxBodyBytes}: expected ≥ 1");
         return ip;
     }

@@ -24,6 +24,7 @@ public sealed class ServerMetrics
     public Counter Deduplicated { get; }
     public Counter TextCacheHits { get; }
     public Counter TextCacheMisses { get; }
+    public Counter AdapterRequests { get; }
 
     public ServerMetrics(int maxBatch)
     {
@@ -50,5 +51,7 @@ public sealed class ServerMetrics
         DotNetStats.Register(Registry);   // process_working_set_bytes (RSS on Linux), GC counts, CPU seconds
         TextCacheHits = f.CreateCounter("ldmlab_text_cache_hits_total", "Prompt encodings found in the LRU cache.");
         TextCacheMisses = f.CreateCounter("ldmlab_text_cache_misses_total", "Prompts the text encoder had to encode.");
+        AdapterRequests = f.CreateCounter("ldmlab_adapter_requests_total", "Accepted requests naming each adapter.",
+            new CounterConfiguration { LabelNames = ["adapter"] });
     }
 }

@@ -75,7 +75,8 @@ public sealed class ServingFixture : IAsyncLifetime
     public async Task InitializeAsync()
     {
         TorchRuntime.Setup();
-        Generator = new ControlledGenerator(new PipelineBatchGenerator(PipelineTests.Tiny(), "tiny"));
+        Generator = new ControlledGenerator(new PipelineBatchGenerator(PipelineTests.Tiny(), "tiny",
+            adapters: Options.Adapters));
         Server = new GenerationServer(Generator, Options, logs => logs.AddProvider(Logs));
         await Server.StartAsync();
         Client = new HttpClient { BaseAddress = Server.Address, Timeout = TimeSpan.FromSeconds(20) };
