@@ -211,13 +211,7 @@ public static class TrainCommand
         };
         var (model, log) = TextToImageRecipe.Train(method, latents, scenes.Captions, run,
             new Viz.Progress(name, options.Steps, Viz.Progress.Console, TimeSpan.FromSeconds(60)));
-        var metrics = new Dictionary<string, double>
-        {
-            ["train_loss_last_100_steps"] = Math.Round(log.Losses.TakeLast(100).Average(), 5),
-            ["latent_scale"] = scale,
-            ["training_seconds"] = Math.Round(log.Elapsed.TotalSeconds),
-            ["parameters"] = model.parameters().Sum(p => p.numel()),
-        };
+        var metrics = DenoiserMetrics(log, scale, model);
         var heldOut = without is { } h ? $" without {CaptionedFashion.Nouns[h]}" : "";
         Ship(outDir, $"TextToImageRecipe {Name(method)}{heldOut} (full profile)",
             TextToImageRecipe.Key(latents, scenes.Captions, options, 0, method), options.Steps, 0,
@@ -255,13 +249,7 @@ public static class TrainCommand
             CheckpointEvery = 250,
             Seed = 0,
         }, new Viz.Progress(name, options.Steps, Viz.Progress.Console, TimeSpan.FromSeconds(60)));
-        var metrics = new Dictionary<string, double>
-        {
-            ["train_loss_last_100_steps"] = Math.Round(log.Losses.TakeLast(100).Average(), 5),
-            ["latent_scale"] = scale,
-            ["training_seconds"] = Math.Round(log.Elapsed.TotalSeconds),
-            ["parameters"] = model.parameters().Sum(p => p.numel()),
-        };
+        var metrics = DenoiserMetrics(log, scale, model);
         Ship(outDir, $"EncoderVariantRecipe {EncoderVariantRecipe.Label(variant)} (full profile)",
             EncoderVariantRecipe.Key(variant, latents, captions, options, 0), options.Steps, 0,
             TextToImageRecipe.WeightsFile, log.Losses, metrics,
@@ -298,13 +286,7 @@ public static class TrainCommand
             CheckpointEvery = 250,
             Seed = 0,
         }, new Viz.Progress(name, options.Steps, Viz.Progress.Console, TimeSpan.FromSeconds(60)));
-        var metrics = new Dictionary<string, double>
-        {
-            ["train_loss_last_100_steps"] = Math.Round(log.Losses.TakeLast(100).Average(), 5),
-            ["latent_scale"] = vae.Config.ScalingFactor,
-            ["training_seconds"] = Math.Round(log.Elapsed.TotalSeconds),
-            ["parameters"] = model.parameters().Sum(p => p.numel()),
-        };
+        var metrics = DenoiserMetrics(log, vae.Config.ScalingFactor, model);
         Ship(outDir, "MultiResolutionRecipe (full profile)", MultiResolutionRecipe.Key(vae, scenes, options, 0),
             options.Steps, 0, TextToImageRecipe.WeightsFile, log.Losses, metrics,
             $"the shipped VAE's latents of {scenes.Sum(b => b.Count):N0} captioned scenes from Fashion-MNIST train " +
@@ -353,12 +335,10 @@ public static class TrainCommand
         return 0;
     }
 
-    /// <summary>
-    /// Ships a trained class-conditional denoiser: its EMA weights in float16, its loss log, its loss over the last 100
-    /// steps, latent scale and training time, staged beside <paramref name="outDir"/> and moved over it at the end.
-    /// </summary>
-    static void ShipDenoiser(string outDir, ClassConditionedUNet model, DiffusionTrainingLog log, double scale,
-        string recipe, string key, string trainedOn)
+    /// <summary>A shipped denoiser's metrics: the mean of the last 100 losses, the latent scale, the training
+    /// seconds and, given the model, its parameter count.</summary>
+    static Dictionary<string, double> DenoiserMetrics(DiffusionTrainingLog log, double scale,
+        nn.Module? model = null)
     {
         var metrics = new Dictionary<string, double>
         {
@@ -366,6 +346,18 @@ public static class TrainCommand
             ["latent_scale"] = scale,
             ["training_seconds"] = Math.Round(log.Elapsed.TotalSeconds),
         };
+        if (model is not null) metrics["parameters"] = model.parameters().Sum(p => p.numel());
+        return metrics;
+    }
+
+    /// <summary>
+    /// Ships a trained class-conditional denoiser: its EMA weights in float16, its loss log, its loss over the last 100
+    /// steps, latent scale and training time, staged beside <paramref name="outDir"/> and moved over it at the end.
+    /// </summary>
+    static void ShipDenoiser(string outDir, ClassConditionedUNet model, DiffusionTrainingLog log, double scale,
+        string recipe, string key, string trainedOn)
+    {
+        var metrics = DenoiserMetrics(log, scale);
         Ship(outDir, recipe, key, log.Losses.Count, 0, FashionLatentRecipe.DenoiserWeightsFile, log.Losses, metrics,
             trainedOn + "; weights stored in float16", dir =>
             {
